@@ -1,0 +1,151 @@
+"""The ``cion`` command: validate and run job files, make the synthetic corpus, run the demo, submit to Ray."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import List, Optional
+
+import typer
+
+from cion_dist.errors import CionError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
+    _setup_logging(verbose)
+
+
+@app.command()
+def validate(job_file: str, overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value")) -> None:
+    """Check a job file (and overrides) against the typed config; print the resolved config."""
+    from cion_dist.config import load_job
+
+    job = load_job(job_file, overrides or [])
+    typer.echo(json.dumps(json.loads(job.model_dump_json()), indent=2))
+    typer.echo(f"{job_file}: valid {job.stage} job")
+
+
+@app.command()
+def run(job_file: str, overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value")) -> None:
+    """Run the stage (or pipeline) a job file names."""
+    from cion_dist.config import load_job
+    from cion_dist.pipeline.runner import run_pipeline, run_stage
+    from cion_dist.pipeline.summary import print_results
+
+    job = load_job(job_file, overrides or [])
+    results = run_pipeline(job) if job.stage == "pipeline" else [run_stage(job)]
+    print_results(results)
+
+
+@app.command()
+def synth(
+    out: str = typer.Option(..., "--out", help="corpus URI: local folder or s3://bucket/prefix"),
+    identities: int = typer.Option(12),
+    cameras: int = typer.Option(3),
+    videos: int = typer.Option(6),
+    frames: int = typer.Option(120),
+    seed: int = typer.Option(0),
+    benchmark_identities: int = typer.Option(8, help="held-out identities for the Market-layout benchmark"),
+) -> None:
+    """Write a synthetic person-video corpus: mp4 clips, manifest, ground truth and a re-ID benchmark."""
+    from cion_dist.config.base import StorageConfig
+    from cion_dist.storage import Storage
+    from cion_dist.synth.config import SynthConfig
+    from cion_dist.synth.generate import generate_corpus
+
+    cfg = SynthConfig(out=out, identities=identities, cameras=cameras, videos=videos, frames=frames, seed=seed,
+                      benchmark_identities=benchmark_identities)
+    info = generate_corpus(cfg, Storage(StorageConfig()))
+    typer.echo(json.dumps(info, indent=2, default=str))
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("./cion-demo", "--out", help="where the demo writes everything"),
+    s3: bool = typer.Option(False, "--s3", help="store data in a loopback S3 endpoint (moto) instead of files"),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value on the embedded demo job"),
+) -> None:
+    """Run the whole pipeline on a small synthetic corpus with embedded defaults (local Ray, local MLflow)."""
+    from cion_dist.pipeline.demo import run_demo
+
+    run_demo(out=out, s3=s3, overrides=overrides or [])
+
+
+@app.command("evaluate-tracking")
+def evaluate_tracking(
+    ingest_uri: str = typer.Argument(..., help="an ingest run folder"),
+    gt: str = typer.Option(..., "--gt", help="ground-truth Parquet of the synthetic corpus"),
+) -> None:
+    """MOTA, IDF1 and ID switches of ingest tracklets against ground truth."""
+    from cion_dist.ingest.tracking_eval import evaluate_ingest_tracking
+
+    typer.echo(json.dumps(evaluate_ingest_tracking(ingest_uri, gt), indent=2))
+
+
+@app.command()
+def lineage(model_uri: str, tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI")) -> None:
+    """Print the chain model version -> pretrain run -> correlation run -> ... -> video manifest."""
+    from cion_dist.tracking.lineage import format_chain, lineage_chain
+
+    typer.echo(format_chain(lineage_chain(model_uri, tracking_uri=tracking_uri)))
+
+
+@app.command()
+def promote(job_file: str, overrides: Optional[List[str]] = typer.Argument(None)) -> None:
+    """Compare a candidate model version with the champion and move the alias only if it is better."""
+    from cion_dist.config import load_job
+    from cion_dist.pipeline.runner import run_stage
+    from cion_dist.pipeline.summary import print_results
+
+    job = load_job(job_file, overrides or [])
+    print_results([run_stage(job, "promote")])
+
+
+@app.command()
+def submit(
+    job_file: str,
+    overrides: Optional[List[str]] = typer.Argument(None),
+    address: str = typer.Option("http://127.0.0.1:8265", "--address", help="Ray dashboard address"),
+    wait: bool = typer.Option(False, "--wait", help="follow the job until it ends"),
+) -> None:
+    """Submit ``cion run JOB`` to a Ray cluster through its job API with the YAML's runtime environment."""
+    from cion_dist.config import load_job
+    from cion_dist.pipeline.submit import submit_job
+
+    job = load_job(job_file, overrides or [])
+    submit_job(job, job_file, overrides or [], address=address, wait=wait)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except CionError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except (typer.Abort, KeyboardInterrupt):
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,40 @@
+"""Shared pieces of every job config: strict models, storage, MLflow and Ray settings."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are errors, so a typo in a job file never passes silently."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class StorageConfig(StrictModel):
+    """Object-storage access. Unset fields fall back to the standard AWS environment variables."""
+
+    endpoint_url: Optional[str] = Field(None, description="S3 endpoint (e.g. http://127.0.0.1:9000); AWS_ENDPOINT_URL otherwise")
+    region: Optional[str] = Field(None, description="AWS region; AWS_DEFAULT_REGION / AWS_REGION otherwise")
+    access_key_id: Optional[SecretStr] = None
+    secret_access_key: Optional[SecretStr] = None
+    anon: bool = False
+
+
+class MLflowConfig(StrictModel):
+    enabled: bool = True
+    tracking_uri: Optional[str] = Field(
+        None, description="MLflow tracking URI; MLFLOW_TRACKING_URI or sqlite:///<output>/mlflow.db otherwise"
+    )
+    experiment: str = "cion-dist"
+    registry_uri: Optional[str] = None
+
+
+class RayConfig(StrictModel):
+    address: Optional[str] = Field(None, description="'auto', 'ray://host:port', or None for a local instance")
+    num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of a local instance")
+    num_gpus: Optional[int] = Field(None, ge=0)
+    object_store_memory: Optional[int] = None
+    log_to_driver: bool = True

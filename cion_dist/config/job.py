@@ -1,0 +1,58 @@
+"""The job file: common settings plus one section per stage. ``stage`` says which one ``cion run`` executes."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field, model_validator
+
+from cion_dist.config.base import MLflowConfig, RayConfig, StorageConfig, StrictModel
+from cion_dist.correlate.config import CorrelateConfig
+from cion_dist.embed.config import EmbedConfig
+from cion_dist.evaluate.config import EvaluateConfig, PromoteConfig
+from cion_dist.ingest.config import IngestConfig
+from cion_dist.pretrain.config import PretrainConfig
+from cion_dist.synth.config import SynthConfig
+
+STAGES = ("ingest", "embed", "correlate", "pretrain", "evaluate", "promote")
+StageName = Literal["synth", "ingest", "embed", "correlate", "pretrain", "evaluate", "promote"]
+
+
+class RuntimeEnvConfig(StrictModel):
+    """What ``cion submit`` hands Ray's job API as the runtime environment."""
+
+    working_dir: Optional[str] = "."
+    pip: list[str] = Field(default_factory=list)
+    env_vars: dict[str, str] = Field(default_factory=dict)
+    excludes: list[str] = Field(default_factory=lambda: [".venv", ".git", "cion-out", "mlruns", "*.db"])
+
+
+class PipelineConfig(StrictModel):
+    stages: list[StageName] = Field(default_factory=lambda: ["synth", *STAGES])
+    iterations: int = Field(1, ge=1, description="repeat embed -> correlate -> pretrain with the newest checkpoint")
+
+
+class Job(StrictModel):
+    stage: Literal["synth", "ingest", "embed", "correlate", "pretrain", "evaluate", "promote", "pipeline"]
+    name: str = "cion"
+    output: str = Field("./cion-out", description="root URI: stages write <output>/<stage>/<run_id>/")
+    run_id: Optional[str] = Field(None, description="None = derived from the stage config and its input digest")
+    seed: int = 0
+    storage: StorageConfig = StorageConfig()
+    mlflow: MLflowConfig = MLflowConfig()
+    ray: RayConfig = RayConfig()
+    runtime_env: RuntimeEnvConfig = RuntimeEnvConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    synth: SynthConfig = SynthConfig()
+    ingest: IngestConfig = IngestConfig()
+    embed: EmbedConfig = EmbedConfig()
+    correlate: CorrelateConfig = CorrelateConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    promote: PromoteConfig = PromoteConfig()
+
+    @model_validator(mode="after")
+    def _output_not_empty(self) -> "Job":
+        if not self.output.strip():
+            raise ValueError("output must be a local path or s3:// URI")
+        return self

@@ -1,0 +1,73 @@
+"""Dispatch a job to its stage, and run a pipeline of stages that hand each other their output URIs."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import time
+
+from cion_dist.config.job import Job
+from cion_dist.errors import CionError
+from cion_dist.pipeline.result import StageResult
+
+log = logging.getLogger(__name__)
+
+STAGE_MODULES = {
+    "synth": "cion_dist.synth.job",
+    "ingest": "cion_dist.ingest.job",
+    "embed": "cion_dist.embed.job",
+    "correlate": "cion_dist.correlate.job",
+    "pretrain": "cion_dist.pretrain.job",
+    "evaluate": "cion_dist.evaluate.job",
+    "promote": "cion_dist.evaluate.promote_job",
+}
+
+# which config field of a stage receives the previous stage's output URI
+_INPUT_FIELD = {"ingest": ("ingest", "manifest"), "embed": ("embed", "input"), "correlate": ("correlate", "input"),
+                "pretrain": ("pretrain", "input"), "evaluate": ("evaluate", "model")}
+
+
+def stage_module(stage: str):
+    name = STAGE_MODULES.get(stage)
+    if name is None:
+        raise CionError(f"unknown stage {stage!r}; known: {', '.join(STAGE_MODULES)}")
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and e.name.startswith("cion_dist"):
+            raise CionError(f"the {stage} stage is not available in this version of cion-dist") from None
+        raise
+
+
+def run_stage(job: Job, stage: str | None = None) -> StageResult:
+    stage = stage or job.stage
+    t0 = time.time()
+    result = stage_module(stage).run(job)
+    result.summary.setdefault("seconds", round(time.time() - t0, 2))
+    log.info("%s finished: %s", stage, result.uri)
+    return result
+
+
+def run_pipeline(job: Job) -> list[StageResult]:
+    """Run ``job.pipeline.stages`` in order; each stage reads what the previous one wrote."""
+    results: list[StageResult] = []
+    current = job.model_copy(deep=True)
+    for stage in current.pipeline.stages:
+        res = run_stage(current, stage)
+        results.append(res)
+        nxt = _next_input(stage, res)
+        if nxt is not None:
+            section, fieldname, value = nxt
+            setattr(getattr(current, section), fieldname, value)
+    return results
+
+
+def _next_input(stage: str, res: StageResult):
+    if stage == "synth":
+        return ("ingest", "manifest", res.summary.get("manifest_uri", ""))
+    follow = {"ingest": "embed", "embed": "correlate", "correlate": "pretrain", "pretrain": "evaluate"}
+    if stage in follow:
+        section, fieldname = _INPUT_FIELD[follow[stage]]
+        value = res.summary.get("model_uri", res.uri) if stage == "pretrain" else res.uri
+        return (section, fieldname, value)
+    return None

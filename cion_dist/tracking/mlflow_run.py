@@ -1,0 +1,77 @@
+"""MLflow glue shared by every stage: where the store is, one run per stage, inputs and outputs as lineage tags."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator, Optional
+
+from cion_dist.storage.fs import is_s3
+
+LINEAGE_PREFIX = "cion.input"
+
+
+def tracking_uri_for(job) -> str:
+    """Config, then MLFLOW_TRACKING_URI, then a sqlite store beside a local output (or in the working dir)."""
+    if job.mlflow.tracking_uri:
+        return job.mlflow.tracking_uri
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    base = os.path.abspath(job.output) if not is_s3(job.output) else os.path.abspath(".")
+    os.makedirs(base, exist_ok=True)
+    return f"sqlite:///{os.path.join(base, 'mlflow.db')}"
+
+
+def configure(job) -> str:
+    """Point mlflow at the job's store and experiment; returns the tracking URI."""
+    import mlflow
+
+    uri = tracking_uri_for(job)
+    mlflow.set_tracking_uri(uri)
+    if job.mlflow.registry_uri:
+        mlflow.set_registry_uri(job.mlflow.registry_uri)
+    if mlflow.get_experiment_by_name(job.mlflow.experiment) is None:
+        artifact_location = None
+        if uri.startswith("sqlite:///") and not is_s3(job.output):
+            artifact_location = "file://" + os.path.join(os.path.abspath(job.output), "mlartifacts")
+        mlflow.create_experiment(job.mlflow.experiment, artifact_location=artifact_location)
+    mlflow.set_experiment(job.mlflow.experiment)
+    return uri
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dict -> {"a.b.c": "value"} with values as strings (MLflow params)."""
+    out: dict[str, str] = {}
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    else:
+        out[prefix] = str(d)[:6000]
+    return out
+
+
+@contextlib.contextmanager
+def stage_run(job, stage: str, params: Optional[dict] = None, inputs: tuple = (), run_name: Optional[str] = None) -> Iterator[Optional[Any]]:
+    """An MLflow run for one stage, with the resolved (secret-free) config as params and inputs as lineage tags.
+
+    Each input is a dict ``{"uri", "digest", "stage", "mlflow_run_id"}`` (see ``stage_io.input_record``).
+    Yields the active ``mlflow.ActiveRun`` or ``None`` when tracking is disabled.
+    """
+    if not job.mlflow.enabled:
+        yield None
+        return
+    import mlflow
+
+    configure(job)
+    tags = {"cion.stage": stage, "cion.job": job.name}
+    for i, rec in enumerate(inputs):
+        for key in ("uri", "digest", "stage", "mlflow_run_id"):
+            if rec.get(key):
+                tags[f"{LINEAGE_PREFIX}.{i}.{key}"] = str(rec[key])
+    with mlflow.start_run(run_name=run_name or stage, tags=tags) as run:
+        if params:
+            flat = flatten(params)
+            items = list(flat.items())
+            for j in range(0, len(items), 100):
+                mlflow.log_params(dict(items[j : j + 100]))
+        yield run
