@@ -1,22 +1,54 @@
-"""Settings of the correlate stage: CION's progressive multi-level denoising."""
+"""Settings of the correlate stage: CION's progressive multi-level denoising.
+
+Distances are cosine distances ``1 - cos(a, b)`` between L2-normalised vectors; a centroid is the normalised mean
+of its members (see ``cion_dist.correlate.geometry``). ``radius`` and ``link_distance`` left at ``None`` are
+calibrated from the corpus itself (``cion_dist.correlate.calibrate``).
+"""
 
 from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cion_dist.config.base import StrictModel
 
 
+class CalibrationConfig(StrictModel):
+    """How ``r`` and ``d`` are read off the corpus when not given."""
+
+    radius_mad: float = Field(3.0, gt=0, description="r = median + radius_mad * 1.4826 * MAD of image-to-tracklet-centroid distances")
+    link_neighbours: int = Field(5, ge=1, description="nearest other tracklet centroids pooled for the d threshold (Otsu)")
+    sample: int = Field(200_000, ge=100, description="at most this many images / tracklets are used")
+
+
 class CorrelateConfig(StrictModel):
     input: Optional[str] = Field(None, description="embed run folder; None = newest complete embed run")
-    radius: Optional[float] = Field(None, gt=0, description="intra-identity radius r (cosine distance); None = calibrate")
-    link_distance: Optional[float] = Field(None, gt=0, description="inter-identity distance d; None = calibrate")
-    window_videos: int = Field(8, ge=1)
-    stride_videos: int = Field(4, ge=1)
-    knn_k: int = Field(10, ge=1)
-    mutual_knn: bool = False
-    min_images: int = Field(4, ge=1)
-    num_shards: int = Field(2, ge=1)
+    radius: Optional[float] = Field(None, gt=0, le=2, description="intra-identity radius r (cosine distance); None = calibrate")
+    link_distance: Optional[float] = Field(None, gt=0, le=2, description="inter-identity distance d; None = calibrate")
+    window_videos: int = Field(8, ge=1, description="videos per sliding window at level 3 (<= 0 never; see whole_corpus)")
+    stride_videos: int = Field(4, ge=1, description="videos the window moves by; < window_videos makes windows overlap")
+    whole_corpus: bool = Field(False, description="level 3 links over one whole-corpus k-NN graph instead of windows")
+    knn_k: int = Field(10, ge=1, description="neighbours per identity centroid in a window's k-NN graph")
+    mutual_knn: bool = Field(False, description="keep a link only when each end is in the other's k-NN list")
+    min_tracklet: int = Field(2, ge=1, description="tracklets smaller than this after level 1 are dropped")
+    min_images: int = Field(4, ge=1, description="identities smaller than this after level 3 are dropped")
+    num_shards: int = Field(2, ge=1, description="FAISS index shards (Ray actors, SPREAD over nodes)")
     index: Literal["flat", "ivf"] = "flat"
+    ivf_nlist: int = Field(64, ge=1, description="IVF lists per shard (capped by the shard size)")
+    ivf_nprobe: int = Field(8, ge=1)
+    shard_cpus: float = Field(1.0, gt=0, description="CPUs reserved per index shard actor")
+    videos_per_task: int = Field(1, ge=1, description="videos handled by one level 1-2 Ray task")
+    ground_truth: Optional[str] = Field(
+        None, description="Parquet with image_id, identity_id: adds a quality table (CION and baselines)"
+    )
+    baselines: list[Literal["tracklet", "dbscan", "finch"]] = Field(
+        default_factory=lambda: ["tracklet", "dbscan", "finch"], description="baselines scored beside CION"
+    )
+    calibration: CalibrationConfig = CalibrationConfig()
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "CorrelateConfig":
+        if self.stride_videos > self.window_videos:
+            raise ValueError("stride_videos must not exceed window_videos (windows would skip videos)")
+        return self

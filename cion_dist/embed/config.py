@@ -9,13 +9,28 @@ from pydantic import Field
 from cion_dist.config.base import StrictModel
 
 
+class HandcraftedConfig(StrictModel):
+    """Stripe colour histograms (HSV and Lab), a weight-free re-ID descriptor."""
+
+    stripes: int = Field(6, ge=1, le=32, description="horizontal stripes the crop is cut into")
+    hsv_bins: tuple[int, int, int] = Field((8, 3, 3), description="joint H x S x V bins per stripe")
+    lab_bins: tuple[int, int, int] = Field((3, 6, 6), description="joint L x a x b bins per stripe")
+    centre_sigma: float = Field(0.35, gt=0, description="column weight exp(-(x-0.5)^2/2s^2) over crop width; damps background")
+
+
 class EmbedConfig(StrictModel):
     input: Optional[str] = Field(None, description="ingest run folder; None = newest complete ingest run")
     backbone: Literal["onnx", "torch", "handcrafted"] = "handcrafted"
     model: str = Field("", description="onnx file, torch architecture name (resnet50, vit_small, timm:<name>) or empty")
     weights: Optional[str] = Field(None, description="path, s3:// URI, or models:/name@alias")
-    batch_size: int = Field(64, ge=1)
-    concurrency: int = Field(1, ge=1)
-    num_gpus: float = Field(0, ge=0)
-    height: int = 256
-    width: int = 128
+    batch_size: int = Field(64, ge=1, description="crops per forward pass")
+    concurrency: int = Field(1, ge=1, description="embedding actors")
+    num_gpus: float = Field(0, ge=0, description="GPUs per actor; > 0 runs on GPU (fp16 for torch backbones)")
+    num_cpus: float = Field(1, gt=0, description="CPUs reserved per actor")
+    threads: Optional[int] = Field(None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)")
+    height: int = Field(256, ge=8)
+    width: int = Field(128, ge=8)
+    on_bad_image: Literal["fail", "skip"] = Field(
+        "fail", description="undecodable crop: fail naming the image_id, or skip it and record it under errors/"
+    )
+    handcrafted: HandcraftedConfig = HandcraftedConfig()

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cion_dist.config.base import StrictModel
+
+
+class BackgroundConfig(StrictModel):
+    """Background subtraction for static cameras: a per-pixel median background, foreground blobs as people."""
+
+    history: int = Field(48, ge=3, description="sampled frames the median background is estimated from")
+    refresh_every: int = Field(24, ge=1, description="re-estimate the background after this many frames")
+    diff_threshold: int = Field(28, ge=1, le=255, description="max channel difference that counts as foreground")
+    min_height_fraction: float = Field(0.08, gt=0, le=1, description="blob height / frame height, lower bound")
+    max_height_fraction: float = Field(0.9, gt=0, le=1)
+    min_aspect: float = Field(1.1, gt=0, description="blob height / width, lower bound (people stand upright)")
+    max_aspect: float = Field(5.0, gt=0)
+    min_fill: float = Field(0.3, gt=0, le=1, description="foreground pixels / box area")
 
 
 class DetectorConfig(StrictModel):
@@ -16,23 +29,34 @@ class DetectorConfig(StrictModel):
     nms_threshold: float = Field(0.45, ge=0, le=1)
     input_size: int = 416
     num_gpus: float = Field(0, ge=0)
+    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per clip task")
+    background: BackgroundConfig = BackgroundConfig()
 
 
 class TrackerConfig(StrictModel):
-    high_threshold: float = 0.5
-    low_threshold: float = 0.1
-    match_iou: float = 0.3
-    max_age: int = Field(10, description="frames a lost track is kept for re-association")
+    high_threshold: float = Field(0.5, ge=0, le=1, description="detections above this start and first match tracks")
+    low_threshold: float = Field(0.1, ge=0, le=1, description="detections between low and high only extend tracks")
+    match_iou: float = Field(0.3, ge=0, le=1, description="minimum IoU of a predicted track box and a detection")
+    max_age: int = Field(10, ge=0, description="frames a lost track is kept for re-association")
     min_length: int = Field(3, ge=1, description="tracklets shorter than this are dropped")
+    min_hits: int = Field(2, ge=1, description="consecutive matches before a new track is confirmed")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "TrackerConfig":
+        if self.low_threshold > self.high_threshold:
+            raise ValueError("tracker.low_threshold must not exceed tracker.high_threshold")
+        return self
 
 
 class IngestConfig(StrictModel):
     manifest: str = Field("", description="manifest Parquet URI; empty = <output>/corpus/manifest.parquet")
     sample_fps: Optional[float] = Field(None, gt=0, description="decode at this rate; None = every_n")
     every_n: int = Field(1, ge=1)
-    resize_width: Optional[int] = None
+    max_frames: Optional[int] = Field(None, ge=1, description="decode at most this many frames per clip (sampled)")
+    resize_width: Optional[int] = Field(None, ge=16, description="decode resized to this width (aspect kept)")
     chunk_frames: int = Field(64, ge=1, description="frames decoded at once (bounds memory per clip)")
     min_crop_height: int = Field(24, ge=1)
+    crop_margin: float = Field(0.0, ge=0, le=0.5, description="context added around each box, as a fraction")
     jpeg_quality: int = Field(90, ge=10, le=100)
     detector: DetectorConfig = DetectorConfig()
     tracker: TrackerConfig = TrackerConfig()

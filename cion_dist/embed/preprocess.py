@@ -1,0 +1,72 @@
+"""Pure image helpers shared by every embedder: JPEG decode, resize, and the ImageNet tensor layout."""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import cv2
+import numpy as np
+
+# ImageNet statistics (RGB, 0-1 scale): what OSNet and torchvision-style backbones were trained with.
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+Images = Union[np.ndarray, Sequence[np.ndarray]]
+
+
+def decode_jpeg(data: bytes) -> np.ndarray | None:
+    """JPEG/PNG bytes -> RGB uint8 [h, w, 3], or None when the bytes are not a decodable image."""
+    if not data:
+        return None
+    buf = np.frombuffer(data, dtype=np.uint8)
+    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if bgr is None or bgr.size == 0:
+        return None
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def as_image_list(images: Images) -> list[np.ndarray]:
+    """A uint8 batch [n, h, w, 3] or a list of RGB uint8 arrays -> list of [h, w, 3] uint8 arrays."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"expected a batch [n, h, w, 3], got shape {images.shape}")
+        return list(images)
+    out = []
+    for i, im in enumerate(images):
+        im = np.asarray(im)
+        if im.ndim != 3 or im.shape[-1] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected RGB uint8 [h, w, 3], got {im.dtype} {im.shape}")
+        out.append(im)
+    return out
+
+
+def resize_batch(images: Images, height: int, width: int) -> np.ndarray:
+    """Resize every image to (height, width) (bilinear) -> uint8 [n, height, width, 3]."""
+    ims = as_image_list(images)
+    out = np.empty((len(ims), height, width, 3), dtype=np.uint8)
+    for i, im in enumerate(ims):
+        out[i] = im if im.shape[:2] == (height, width) else cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def to_imagenet_nchw(batch: np.ndarray) -> np.ndarray:
+    """uint8 RGB [n, h, w, 3] -> float32 [n, 3, h, w] normalised with ImageNet mean/std."""
+    x = batch.astype(np.float32) * (1.0 / 255.0)
+    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Row-wise L2 normalisation in float32; an all-zero row stays zero rather than becoming NaN."""
+    x = np.asarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, eps)
