@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from cion_dist.config.base import StrictModel
 
@@ -11,12 +11,20 @@ class SynthConfig(StrictModel):
     out: str = Field("", description="corpus URI (local path or s3://); empty = <output>/corpus")
     identities: int = Field(12, ge=2, description="people who walk through the videos")
     cameras: int = Field(3, ge=1)
-    videos: int = Field(6, ge=1, description="clips in the manifest")
+    videos: int = Field(6, ge=1, description="clips in the manifest; clip i is filmed by camera i % cameras")
     frames: int = Field(120, ge=8, description="frames per clip")
     fps: int = Field(10, ge=1)
-    width: int = Field(640, ge=64)
-    height: int = Field(360, ge=64)
-    people_per_video: int = Field(4, ge=1)
-    benchmark_identities: int = Field(8, ge=0, description="held-out identities for the Market-1501-layout benchmark")
-    benchmark_images_per_camera: int = Field(4, ge=1)
+    width: int = Field(640, ge=64, description="even (yuv420p)")
+    height: int = Field(360, ge=64, description="even (yuv420p)")
+    people_per_video: int = Field(4, ge=1, description="capped at the number of identities")
+    benchmark_identities: int = Field(
+        8, ge=0, description="held-out identities for the Market-1501-layout benchmark (queries need cameras >= 2)"
+    )
+    benchmark_images_per_camera: int = Field(4, ge=1, description="crops per held-out identity and camera")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _even_frame(self) -> "SynthConfig":
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"width and height must be even for yuv420p video, got {self.width}x{self.height}")
+        return self
