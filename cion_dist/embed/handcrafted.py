@@ -45,10 +45,10 @@ def _quantise(channel: np.ndarray, bins: int, lo: float, hi: float) -> np.ndarra
 
 def stripe_histograms(
     images: Images,
-    stripes: int = 6,
-    hsv_bins: tuple[int, int, int] = (8, 3, 3),
-    lab_bins: tuple[int, int, int] = (3, 6, 6),
-    centre_sigma: float = 0.35,
+    stripes: int = 8,
+    hsv_bins: tuple[int, int, int] = (8, 4, 2),
+    lab_bins: tuple[int, int, int] = (1, 8, 8),
+    centre_sigma: float = 0.1,
 ) -> np.ndarray:
     """RGB uint8 images (list or [n, h, w, 3]) -> float32 [n, descriptor_dim] unit-norm descriptors."""
     batch = resize_batch(images, _H, _W)

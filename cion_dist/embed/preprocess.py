@@ -58,10 +58,10 @@ def resize_batch(images: Images, height: int, width: int) -> np.ndarray:
     return out
 
 
-def to_imagenet_nchw(batch: np.ndarray) -> np.ndarray:
-    """uint8 RGB [n, h, w, 3] -> float32 [n, 3, h, w] normalised with ImageNet mean/std."""
+def to_imagenet_nchw(batch: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:
+    """uint8 RGB [n, h, w, 3] -> float32 [n, 3, h, w] normalised with (by default ImageNet) mean/std on 0-1."""
     x = batch.astype(np.float32) * (1.0 / 255.0)
-    x = (x - IMAGENET_MEAN) / IMAGENET_STD
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

@@ -1,0 +1,113 @@
+"""One ingest part in, one embedding part out: decode the crops, embed them, keep the row keys.
+
+No Ray here: the actor pool in ``cion_dist.embed.pool`` calls ``embed_part`` once per ingest file, and tests call
+it directly. Rows are read in record batches, so a large part never sits decoded in memory all at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from cion_dist.embed.embedders import Embedder
+from cion_dist.embed.preprocess import decode_jpeg
+from cion_dist.errors import DataError
+from cion_dist.storage.fs import Storage
+
+KEY_COLUMNS = ["image_id", "tracklet_id", "video_id", "frame_index"]
+READ_COLUMNS = KEY_COLUMNS + ["jpeg"]
+DIM_KEY = b"cion.embedding_dim"
+BACKBONE_KEY = b"cion.backbone"
+
+
+@dataclass
+class PartResult:
+    table: pa.Table  # image_id, tracklet_id, video_id, frame_index, embedding
+    bad: pa.Table  # image_id, reason: crops skipped under on_bad_image="skip"
+
+
+def embedding_array(features: np.ndarray) -> pa.ListArray:
+    """float32 [n, d] -> Arrow list<float32> with n entries of d values (zero-copy offsets)."""
+    features = np.ascontiguousarray(features, dtype=np.float32)
+    n, d = features.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n else np.zeros(1, np.int32), pa.int32())
+    return pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1), pa.float32()))
+
+
+def embed_batches(batches: Iterable[pa.RecordBatch], embedder: Embedder, source: str, on_bad_image: str = "fail") -> PartResult:
+    """Embed every row of ``batches`` (ingest columns); undecodable crops fail or are set aside by policy."""
+    keys: list[pa.Table] = []
+    feats: list[np.ndarray] = []
+    bad_ids: list[str] = []
+    bad_reasons: list[str] = []
+    key_schema = None
+    for batch in batches:
+        missing = [c for c in READ_COLUMNS if c not in batch.schema.names]
+        if missing:
+            raise DataError(f"{source}: ingest rows lack column(s) {', '.join(missing)}")
+        key_schema = key_schema or batch.select(KEY_COLUMNS).schema
+        ids = batch.column("image_id").to_pylist()
+        images, keep = [], []
+        for i, blob in enumerate(batch.column("jpeg").to_pylist()):
+            rgb = decode_jpeg(blob) if blob is not None else None
+            if rgb is None or min(rgb.shape[:2]) < 2:
+                reason = "empty jpeg" if not blob else "jpeg bytes are not a decodable image"
+                if on_bad_image == "fail":
+                    raise DataError(f"{source}: image_id {ids[i]!r}: {reason} (set embed.on_bad_image=skip to skip such crops)")
+                bad_ids.append(str(ids[i]))
+                bad_reasons.append(reason)
+                continue
+            images.append(rgb)
+            keep.append(i)
+        if not keep:
+            continue
+        tbl = pa.Table.from_batches([batch.select(KEY_COLUMNS)])
+        keys.append(tbl if len(keep) == batch.num_rows else tbl.take(pa.array(keep, pa.int64())))
+        feats.append(embedder(images))
+    dim = int(embedder.dim)
+    meta = {DIM_KEY: str(dim).encode(), BACKBONE_KEY: str(embedder.name).encode()}
+    if keys:
+        key_table = pa.concat_tables(keys)
+        features = np.concatenate(feats, axis=0)
+    else:
+        key_table = None
+        features = np.zeros((0, dim), dtype=np.float32)
+    if features.shape[1] != dim:
+        raise DataError(f"{source}: embedder {embedder.name} returned width {features.shape[1]}, expected {dim}")
+    if key_table is None:
+        empty = key_schema or pa.schema([(c, pa.string()) for c in KEY_COLUMNS[:3]] + [("frame_index", pa.int64())])
+        table = empty.empty_table()
+    else:
+        table = key_table
+    table = table.append_column("embedding", embedding_array(features)).replace_schema_metadata(meta)
+    bad = pa.table({"image_id": pa.array(bad_ids, pa.string()), "reason": pa.array(bad_reasons, pa.string())})
+    return PartResult(table=table, bad=bad)
+
+
+def read_batches(uri: str, storage: Storage, rows_per_batch: int) -> Iterable[pa.RecordBatch]:
+    """Record batches of the ingest columns the embed stage needs, read straight from a local or s3:// file."""
+    fs, path = storage.pyarrow(uri)
+    try:
+        f = fs.open_input_file(path)
+        pf = pq.ParquetFile(f)
+    except Exception as e:  # noqa: BLE001 - name the file whatever pyarrow raised
+        raise DataError(f"cannot read ingest Parquet file {uri}: {e}") from e
+    missing = [c for c in READ_COLUMNS if c not in pf.schema_arrow.names]
+    if missing:
+        raise DataError(f"{uri}: ingest rows lack column(s) {', '.join(missing)}")
+    with f:
+        yield from pf.iter_batches(batch_size=rows_per_batch, columns=READ_COLUMNS)
+
+
+def embeddings_matrix(table: pa.Table) -> np.ndarray:
+    """The ``embedding`` column of an embed output as float32 [n, d]."""
+    col = table.column("embedding").combine_chunks()
+    n = len(col)
+    if n == 0:
+        return np.zeros((0, int(table.schema.metadata.get(DIM_KEY, b"0")) if table.schema.metadata else 0), np.float32)
+    flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    return flat.reshape(n, -1)
