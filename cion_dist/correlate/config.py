@@ -26,11 +26,14 @@ class CorrelateConfig(StrictModel):
     input: Optional[str] = Field(None, description="embed run folder; None = newest complete embed run")
     radius: Optional[float] = Field(None, gt=0, le=2, description="intra-identity radius r (cosine distance); None = calibrate")
     link_distance: Optional[float] = Field(None, gt=0, le=2, description="inter-identity distance d; None = calibrate")
-    window_videos: int = Field(8, ge=1, description="videos per sliding window at level 3 (<= 0 never; see whole_corpus)")
+    window_videos: int = Field(8, ge=1, description="videos per sliding window at level 3")
     stride_videos: int = Field(4, ge=1, description="videos the window moves by; < window_videos makes windows overlap")
     whole_corpus: bool = Field(False, description="level 3 links over one whole-corpus k-NN graph instead of windows")
     knn_k: int = Field(10, ge=1, description="neighbours per identity centroid in a window's k-NN graph")
     mutual_knn: bool = Field(False, description="keep a link only when each end is in the other's k-NN list")
+    exclusive_videos: bool = Field(
+        True, description="level 3 never joins two level-2 identities of one video (level 2 already judged them)"
+    )
     min_tracklet: int = Field(2, ge=1, description="tracklets smaller than this after level 1 are dropped")
     min_images: int = Field(4, ge=1, description="identities smaller than this after level 3 are dropped")
     num_shards: int = Field(2, ge=1, description="FAISS index shards (Ray actors, SPREAD over nodes)")
@@ -38,7 +41,8 @@ class CorrelateConfig(StrictModel):
     ivf_nlist: int = Field(64, ge=1, description="IVF lists per shard (capped by the shard size)")
     ivf_nprobe: int = Field(8, ge=1)
     shard_cpus: float = Field(1.0, gt=0, description="CPUs reserved per index shard actor")
-    videos_per_task: int = Field(1, ge=1, description="videos handled by one level 1-2 Ray task")
+    videos_per_task: int = Field(8, ge=1, description="videos handled by one level 1-2 Ray task")
+    window_tasks: int = Field(4, ge=1, description="Ray tasks the level-3 windows are spread over")
     ground_truth: Optional[str] = Field(
         None, description="Parquet with image_id, identity_id: adds a quality table (CION and baselines)"
     )

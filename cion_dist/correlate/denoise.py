@@ -1,0 +1,201 @@
+"""Levels 1 and 2 of CION's progressive denoising, as pure numpy functions (no Ray, no IO).
+
+Level 1 (single tracklet): drop the image farthest from the recomputed centroid until every image lies within
+radius ``r`` (intra-identity consistency); tracklets left with fewer than ``min_tracklet`` images are dropped.
+Level 2 (short-range, one video): merge tracklets whose centroids are closer than ``d`` (inter-identity
+discrimination), hand images removed at level 1 to the nearest merged tracklet if within ``r``, gather leftover
+removed images that agree among themselves into new tracklets (this is how a tracklet that mixed two people is
+split), and re-check the radius. Every removed image keeps a reason code (``REASONS``) and the level that removed it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cion_dist.correlate.geometry import distance_to, group_sums, l2_normalise
+from cion_dist.correlate.unionfind import UnionFind
+
+KEPT = 0
+TRACKLET_OUTLIER = 1
+TRACKLET_TOO_SMALL = 2
+VIDEO_RADIUS = 3
+IDENTITY_RADIUS = 4
+IDENTITY_TOO_SMALL = 5
+REASONS = ("", "tracklet_outlier", "tracklet_too_small", "video_radius", "identity_radius", "identity_too_small")
+LEVEL_OF_REASON = np.array([0, 1, 1, 2, 3, 3], dtype=np.int8)
+
+
+def shrink_to_radius(x: np.ndarray, r: float) -> np.ndarray:
+    """Keep-mask after repeatedly removing the row farthest from the running centroid while it is beyond r.
+
+    The centroid is recomputed after each removal (a running sum, so one pass costs O(n d)). A single image is
+    always consistent with itself, so at least one row survives.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    keep = np.ones(len(x), dtype=bool)
+    if len(x) <= 1:
+        return keep
+    s = x.sum(axis=0, dtype=np.float64)
+    while keep.sum() > 1:
+        c = (s / max(np.linalg.norm(s), 1e-12)).astype(np.float32)
+        dist = distance_to(x, c)
+        dist[~keep] = -np.inf
+        j = int(np.argmax(dist))
+        if dist[j] <= r:
+            break
+        keep[j] = False
+        s -= x[j]
+    return keep
+
+
+def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
+                  tags: Optional[Sequence[frozenset]] = None) -> np.ndarray:
+    """Union nodes along candidate links, nearest first, keeping only merges that stay discriminable.
+
+    A link (a, b) joins their current sets only if the two sets' centroids (normalised sums of member vectors)
+    are closer than ``d``. Plain union-find over all links under ``d`` lets chains (A~B, B~C) fuse people whose
+    centroids are far apart; the guard makes the merge behave like average linkage and is deterministic for a
+    fixed input. ``tags`` (one set per node) adds cannot-links: two sets merge only if their tags are disjoint
+    (frames, so two people seen in the same frame stay apart; or videos, so level 3 never undoes level 2).
+    Returns a component label per node (numbered by smallest node id).
+    """
+    n = len(sums)
+    uf = UnionFind(n)
+    acc = np.array(sums, dtype=np.float64, copy=True)
+    held = list(tags) if tags is not None else None
+    order = np.lexsort((np.asarray(dst), np.asarray(src), np.asarray(dist)))
+    for e in order:
+        if dist[e] >= d:
+            continue
+        ra, rb = uf.find(int(src[e])), uf.find(int(dst[e]))
+        if ra == rb:
+            continue
+        ca, cb = acc[ra], acc[rb]
+        cos = float(ca @ cb) / max(np.linalg.norm(ca) * np.linalg.norm(cb), 1e-12)
+        if 1.0 - cos >= d:
+            continue
+        if held is not None and not held[ra].isdisjoint(held[rb]):
+            continue
+        root = uf.union(ra, rb)
+        acc[root] = ca + cb
+        if held is not None:
+            held[root] = held[ra] | held[rb]
+    return uf.labels()
+
+
+def pairs_under(c: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs (i < j) of normalised rows with cosine distance below d (for the few rows of one video)."""
+    if len(c) < 2:
+        e = np.zeros(0, dtype=np.int64)
+        return e, e, np.zeros(0, dtype=np.float32)
+    dm = 1.0 - c @ c.T
+    i, j = np.triu_indices(len(c), k=1)
+    ok = dm[i, j] < d
+    return i[ok], j[ok], dm[i, j][ok].astype(np.float32)
+
+
+def denoise_tracklets(x: np.ndarray, tracklet: np.ndarray, r: float, min_tracklet: int) -> tuple[np.ndarray, np.ndarray]:
+    """Level 1. Returns (group per image: the tracklet's index in ``np.unique(tracklet)`` or -1, reason code)."""
+    x = np.asarray(x, dtype=np.float32)
+    keys, inv = np.unique(np.asarray(tracklet), return_inverse=True)
+    group = np.full(len(x), -1, dtype=np.int64)
+    reason = np.full(len(x), KEPT, dtype=np.int8)
+    for t in range(len(keys)):
+        idx = np.flatnonzero(inv == t)
+        keep = shrink_to_radius(x[idx], r)
+        reason[idx[~keep]] = TRACKLET_OUTLIER
+        if keep.sum() < min_tracklet:
+            reason[idx[keep]] = TRACKLET_TOO_SMALL
+        else:
+            group[idx[keep]] = t
+    return group, reason
+
+
+@dataclass
+class VideoResult:
+    group: np.ndarray  # local identity per image (0..n_groups-1), -1 = removed
+    reason: np.ndarray  # reason code per image (REASONS)
+    n_groups: int
+
+
+def _compact(group: np.ndarray) -> tuple[np.ndarray, int]:
+    out = np.full(len(group), -1, dtype=np.int64)
+    ok = group >= 0
+    uniq, inv = np.unique(group[ok], return_inverse=True)
+    out[ok] = inv
+    return out, len(uniq)
+
+
+def _frame_tags(group: np.ndarray, n: int, frame: Optional[np.ndarray]) -> Optional[list[frozenset]]:
+    if frame is None:
+        return None
+    return [frozenset(frame[group == g].tolist()) for g in range(n)]
+
+
+def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_tracklet: int,
+                  frame: Optional[np.ndarray] = None) -> VideoResult:
+    """Levels 1 and 2 over the images of one video (rows of x, any order).
+
+    ``frame`` (optional, the image's frame index) adds the tracker's strongest cue: one person is never twice in
+    the same frame, so tracklets that share a frame are never merged and an image is never moved into a tracklet
+    that already has an image of its frame.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    frame = None if frame is None else np.asarray(frame)
+    group, reason = denoise_tracklets(x, tracklet, r, min_tracklet)
+    group, n = _compact(group)
+
+    # merge tracklets of the same person (centroids closer than d)
+    if n > 1:
+        sums = group_sums(x, group, n)
+        i, j, dist = pairs_under(l2_normalise(sums), d)
+        merged = guarded_merge(sums, i, j, dist, d, _frame_tags(group, n, frame))
+        group = np.where(group >= 0, merged[np.maximum(group, 0)], -1)
+        group, n = _compact(group)
+
+    # reassign images removed at level 1 to the nearest tracklet of this video within r
+    pool = np.flatnonzero(group < 0)
+    if n > 0 and len(pool):
+        cents = l2_normalise(group_sums(x, group, n))
+        dist = 1.0 - x[pool] @ cents.T
+        if frame is not None:
+            tags = _frame_tags(group, n, frame)
+            for row, img in enumerate(pool):
+                for g in range(n):
+                    if frame[img] in tags[g]:
+                        dist[row, g] = np.inf
+        best = np.argmin(dist, axis=1)
+        ok = dist[np.arange(len(pool)), best] <= r
+        group[pool[ok]] = best[ok]
+        reason[pool[ok]] = KEPT
+
+    # leftover removed images that agree among themselves form new tracklets (splits a mixed tracklet)
+    pool = np.flatnonzero(group < 0)
+    if len(pool) >= min_tracklet:
+        xp = x[pool]
+        i, j, dist = pairs_under(xp, d)
+        tags = None if frame is None else [frozenset([f]) for f in frame[pool].tolist()]
+        comp = guarded_merge(xp.astype(np.float64), i, j, dist, d, tags)
+        for c in np.unique(comp):
+            members = pool[comp == c]
+            if len(members) < min_tracklet:
+                continue
+            keep = shrink_to_radius(x[members], r)
+            if keep.sum() >= min_tracklet:
+                group[members[keep]] = n
+                reason[members[keep]] = KEPT
+                n += 1
+
+    # radius re-check on the merged tracklets
+    for g in range(n):
+        idx = np.flatnonzero(group == g)
+        keep = shrink_to_radius(x[idx], r)
+        if keep.sum() < min_tracklet:
+            keep[:] = False
+        group[idx[~keep]] = -1
+        reason[idx[~keep]] = VIDEO_RADIUS
+    group, n = _compact(group)
+    return VideoResult(group=group, reason=reason, n_groups=n)
