@@ -32,8 +32,10 @@ def configure(job) -> str:
         mlflow.set_registry_uri(job.mlflow.registry_uri)
     if mlflow.get_experiment_by_name(job.mlflow.experiment) is None:
         artifact_location = None
-        if uri.startswith("sqlite:///") and not is_s3(job.output):
-            artifact_location = "file://" + os.path.join(os.path.abspath(job.output), "mlartifacts")
+        if uri.startswith("sqlite:///"):
+            # artifacts beside the sqlite store, never in whatever the working directory happens to be
+            db_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
+            artifact_location = "file://" + os.path.join(os.path.abspath(db_dir), "mlartifacts")
         mlflow.create_experiment(job.mlflow.experiment, artifact_location=artifact_location)
     mlflow.set_experiment(job.mlflow.experiment)
     return uri
@@ -54,7 +56,9 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 def stage_run(job, stage: str, params: Optional[dict] = None, inputs: tuple = (), run_name: Optional[str] = None) -> Iterator[Optional[Any]]:
     """An MLflow run for one stage, with the resolved (secret-free) config as params and inputs as lineage tags.
 
-    Each input is a dict ``{"uri", "digest", "stage", "mlflow_run_id"}`` (see ``stage_io.input_record``).
+    Each input is a dict ``{"uri", "digest", "stage", "mlflow_run_id"}`` (see ``stage_io.input_record``); it is
+    also logged as an MLflow dataset input carrying that explicit digest (``tracking.lineage.log_inputs``).
+    Record what the stage wrote with ``tracking.lineage.log_output(uri, digest)`` inside the block.
     Yields the active ``mlflow.ActiveRun`` or ``None`` when tracking is disabled.
     """
     if not job.mlflow.enabled:
@@ -69,6 +73,9 @@ def stage_run(job, stage: str, params: Optional[dict] = None, inputs: tuple = ()
             if rec.get(key):
                 tags[f"{LINEAGE_PREFIX}.{i}.{key}"] = str(rec[key])
     with mlflow.start_run(run_name=run_name or stage, tags=tags) as run:
+        from cion_dist.tracking.lineage import log_inputs
+
+        log_inputs(inputs, run.info.run_id)
         if params:
             flat = flatten(params)
             items = list(flat.items())
