@@ -2,19 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field
 
 from cion_dist.config.base import StrictModel
 
 
+class FinetuneConfig(StrictModel):
+    """Short BoT-style supervised fine-tune (ID loss with label smoothing + batch-hard triplet + BNNeck)."""
+
+    iterations: int = Field(200, ge=1, description="optimizer steps on bounding_box_train")
+    p: int = Field(8, ge=2, description="identities per batch")
+    k: int = Field(4, ge=2, description="images per identity per batch")
+    lr: float = Field(3.5e-4, gt=0)
+    weight_decay: float = Field(5e-4, ge=0)
+    label_smoothing: float = Field(0.1, ge=0, lt=1)
+    triplet_margin: float = Field(0.3, ge=0)
+    neck_feat: Literal["before", "after"] = Field("before", description="evaluate the feature before/after BNNeck")
+    num_threads: int = Field(2, ge=1, description="image decoding threads")
+
+
 class EvaluateConfig(StrictModel):
     dataset: str = Field("", description="re-ID dataset root (Market-1501 layout); empty = <output>/corpus/market")
+    dataset_format: Literal["auto", "market", "msmt17", "list"] = "auto"
+    keep_distractors: bool = Field(True, description="Market pid 0000 stays in the gallery as negatives")
     model: Optional[str] = Field(None, description="checkpoint path, models:/name@alias, or None = newest pretrain")
+    architecture: Optional[str] = Field(None, description="backbone name for a bare checkpoint without backbone.json")
+    protocol: Literal["frozen", "finetune"] = "frozen"
+    finetune: FinetuneConfig = FinetuneConfig()
+    flip: bool = Field(True, description="average features of the image and its horizontal flip")
+    batch_size: int = Field(64, ge=1)
+    height: int = Field(256, ge=16)
+    width: int = Field(128, ge=8)
+    extraction: Literal["auto", "local", "ray"] = Field("auto", description="auto = Ray Data above ray_min_images")
+    ray_min_images: int = Field(4000, ge=0)
+    num_actors: int = Field(2, ge=1, description="embedding actors in the Ray Data pool")
+    device: str = Field("auto", description="auto, cpu or cuda")
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    chunk_size: int = Field(512, ge=1, description="queries per distance block")
+    rerank: bool = False
+    rerank_k1: int = Field(20, ge=1)
+    rerank_k2: int = Field(6, ge=1)
+    rerank_lambda: float = Field(0.3, ge=0, le=1)
+    max_rank: int = Field(10, ge=1)
 
 
 class PromoteConfig(StrictModel):
     model_name: str = "cion-backbone"
-    metric: str = "mAP"
-    margin: float = 0.0
+    metric: Literal["mAP", "mINP", "rank1", "rank5", "rank10"] = "mAP"
+    margin: float = Field(0.0, ge=0, description="the candidate must beat the champion by more than this")
+    candidate: Optional[str] = Field(None, description="version number or models:/ URI; None = newest version")
+    dataset_digest: Optional[str] = Field(None, description="None = the candidate's most recent evaluation dataset")
+    protocol: Literal["frozen", "finetune"] = "frozen"

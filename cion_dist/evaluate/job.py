@@ -1,0 +1,136 @@
+"""The evaluate stage: re-ID metrics of one backbone on one benchmark, logged to MLflow against the model.
+
+Reads the dataset (Market-1501 / MSMT17 / list), loads the model (checkpoint, ``models:/``, ``runs:/``, or the
+newest pretrain run), optionally fine-tunes it (``protocol: finetune``), extracts query and gallery features
+(in-process or Ray Data), computes CMC / mAP / mINP (optionally after k-reciprocal re-ranking), and records the
+result three ways: a one-row Parquet + ``_SUCCESS.json`` under ``<output>/evaluate/<run_id>/`` (a rerun with the
+same model, dataset and settings is skipped), an MLflow run (metrics, dataset digest, lineage inputs), and tags on
+the registered model version keyed by dataset digest (what ``promote`` compares).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pyarrow as pa
+
+from cion_dist.config.job import Job
+from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
+from cion_dist.evaluate.features import extract_local, extract_ray
+from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
+from cion_dist.evaluate.model_source import resolve_model
+from cion_dist.pipeline.result import StageResult
+from cion_dist.pipeline.runid import derive_run_id
+from cion_dist.storage.fs import Storage, join
+from cion_dist.storage.stage_io import StageOutput, dumps_config
+
+log = logging.getLogger(__name__)
+STAGE = "evaluate"
+
+
+def dataset_root(job: Job) -> str:
+    return job.evaluate.dataset or join(job.output, "corpus", "market")
+
+
+def extract(job: Job, model, uris: list[str], storage: Storage) -> np.ndarray:
+    cfg = job.evaluate
+    use_ray = cfg.extraction == "ray" or (cfg.extraction == "auto" and len(uris) >= cfg.ray_min_images)
+    kw = dict(batch_size=cfg.batch_size, flip=cfg.flip, height=cfg.height, width=cfg.width, device=cfg.device)
+    if use_ray:
+        from cion_dist.raycluster import ensure_ray
+
+        ensure_ray(job.ray)
+        return extract_ray(model, uris, storage, num_actors=cfg.num_actors, **kw)
+    return extract_local(model, uris, storage, **kw)
+
+
+def score(job: Job, ds: ReidDataset, qf: np.ndarray, gf: np.ndarray) -> ReidMetrics:
+    cfg = job.evaluate
+    qp, qc = pids_cams(ds.query)
+    gp, gc = pids_cams(ds.gallery)
+    if cfg.rerank:
+        from cion_dist.evaluate.rerank import k_reciprocal_distances
+
+        qn = qf / np.maximum(np.linalg.norm(qf, axis=1, keepdims=True), 1e-12)
+        gn = gf / np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
+        dist = k_reciprocal_distances(qn, gn, cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda)
+        return evaluate_distances(dist, qp, gp, qc, gc, max_rank=cfg.max_rank)
+    return evaluate_features(qf, gf, qp, gp, qc, gc, metric=cfg.metric, max_rank=cfg.max_rank, chunk_size=cfg.chunk_size)
+
+
+def _summary(metrics: ReidMetrics, digest: str, model_uri: str, extra: dict) -> dict:
+    s = {k: float(getattr(metrics, k)) for k in METRICS}
+    s.update(num_queries=metrics.num_queries, num_valid_queries=metrics.num_valid, num_skipped_queries=metrics.num_skipped,
+             dataset_digest=digest, model_uri=model_uri)
+    s.update(extra)
+    return s
+
+
+def run(job: Job) -> StageResult:
+    from cion_dist.tracking.lineage import log_output
+    from cion_dist.tracking.mlflow_run import configure, stage_run
+
+    cfg = job.evaluate
+    storage = Storage(job.storage)
+    root = dataset_root(job)
+    ds = load_dataset(root, cfg.dataset_format, storage, cfg.keep_distractors)
+    digest = ds.digest()
+    if job.mlflow.enabled:
+        configure(job)
+    model = resolve_model(cfg.model, experiment=job.mlflow.experiment, storage=storage,
+                          architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled)
+    run_id = derive_run_id(STAGE, cfg, f"{digest}:{model.uri}:{model.weights_digest}", job.run_id)
+    out = StageOutput.create(job.output, STAGE, run_id, storage)
+    if out.is_complete():
+        rec = out.success()
+        return StageResult(STAGE, model.uri, rows=rec.get("rows", {}), summary=rec.get("summary", {}),
+                           mlflow_run_id=rec.get("summary", {}).get("mlflow_run_id"), skipped=True)
+
+    t0 = time.time()
+    net, extra = model.module, {}
+    if cfg.protocol == "finetune":
+        from cion_dist.evaluate.finetune import finetune
+
+        net, extra = finetune(net, ds.train, cfg.finetune, storage, height=cfg.height, width=cfg.width,
+                              device=cfg.device, seed=job.seed)
+    t1 = time.time()
+    qf = extract(job, net, [r.uri for r in ds.query], storage)
+    gf = extract(job, net, [r.uri for r in ds.gallery], storage)
+    t2 = time.time()
+    metrics = score(job, ds, qf, gf)
+    t3 = time.time()
+    extra.update(finetune_seconds=round(t1 - t0, 3), extract_seconds=round(t2 - t1, 3), metric_seconds=round(t3 - t2, 3))
+    summary = _summary(metrics, digest, model.uri, extra)
+    log.info("evaluate %s on %s: mAP %.4f rank1 %.4f", model.uri, root, metrics.mAP, metrics.rank1)
+
+    dataset_rec = {"uri": root, "digest": digest, "stage": "dataset"}
+    mlflow_run_id = None
+    params = {"evaluate": dumps_config(cfg), "dataset": {"root": root, "format": ds.name, **ds.counts()},
+              "model": {"uri": model.uri, "architecture": model.architecture, "embed_dim": model.embed_dim}}
+    with stage_run(job, STAGE, params=params, inputs=(dataset_rec, model.record())) as mrun:
+        if mrun is not None:
+            import mlflow
+
+            mlflow_run_id = mrun.info.run_id
+            numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            mlflow.log_metrics(numeric | {f"cmc_{i + 1}": c for i, c in enumerate(metrics.cmc)})
+            mlflow.set_tags({"cion.eval.dataset_digest": digest, "cion.eval.protocol": cfg.protocol,
+                             "cion.model.uri": model.uri, "cion.model.weights_digest": model.weights_digest})
+            if model.name:
+                from cion_dist.tracking.registry import record_evaluation
+
+                mlflow.set_tags({"cion.model.name": model.name, "cion.model.version": model.version})
+                record_evaluation(model.name, model.version, cfg.protocol, digest,
+                                  {k: summary[k] for k in METRICS}, run_id=mlflow_run_id)
+            log_output(out.uri, None)
+        summary["mlflow_run_id"] = mlflow_run_id
+        table = pa.table({k: [v] for k, v in summary.items() if v is not None})
+        out.write_unit("metrics", table)
+        rows = {"queries": metrics.num_queries, "gallery": len(ds.gallery)}
+        rec = out.finalize(stage=STAGE, rows=rows, inputs=[dataset_rec, model.record()], config=dumps_config(cfg),
+                           summary=summary)
+        if mrun is not None:
+            log_output(out.uri, rec["digest"])
+    return StageResult(STAGE, model.uri, rows=rows, summary=summary, mlflow_run_id=mlflow_run_id)

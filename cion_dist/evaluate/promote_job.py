@@ -1,0 +1,90 @@
+"""The promote stage: move the ``champion`` alias to a candidate version only when it is measurably better.
+
+The candidate (``promote.candidate``, else the newest version of ``promote.model_name``) and the current
+champion are read from the registry; their metric on the same dataset digest comes from the evaluation tags that
+the evaluate stage wrote on each version. ``promotion.decide`` makes the call; this module applies it (aliases),
+records why on the candidate version (``cion.promote.*`` tags) and logs a ``promote`` MLflow run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from cion_dist.config.job import Job
+from cion_dist.errors import ConfigError
+from cion_dist.evaluate.promotion import CHALLENGER, CHAMPION, Decision, Evaluated, decide
+from cion_dist.pipeline.result import StageResult
+from cion_dist.storage.stage_io import dumps_config
+
+STAGE = "promote"
+
+
+def _candidate_uri(job: Job) -> str:
+    cfg = job.promote
+    c = cfg.candidate
+    if c is None:
+        return f"models:/{cfg.model_name}/latest"
+    if c.startswith("models:/"):
+        return c
+    if c.isdigit():
+        return f"models:/{cfg.model_name}/{c}"
+    raise ConfigError(f"promote.candidate {c!r}: use a version number or a models:/ URI")
+
+
+def apply_decision(name: str, candidate_version: str, decision: Decision, metric: str, digest: str | None,
+                   champion_version: str | None, mlflow_client) -> None:
+    """Move aliases and write the reason on the candidate version."""
+    c = mlflow_client
+    if decision.alias == CHAMPION:
+        c.set_registered_model_alias(name, CHAMPION, candidate_version)
+        from cion_dist.tracking.registry import alias_version
+
+        held = alias_version(name, CHALLENGER, c)
+        if held is not None and str(held.version) == str(candidate_version):
+            c.delete_registered_model_alias(name, CHALLENGER)
+    elif decision.alias == CHALLENGER:
+        c.set_registered_model_alias(name, CHALLENGER, candidate_version)
+    tags = {"cion.promote.decision": "promoted" if decision.promote else (decision.alias or "unchanged"),
+            "cion.promote.reason": decision.reason, "cion.promote.metric": metric,
+            "cion.promote.dataset_digest": digest or "", "cion.promote.compared_to": champion_version or "",
+            "cion.promote.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for k, v in tags.items():
+        c.set_model_version_tag(name, candidate_version, k, v)
+
+
+def run(job: Job) -> StageResult:
+    import mlflow
+
+    from cion_dist.tracking.mlflow_run import configure, stage_run
+    from cion_dist.tracking.registry import alias_version, get_version, latest_eval_digest, read_evaluation
+
+    if not job.mlflow.enabled:
+        raise ConfigError("promote works on the MLflow model registry; mlflow.enabled must be true")
+    cfg = job.promote
+    candidate_uri = _candidate_uri(job)
+    configure(job)
+    client = mlflow.MlflowClient()
+    cand = get_version(candidate_uri, client)
+    name, version = cand.name, str(cand.version)
+    digest = cfg.dataset_digest or latest_eval_digest(cand, cfg.protocol)
+    cand_eval = Evaluated(version, digest, read_evaluation(cand, cfg.protocol, digest, cfg.metric) if digest else None)
+    champ = alias_version(name, CHAMPION, client)
+    champ_eval = None
+    if champ is not None:
+        value = read_evaluation(champ, cfg.protocol, digest, cfg.metric) if digest else None
+        champ_eval = Evaluated(str(champ.version), digest if value is not None else latest_eval_digest(champ, cfg.protocol), value)
+    decision = decide(cand_eval, champ_eval, cfg.metric, cfg.margin)
+    champ_version = str(champ.version) if champ is not None else None
+    summary = {"decision": "promoted" if decision.promote else (decision.alias or "unchanged"), "reason": decision.reason,
+               "candidate_version": version, "champion_before": champ_version or "",
+               "champion_after": version if decision.promote else (champ_version or ""), "metric": cfg.metric,
+               "candidate_value": cand_eval.value, "champion_value": champ_eval.value if champ_eval else None,
+               "dataset_digest": digest or ""}
+    inputs = ({"uri": f"models:/{name}/{version}", "stage": "model", "mlflow_run_id": cand.run_id,
+               "digest": digest or ""},)
+    with stage_run(job, STAGE, params={"promote": dumps_config(cfg)}, inputs=inputs) as mrun:
+        apply_decision(name, version, decision, cfg.metric, digest, champ_version, client)
+        mlflow.set_tags({"cion.promote.decision": summary["decision"], "cion.promote.reason": decision.reason[:5000],
+                         "cion.promote.candidate": version, "cion.promote.champion_before": champ_version or ""})
+        run_id = mrun.info.run_id
+    return StageResult(STAGE, f"models:/{name}@{CHAMPION}", summary=summary, mlflow_run_id=run_id)
