@@ -156,7 +156,10 @@ def newest_pretrain_uri(experiment: str) -> str:
 
 def resolve_model(spec: Optional[str], *, experiment: str, storage: Optional[Storage] = None,
                   architecture: Optional[str] = None, mlflow_enabled: bool = True) -> ResolvedModel:
-    """Load the backbone ``spec`` names (see module docstring)."""
+    """Load the backbone ``spec`` names (see module docstring); ``init:<architecture>`` is a seeded random init,
+    the 'before pretraining' reference."""
+    if spec is not None and spec.startswith("init:"):
+        return random_init(spec[len("init:"):])
     if spec is None or spec.startswith(("models:/", "runs:/")):
         if not mlflow_enabled:
             raise ConfigError("evaluate.model needs MLflow (models:/, runs:/ or newest pretrain) but mlflow.enabled is false")
@@ -165,3 +168,19 @@ def resolve_model(spec: Optional[str], *, experiment: str, storage: Optional[Sto
             return load_registered(spec, architecture)
         return load_run_model(spec, architecture)
     return load_checkpoint(spec, storage, architecture)
+
+
+def random_init(architecture: str, seed: int = 0) -> ResolvedModel:
+    """A randomly initialised backbone (fixed seed), so 'before' and 'after' pretraining compare like with like."""
+    import torch
+
+    from cion_dist.models.factory import build_backbone
+
+    if not architecture:
+        raise ConfigError("evaluate.model init:<architecture> needs an architecture name, e.g. init:resnet18")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        module = build_backbone(architecture)
+    spec = f"init:{architecture}"
+    return ResolvedModel(module=module, uri=spec, architecture=architecture, embed_dim=int(module.embed_dim),
+                         weights_digest=hashlib.sha256(f"{spec}:seed{seed}".encode()).hexdigest())

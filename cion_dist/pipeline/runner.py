@@ -52,6 +52,7 @@ def run_pipeline(job: Job) -> list[StageResult]:
     """Run ``job.pipeline.stages`` in order; each stage reads what the previous one wrote."""
     results: list[StageResult] = []
     current = job.model_copy(deep=True)
+    gt_uri = None
     for stage in current.pipeline.stages:
         res = run_stage(current, stage)
         results.append(res)
@@ -59,6 +60,12 @@ def run_pipeline(job: Job) -> list[StageResult]:
         if nxt is not None:
             section, fieldname, value = nxt
             setattr(getattr(current, section), fieldname, value)
+        if stage == "synth":
+            gt_uri = res.summary.get("gt_uri")
+        elif stage == "ingest" and gt_uri and not current.correlate.ground_truth:
+            from cion_dist.pipeline.groundtruth import attach_ground_truth
+
+            current.correlate.ground_truth = attach_ground_truth(current, res, gt_uri)
     return results
 
 
