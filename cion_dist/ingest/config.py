@@ -12,14 +12,16 @@ from cion_dist.config.base import StrictModel
 class BackgroundConfig(StrictModel):
     """Background subtraction for static cameras: a per-pixel median background, foreground blobs as people."""
 
-    history: int = Field(48, ge=3, description="sampled frames the median background is estimated from")
-    refresh_every: int = Field(24, ge=1, description="re-estimate the background after this many frames")
+    history: int = Field(15, ge=3, description="frames the median background is estimated from")
+    history_stride: int = Field(3, ge=1, description="keep every n-th processed frame for the background")
+    refresh_every: int = Field(32, ge=1, description="re-estimate the background after this many frames")
     diff_threshold: int = Field(28, ge=1, le=255, description="max channel difference that counts as foreground")
     min_height_fraction: float = Field(0.08, gt=0, le=1, description="blob height / frame height, lower bound")
     max_height_fraction: float = Field(0.9, gt=0, le=1)
     min_aspect: float = Field(1.1, gt=0, description="blob height / width, lower bound (people stand upright)")
     max_aspect: float = Field(5.0, gt=0)
     min_fill: float = Field(0.3, gt=0, le=1, description="foreground pixels / box area")
+    split_aspect: float = Field(2.8, ge=0, description="h / w of one person when cutting wide blobs; 0 = no cutting")
 
 
 class DetectorConfig(StrictModel):
@@ -40,6 +42,7 @@ class TrackerConfig(StrictModel):
     max_age: int = Field(10, ge=0, description="frames a lost track is kept for re-association")
     min_length: int = Field(3, ge=1, description="tracklets shorter than this are dropped")
     min_hits: int = Field(2, ge=1, description="consecutive matches before a new track is confirmed")
+    appearance_weight: float = Field(0.5, ge=0, le=1, description="share of colour-histogram distance in the cost")
 
     @model_validator(mode="after")
     def _ordered(self) -> "TrackerConfig":

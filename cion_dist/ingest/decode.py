@@ -40,13 +40,22 @@ def resized_shape(width: int, height: int, resize_width: Optional[int]) -> tuple
 
 @dataclass
 class ClipVideo:
-    """An opened clip: frame count, rate and size as the decoder reports them."""
+    """An opened clip: frame count, rate, decoded size, and the source size (boxes are reported in source pixels)."""
 
     reader: object
     num_frames: int
     fps: float
     width: int
     height: int
+    source_width: int = 0
+    source_height: int = 0
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(sx, sy) that map decoded pixels back to source pixels."""
+        sx = self.source_width / self.width if self.width else 1.0
+        sy = self.source_height / self.height if self.height else 1.0
+        return sx, sy
 
 
 def open_clip(data: bytes, resize_width: Optional[int] = None, name: str = "<clip>") -> ClipVideo:
@@ -71,10 +80,11 @@ def open_clip(data: bytes, resize_width: Optional[int] = None, name: str = "<cli
         raise DataError(f"{name}: cannot decode video ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     if n == 0:
         raise DataError(f"{name}: video has no frames")
-    return ClipVideo(reader, n, fps, int(w), int(h))
+    return ClipVideo(reader, n, fps, int(w), int(h), int(w0), int(h0))
 
 
-def iter_chunks(clip: ClipVideo, indices: np.ndarray, chunk_frames: int, name: str = "<clip>") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_chunks(clip: ClipVideo, indices: np.ndarray, chunk_frames: int,
+                name: str = "<clip>") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (frame indices, frames ``[n, H, W, 3]`` RGB uint8) for at most ``chunk_frames`` frames at a time."""
     for start in range(0, len(indices), chunk_frames):
         idx = indices[start : start + chunk_frames]

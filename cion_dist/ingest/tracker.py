@@ -22,12 +22,14 @@ from cion_dist.ingest.motion import BoxKalman
 
 @dataclass
 class Tracklet:
-    """One person's run of detections: frame indices (processed frames), boxes ``[n, 4]`` and scores."""
+    """One person's run of detections: frame indices, boxes ``[n, 4]``, scores, and which detection of its frame
+    each observation was (so callers can find the crop they cut for it)."""
 
     track_id: int
     frames: list[int] = field(default_factory=list)
     boxes: list[np.ndarray] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    detections: list[int] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -59,7 +61,8 @@ class ByteTracker:
 
     @classmethod
     def from_config(cls, cfg) -> "ByteTracker":
-        return cls(cfg.high_threshold, cfg.low_threshold, cfg.match_iou, cfg.max_age, cfg.min_length, cfg.min_hits)
+        return cls(cfg.high_threshold, cfg.low_threshold, cfg.match_iou, cfg.max_age, cfg.min_length, cfg.min_hits,
+                   cfg.appearance_weight)
 
     def _cost(self, tracks: list[_Track], boxes: np.ndarray, feats: Optional[np.ndarray]) -> np.ndarray:
         """1 - IoU, blended with appearance distance where both sides have features; IoU below the gate is +inf."""
@@ -87,8 +90,9 @@ class ByteTracker:
         rows, cols = linear_sum_assignment(big)
         return [(int(r), int(c)) for r, c in zip(rows, cols) if finite[r, c]]
 
-    def _extend(self, t: _Track, frame: int, box: np.ndarray, score: float, feat: Optional[np.ndarray]) -> None:
+    def _extend(self, t: _Track, frame: int, d: int, box: np.ndarray, score: float, feat: Optional[np.ndarray]) -> None:
         t.kf.update(box)
+        t.tracklet.detections.append(int(d))
         t.tracklet.frames.append(int(frame))
         t.tracklet.boxes.append(np.asarray(box, dtype=np.float64))
         t.tracklet.scores.append(float(score))
@@ -110,7 +114,10 @@ class ByteTracker:
         scores = np.asarray(scores, dtype=np.float64).reshape(-1)
         if len(scores) != len(boxes):
             raise ValueError(f"frame {frame}: {len(boxes)} boxes but {len(scores)} scores")
-        feats = None if features is None else np.asarray(features, dtype=np.float64).reshape(len(boxes), -1)
+        feats = None
+        if features is not None:
+            feats = np.asarray(features, dtype=np.float64)
+            feats = feats.reshape(len(boxes), -1) if len(boxes) else np.zeros((0, max(1, feats.shape[-1])))
         for t in self._live:
             t.kf.predict()
 
@@ -128,7 +135,7 @@ class ByteTracker:
         matched_t, used = set(), set()
         for ti, di in pairs:
             d = high[di]
-            self._extend(confirmed[ti], frame, boxes[d], scores[d], None if feats is None else feats[d])
+            self._extend(confirmed[ti], frame, d, boxes[d], scores[d], None if feats is None else feats[d])
             matched_t.add(id(confirmed[ti]))
             used.add(int(d))
         # 2. low-score detections vs confirmed tracks seen in the previous frame and still unmatched
@@ -136,14 +143,14 @@ class ByteTracker:
         b, f = sub(low)
         for ti, di in self._assign(self._cost(rest, b, f)):
             d = low[di]
-            self._extend(rest[ti], frame, boxes[d], scores[d], None if feats is None else feats[d])
+            self._extend(rest[ti], frame, d, boxes[d], scores[d], None if feats is None else feats[d])
             matched_t.add(id(rest[ti]))
         # 3. remaining confident detections vs tentative tracks
         remaining = np.array([d for d in high if int(d) not in used], dtype=np.int64)
         b, f = sub(remaining)
         for ti, di in self._assign(self._cost(tentative, b, f)):
             d = remaining[di]
-            self._extend(tentative[ti], frame, boxes[d], scores[d], None if feats is None else feats[d])
+            self._extend(tentative[ti], frame, d, boxes[d], scores[d], None if feats is None else feats[d])
             matched_t.add(id(tentative[ti]))
             used.add(int(d))
 
@@ -161,7 +168,7 @@ class ByteTracker:
         for d in high:
             if int(d) in used:
                 continue
-            tr = Tracklet(self._next_id, [int(frame)], [boxes[d].copy()], [float(scores[d])])
+            tr = Tracklet(self._next_id, [int(frame)], [boxes[d].copy()], [float(scores[d])], [int(d)])
             t = _Track(self._next_id, BoxKalman(boxes[d]), tr, confirmed=self.min_hits <= 1,
                        feature=None if feats is None else feats[d])
             self._next_id += 1

@@ -1,0 +1,117 @@
+"""One clip, start to end: read its bytes, decode in chunks, detect, track, cut crops, build the output table.
+
+``ingest_clip`` is the body of one Ray task but needs no Ray: it takes the bytes' URI and the stage config and
+returns the crops table plus counters. Frames never outlive their chunk; only JPEG crops of detections are kept
+until the tracker decides which detections form tracklets.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+from cion_dist.ingest.appearance import box_histograms
+from cion_dist.ingest.crops import crop_box, encode_jpeg
+from cion_dist.ingest.decode import iter_chunks, open_clip, sample_indices
+from cion_dist.ingest.detectors import make_detector
+from cion_dist.ingest.schema import CROPS, clip_metadata, image_key, tracklet_key
+from cion_dist.ingest.tracker import ByteTracker, Tracklet
+from cion_dist.storage.fs import Storage, read_bytes
+
+
+@dataclass
+class ClipResult:
+    table: pa.Table
+    frames: int = 0
+    detections: int = 0
+    seconds: float = 0.0
+    timings: dict = field(default_factory=dict)
+
+
+def tracklets_to_table(video_id: str, tracklets: list[Tracklet], crops: dict, fps: float, scale: tuple[float, float],
+                       min_crop_height: int, min_length: int) -> pa.Table:
+    """Rows for tracklets whose crops are tall enough; tracklets left with fewer than ``min_length`` are dropped.
+
+    ``crops[(frame, detection)]`` holds the JPEG; boxes are mapped back to source pixels by ``scale`` (sx, sy).
+    """
+    cols: dict[str, list] = {name: [] for name in CROPS.names}
+    n = 0
+    sx, sy = scale
+    for t in tracklets:
+        keep = [i for i, b in enumerate(t.boxes)
+                if (b[3] - b[1]) * sy >= min_crop_height and (t.frames[i], t.detections[i]) in crops]
+        if len(keep) < min_length:
+            continue
+        tid = tracklet_key(video_id, n)
+        n += 1
+        for i in keep:
+            f = t.frames[i]
+            x1, y1, x2, y2 = t.boxes[i]
+            cols["image_id"].append(image_key(tid, f))
+            cols["video_id"].append(video_id)
+            cols["tracklet_id"].append(tid)
+            cols["frame_index"].append(int(f))
+            cols["timestamp_s"].append(float(f) / fps if fps > 0 else 0.0)
+            cols["bbox"].append([x1 * sx, y1 * sy, x2 * sx, y2 * sy])
+            cols["score"].append(float(t.scores[i]))
+            cols["jpeg"].append(crops[(f, t.detections[i])])
+    return pa.table(cols, schema=CROPS)
+
+
+def ingest_clip(video_id: str, uri: str, cfg, storage: Optional[Storage] = None, detector=None) -> ClipResult:
+    """Decode, detect and track one clip; raises ``DataError`` for a missing, empty or undecodable clip."""
+    t0 = time.perf_counter()
+    timings = {"read": 0.0, "decode": 0.0, "detect": 0.0, "track": 0.0, "crop": 0.0}
+    data = read_bytes(uri, storage)
+    timings["read"] = time.perf_counter() - t0
+    t = time.perf_counter()
+    clip = open_clip(data, cfg.resize_width, name=f"{video_id} ({uri})")
+    del data
+    timings["decode"] += time.perf_counter() - t
+    indices = sample_indices(clip.num_frames, clip.fps, cfg.sample_fps, cfg.every_n, cfg.max_frames)
+    detector = detector or make_detector(cfg.detector, storage)
+    tracker = ByteTracker.from_config(cfg.tracker)
+    use_appearance = cfg.tracker.appearance_weight > 0
+    min_h = cfg.min_crop_height / clip.scale[1]  # in decoded pixels
+    crops: dict[tuple[int, int], bytes] = {}
+    frames = detections = 0
+    it = iter_chunks(clip, indices, cfg.chunk_frames, name=f"{video_id} ({uri})")
+    while True:
+        t = time.perf_counter()
+        chunk = next(it, None)
+        timings["decode"] += time.perf_counter() - t
+        if chunk is None:
+            break
+        idx, batch = chunk
+        t = time.perf_counter()
+        dets = detector.detect(batch)
+        timings["detect"] += time.perf_counter() - t
+        for f, frame, (boxes, scores) in zip(idx.tolist(), batch, dets):
+            t = time.perf_counter()
+            keep = scores >= cfg.tracker.low_threshold
+            boxes, scores = boxes[keep], scores[keep]
+            feats = box_histograms(frame, boxes) if use_appearance else None
+            tracker.update(f, boxes, scores, feats)
+            timings["track"] += time.perf_counter() - t
+            t = time.perf_counter()
+            for d, box in enumerate(boxes):
+                if box[3] - box[1] < min_h:
+                    continue
+                win = crop_box(box, clip.width, clip.height, cfg.crop_margin)
+                if win is not None:
+                    x1, y1, x2, y2 = win
+                    crops[(f, d)] = encode_jpeg(frame[y1:y2, x1:x2], cfg.jpeg_quality)
+            timings["crop"] += time.perf_counter() - t
+            detections += len(boxes)
+        frames += len(idx)
+        del batch
+    t = time.perf_counter()
+    tracklets = tracker.finish()
+    table = tracklets_to_table(video_id, tracklets, crops, clip.fps, clip.scale, cfg.min_crop_height, cfg.tracker.min_length)
+    timings["track"] += time.perf_counter() - t
+    table = table.replace_schema_metadata(clip_metadata(video_id, clip.num_frames, clip.fps, frames))
+    return ClipResult(table, frames, detections, time.perf_counter() - t0, {k: round(v, 3) for k, v in timings.items()})
