@@ -158,16 +158,15 @@ def load_backbone_weights(model: nn.Module, path: str, strict: bool = True, stor
 
 
 def _resize_pos(src: torch.Tensor, dst: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    n_src, n_dst = src.shape[1] - 1, dst.shape[1] - 1
+    """Resize a stored position embedding to the model's grid; the stored grid is inferred from its token count
+    (same width in patches, e.g. 384x128 -> 256x128; else the model's aspect ratio; else square)."""
     new_grid = getattr(model, "grid", None)
     if new_grid is None or src.shape[-1] != dst.shape[-1]:
         return src  # reported as a shape mismatch
-    # the source grid keeps the target's aspect ratio when it can (person crops are 2:1)
-    ratio = new_grid[0] / new_grid[1]
-    gw = max(1, round((n_src / ratio) ** 0.5))
-    gh = n_src // gw
-    if gh * gw != n_src:
-        gh = gw = int(n_src**0.5)
-        if gh * gw != n_src:
-            return src
-    return vit.resize_pos_embed(src, (gh, gw), tuple(new_grid)) if n_src != n_dst or (gh, gw) != tuple(new_grid) else src
+    n = src.shape[1] - 1
+    gh_t, gw_t = new_grid
+    gw_ratio = max(1, round((n * gw_t / gh_t) ** 0.5))
+    for gw in (gw_t, gw_ratio, round(n**0.5)):
+        if gw > 0 and n % gw == 0:
+            return vit.resize_pos_embed(src, (n // gw, gw), (gh_t, gw_t))
+    return src

@@ -4,8 +4,8 @@ Patch 16 gives a 16x8 token grid on a 256x128 crop. The position embedding is st
 bicubically when another size arrives (the 128x64 local crops of multi-crop training, or 384x128 fine-tuning), so
 one model serves every crop size. The output is the final-norm CLS token ``[B, embed_dim]``. Parameter names follow
 the widespread ``patch_embed.proj`` / ``blocks.N.attn.qkv`` / ``norm`` layout so third-party ViT weights load by
-name. ``stem_conv=True`` swaps the single patchify convolution for a small convolutional stem (three 3x3 convs,
-then a half-patch projection), which trains more stably for small-batch self-distillation.
+name. ``stem_conv=True`` (the default for the tiny/small/base sizes, as in the CION model zoo) swaps the single
+patchify convolution for a small convolutional stem; ``vit_micro`` (tests) keeps the plain patchify layer.
 """
 
 from __future__ import annotations
@@ -70,16 +70,20 @@ class Block(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    def __init__(self, patch: int, dim: int, stem_conv: bool):
+    """Patchify convolution, or with ``stem_conv`` the ICS-style stem the CION ViTs use: a 7x7 stride-2
+    convolution with 64 channels and two 3x3 convolutions (BN + ReLU each), then a half-patch projection."""
+
+    def __init__(self, patch: int, dim: int, stem_conv: bool, stem_width: int = 64):
         super().__init__()
         if stem_conv:
             if patch % 2:
                 raise ValueError(f"stem_conv needs an even patch size, got {patch}")
-            w = max(dim // 8, 16)
-            layers: list[nn.Module] = []
-            for i, stride in enumerate((2, 1, 1)):
-                layers += [nn.Conv2d(3 if i == 0 else w, w, 3, stride, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
-            self.stem = nn.Sequential(*layers)
+            w = stem_width
+            self.stem = nn.Sequential(
+                nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+            )
             self.proj = nn.Conv2d(w, dim, patch // 2, patch // 2)
         else:
             self.stem = nn.Identity()
@@ -162,13 +166,16 @@ def vit_micro(**kw) -> VisionTransformer:
 
 
 def vit_tiny(**kw) -> VisionTransformer:
+    kw.setdefault("stem_conv", True)
     return _vit(192, 12, 3, **kw)
 
 
 def vit_small(**kw) -> VisionTransformer:
+    kw.setdefault("stem_conv", True)
     return _vit(384, 12, 6, **kw)
 
 
 def vit_base(**kw) -> VisionTransformer:
+    kw.setdefault("stem_conv", True)
     return _vit(768, 12, 12, **kw)
 

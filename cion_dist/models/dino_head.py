@@ -1,0 +1,77 @@
+"""The self-distillation projection head and the multi-crop wrapper shared by student and teacher.
+
+The last layer is a linear map whose rows are unit-normalised on every forward (weight normalisation with the
+gain fixed to 1). It is written as a plain module computing ``W / ||W||`` from a single parameter rather than
+through ``torch.nn.utils.parametrizations``: DeepSpeed ZeRO-3 gathers the parameters of the module whose forward
+runs, and a parametrisation keeps its tensors in a nested module whose forward never runs.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class NormalizedLinear(nn.Module):
+    """``y = x @ (W / ||W_row||)^T``, no bias: weight-normalised linear with the gain fixed to 1."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight, std=0.02)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, F.normalize(self.weight, dim=1))
+
+
+class DINOHead(nn.Module):
+    """MLP ``in -> hidden -> hidden -> bottleneck`` (GELU), L2 normalisation, then ``NormalizedLinear`` to
+    ``out_dim`` prototypes (METHOD.md 5.1: 2048 / 2048 / 256, no BatchNorm, trunc-normal init)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, hidden_dim),
+            nn.GELU(),
+            nn.Linear(hidden_dim, bottleneck_dim),
+        )
+        for m in self.mlp:
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = NormalizedLinear(bottleneck_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+
+
+class MultiCropWrapper(nn.Module):
+    """Backbone + head over a list of crops of mixed sizes.
+
+    Consecutive crops of one resolution are concatenated and go through the backbone in one call (one call per
+    resolution, so BatchNorm sees a full batch); the head then runs once on every feature. The output rows keep
+    the input order: crop 0's batch, then crop 1's, and so on.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, crops: Sequence[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        if isinstance(crops, torch.Tensor):
+            crops = [crops]
+        feats = []
+        start = 0
+        while start < len(crops):
+            end = start + 1
+            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
+                end += 1
+            feats.append(self.backbone(torch.cat(list(crops[start:end]), dim=0)))
+            start = end
+        return self.head(torch.cat(feats, dim=0))

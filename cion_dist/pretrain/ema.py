@@ -1,0 +1,81 @@
+"""Teacher EMA that stays right under every ZeRO stage.
+
+The teacher is a plain module replicated on every rank (it takes no gradients, so DeepSpeed need not own it). The
+update ``t <- m * t + (1 - m) * s`` needs the student's full weights: under ZeRO 0/1/2 every rank holds them in
+the module; under ZeRO-3 each rank holds only its partition, so the student parameters are gathered a bucket at a
+time (``bucket_numel`` elements, so only a slice of the model is ever whole) with
+``deepspeed.zero.GatheredParameters`` (read-only, nothing is written back) and every rank applies the
+same update, keeping the replicas identical. The teacher stays fp32 whatever the student's precision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+from torch import nn
+
+
+def is_zero3_param(p: torch.Tensor) -> bool:
+    return hasattr(p, "ds_id") and hasattr(p, "ds_numel")
+
+
+def _buckets(params: list[tuple[torch.Tensor, torch.Tensor]], max_numel: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    bucket, size = [], 0
+    for pair in params:
+        n = pair[1].ds_numel if is_zero3_param(pair[1]) else pair[1].numel()
+        if bucket and size + n > max_numel:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(pair)
+        size += n
+    if bucket:
+        yield bucket
+
+
+def paired_parameters(teacher: nn.Module, student: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(teacher, student) parameter pairs by name; the two modules must share their architecture."""
+    s = dict(student.named_parameters())
+    pairs = []
+    for name, t in teacher.named_parameters():
+        if name not in s:
+            raise ValueError(f"teacher parameter {name} has no student counterpart")
+        pairs.append((t, s[name]))
+    return pairs
+
+
+@contextlib.contextmanager
+def gathered(params: list[torch.Tensor]):
+    """Full student weights for the block; a no-op unless the parameters are ZeRO-3 partitioned."""
+    z3 = [p for p in params if is_zero3_param(p)]
+    if not z3:
+        yield
+        return
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(z3, modifier_rank=None):
+        yield
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, bucket_numel: int = 4_000_000) -> None:
+    """``teacher <- momentum * teacher + (1 - momentum) * student`` over parameters (buffers are the teacher's own)."""
+    pairs = paired_parameters(teacher, student)
+    for bucket in _buckets(pairs, bucket_numel):
+        with gathered([s for _, s in bucket]):
+            for t, s in bucket:
+                t.mul_(momentum).add_(s.detach().to(device=t.device, dtype=t.dtype), alpha=1.0 - momentum)
+
+
+@torch.no_grad()
+def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU fp32 copy of every parameter and buffer, gathering ZeRO-3 partitions (collective: call on all ranks)."""
+    params = dict(module.named_parameters())
+    out: dict[str, torch.Tensor] = {}
+    with gathered(list(params.values())):
+        for name, p in params.items():
+            out[name] = p.detach().float().cpu().clone()
+    for name, b in module.named_buffers():
+        out[name] = b.detach().cpu().clone()
+    return out

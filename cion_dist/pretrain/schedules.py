@@ -1,0 +1,57 @@
+"""Training schedules as arrays indexed by the global step (METHOD.md 5.3, 5.5).
+
+Precomputing every value once makes schedules trivial to test and to resume: a restarted run reads entry
+``step`` and lands on exactly the value the interrupted run would have used. Like the reference code, the arrays
+are sized from the first epoch's step count; later (longer) epochs read the clamped last value (``at``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+def cosine_schedule(base: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0,
+                    warmup_start: float = 0.0) -> np.ndarray:
+    """Linear warm-up from ``warmup_start`` to ``base`` over ``warmup_epochs``, then a half cosine to ``final``."""
+    total = epochs * steps_per_epoch
+    warm = min(warmup_epochs * steps_per_epoch, total)
+    warmup = np.linspace(warmup_start, base, warm) if warm > 0 else np.array([])
+    i = np.arange(total - warm)
+    cosine = final + 0.5 * (base - final) * (1 + np.cos(np.pi * i / max(len(i), 1)))
+    return np.concatenate([warmup, cosine]).astype(np.float64)
+
+
+def at(schedule: np.ndarray, step: int) -> float:
+    return float(schedule[min(step, len(schedule) - 1)])
+
+
+def instances_for_epoch(epoch: int, gradual_epochs: Sequence[int], gradual_instances: Sequence[int]) -> int:
+    """K for an epoch: ``gradual_instances[i]`` for epochs below ``gradual_epochs[i]`` (the last K after that)."""
+    if len(gradual_epochs) != len(gradual_instances) or not gradual_instances:
+        raise ValueError("gradual_epochs and gradual_instances must be non-empty and of equal length")
+    for end, k in zip(gradual_epochs, gradual_instances):
+        if epoch < end:
+            return int(k)
+    return int(gradual_instances[-1])
+
+
+@dataclass(frozen=True)
+class Schedules:
+    lr: np.ndarray
+    wd: np.ndarray
+    momentum: np.ndarray
+
+    @classmethod
+    def build(cls, *, epochs: int, steps_per_epoch: int, lr: float, min_lr: float, warmup_epochs: int,
+              weight_decay: float, weight_decay_end: float, momentum_teacher: float) -> "Schedules":
+        return cls(
+            lr=cosine_schedule(lr, min_lr, epochs, steps_per_epoch, warmup_epochs),
+            wd=cosine_schedule(weight_decay, weight_decay_end, epochs, steps_per_epoch),
+            momentum=cosine_schedule(momentum_teacher, 1.0, epochs, steps_per_epoch),
+        )
+
+    def values(self, step: int) -> dict[str, float]:
+        return {"lr": at(self.lr, step), "wd": at(self.wd, step), "momentum": at(self.momentum, step)}

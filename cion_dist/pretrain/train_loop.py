@@ -1,0 +1,352 @@
+"""The per-worker training loop: DeepSpeed student, replicated EMA teacher, identity-guided DINO loss.
+
+One step reads top to bottom: schedule values for the global step, teacher on the two global crops, student on
+every crop, loss, backward, (clipped) optimizer step inside DeepSpeed, EMA of the teacher, centre update.
+
+Checkpoints: every rank calls ``engine.save_checkpoint`` into its own folder (its ZeRO shard), rank 0 adds the
+teacher, the loss centre and the loop position (``state.json``), and all ranks hand their folder to
+``ray.train.report``, which merges them under the run's storage path (local or s3://). A restarted worker group
+reads ``ray.train.get_checkpoint()`` and continues at the same epoch, step, schedules and sampler position.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import cion_dist.config  # noqa: F401 - load the Job model first: the stage configs are imported from it
+from cion_dist.models.dino_head import DINOHead, MultiCropWrapper
+from cion_dist.models.factory import build_backbone, load_backbone_weights
+from cion_dist.pretrain.augment import MultiCropSpec, normalize
+from cion_dist.pretrain.config import PretrainConfig
+from cion_dist.pretrain.ema import ema_update
+from cion_dist.pretrain.feed import iterate_steps
+from cion_dist.pretrain.loss import IdentityDINOLoss
+from cion_dist.pretrain.sampler import PKSampler
+from cion_dist.pretrain.schedules import Schedules, instances_for_epoch
+
+DS_TAG = "ds"
+TEACHER_FILE = "teacher.pt"
+STATE_FILE = "state.json"
+
+
+# ---------------------------------------------------------------- model and optimizer pieces
+
+
+def build_networks(cfg: PretrainConfig, seed: int) -> tuple[MultiCropWrapper, MultiCropWrapper]:
+    """Student and teacher with identical initial weights (same seed on every rank, so ZeRO-3 shards agree)."""
+    torch.manual_seed(seed)
+    backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
+    if cfg.pretrained:
+        load_backbone_weights(backbone, cfg.pretrained)
+    head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
+    student = MultiCropWrapper(backbone, head)
+    if cfg.sync_bn and cfg.use_gpu:
+        student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
+    teacher = copy.deepcopy(student)
+    teacher.requires_grad_(False)
+    return student, teacher
+
+
+GROUP_KINDS = ("regularized", "not_regularized", "last_layer")
+
+
+def param_groups(model: torch.nn.Module) -> tuple[list[dict], list[str]]:
+    """Weight decay for matrices and kernels only (not biases / norms); the head's last layer apart so it can be
+    held still during the first ``freeze_last_layer`` epochs."""
+    buckets: dict[str, list] = {k: [] for k in GROUP_KINDS}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if "last_layer" in name:
+            buckets["last_layer"].append(p)
+        elif name.endswith(".bias") or p.ndim == 1:
+            buckets["not_regularized"].append(p)
+        else:
+            buckets["regularized"].append(p)
+    kinds = [k for k in GROUP_KINDS if buckets[k]]
+    return [{"params": buckets[k]} for k in kinds], kinds
+
+
+def resolve_precision(cfg: PretrainConfig) -> str:
+    if cfg.precision != "auto":
+        return cfg.precision
+    return "bf16" if cfg.use_gpu and torch.cuda.is_available() else "fp32"
+
+
+def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
+    precision = resolve_precision(cfg)
+    zero: dict[str, Any] = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
+    if cfg.zero_stage == 3:
+        zero.update({"stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": False})
+    ds: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size_per_worker,
+        "train_batch_size": cfg.batch_size_per_worker * world_size,
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.clip_grad,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+        "fp16": {"enabled": precision == "fp16", "initial_scale_power": 16},
+        "bf16": {"enabled": precision == "bf16"},
+    }
+    if cfg.optimizer == "deepspeed_adamw":
+        ds["optimizer"] = {"type": "AdamW", "params": {"lr": 0.0, "weight_decay": 0.0}}
+    return ds
+
+
+def _disable_cpu_shm_comm() -> None:
+    """Tell DeepSpeed its shared-memory CPU collective op is unavailable, so it uses gloo as-is instead of
+    compiling the op on a fresh machine (about 60 s)."""
+    import deepspeed.ops as ds_ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is not None:
+        ds_ops.__compatible_ops__[builder.NAME] = False
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(engine, teacher, loss_fn, state: dict, rank: int) -> str:
+    path = tempfile.mkdtemp(prefix="cion-ckpt-")
+    engine.save_checkpoint(path, tag=DS_TAG, client_state={"cion_state": state})
+    if rank == 0:
+        torch.save({"teacher": teacher.state_dict(), "center": loss_fn.center.detach().cpu()}, os.path.join(path, TEACHER_FILE))
+        Path(path, STATE_FILE).write_text(json.dumps(state))
+    return path
+
+
+def load_checkpoint(path: str, engine, teacher, loss_fn) -> dict:
+    engine.load_checkpoint(path, tag=DS_TAG)
+    blob = torch.load(os.path.join(path, TEACHER_FILE), map_location="cpu", weights_only=True)
+    teacher.load_state_dict(blob["teacher"])
+    loss_fn.center.copy_(blob["center"].to(loss_fn.center.device))
+    return json.loads(Path(path, STATE_FILE).read_text())
+
+
+# ---------------------------------------------------------------- tracking
+
+
+class _MetricsSink:
+    """Rank 0 streams step metrics into the stage's MLflow run (batched, so the store sees few writes)."""
+
+    def __init__(self, tracking: Optional[dict]):
+        self.client = None
+        self.buffer: list = []
+        if tracking and tracking.get("run_id"):
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=tracking["tracking_uri"])
+            self.run_id = tracking["run_id"]
+
+    def log(self, metrics: dict, step: int) -> None:
+        if self.client is None:
+            return
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        if len(self.buffer) >= 200:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.client is not None and self.buffer:
+            self.client.log_batch(self.run_id, metrics=self.buffer)
+            self.buffer = []
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def _mean_over_ranks(x: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _max_over_ranks(x: float, device) -> float:
+    if not (dist.is_available() and dist.is_initialized()):
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
+
+
+def _rss_mb() -> float:
+    """Resident memory now (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class _Throughput:
+    """Images/s and the fraction of step time spent waiting for data since the last report; the first step after
+    a start or a report is left out (it carries start-up or checkpoint time)."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        self.images, self.seconds, self.wait, self.skip = 0, 0.0, 0.0, True
+
+    def add(self, images: int, seconds: float, wait: float):
+        if self.skip:
+            self.skip = False
+            return
+        self.images += images
+        self.seconds += seconds
+        self.wait += wait
+
+    def summary(self) -> dict:
+        if self.seconds <= 0:
+            return {"images_per_s_mean": float("nan"), "data_wait_fraction_mean": float("nan")}
+        return {"images_per_s_mean": self.images / self.seconds, "data_wait_fraction_mean": self.wait / self.seconds}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    import deepspeed
+    import ray.train
+    from ray.train import Checkpoint
+
+    cfg = PretrainConfig(**config["pretrain"])
+    seed = int(config["seed"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if not cfg.cpu_shm_comm:
+        _disable_cpu_shm_comm()
+    use_cuda = cfg.use_gpu and torch.cuda.is_available()
+    device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
+    deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
+
+    labels = np.asarray(config["labels"])
+    table_ref = config["table_ref"]
+    spec = MultiCropSpec(tuple(cfg.image_size), tuple(cfg.local_size), cfg.local_crops)
+    sampler = PKSampler(labels, cfg.batch_size_per_worker, world, rank, seed)
+    k0 = instances_for_epoch(0, cfg.gradual_epochs, cfg.gradual_instances)
+    steps0 = sampler.steps(0, k0)
+    global_batch = cfg.batch_size_per_worker * world
+    sched = Schedules.build(
+        epochs=cfg.epochs, steps_per_epoch=steps0, lr=cfg.lr * global_batch / 256.0, min_lr=cfg.min_lr,
+        warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, weight_decay_end=cfg.weight_decay_end,
+        momentum_teacher=cfg.momentum_teacher,
+    )
+
+    student, teacher = build_networks(cfg, seed)
+    teacher.to(device)
+    groups, kinds = param_groups(student)
+    optimizer = torch.optim.AdamW(groups, lr=0.0) if cfg.optimizer == "adamw" else None
+    engine, optimizer, _, _ = deepspeed.initialize(
+        model=student, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
+        config=deepspeed_config(cfg, world),
+    )
+    loss_fn = IdentityDINOLoss(cfg.out_dim, spec.ncrops, cfg.student_temp, cfg.teacher_temp, cfg.center_momentum).to(device)
+    dtype = next(engine.module.parameters()).dtype
+
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "first_loss": None}
+    ckpt = ray.train.get_checkpoint()
+    resumed_from = None
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            state = load_checkpoint(d, engine, teacher, loss_fn)
+        resumed_from = state["global_step"]
+    sink = _MetricsSink(config.get("mlflow") if rank == 0 else None)
+    steps_this_attempt = 0
+    last_loss = float("nan")
+
+    throughput = _Throughput()
+
+    def report(metrics_extra: dict) -> None:
+        perf = throughput.summary()  # same keys on every rank: the collectives below always pair up
+        perf["data_wait_fraction_mean"] = _mean_over_ranks(perf["data_wait_fraction_mean"], device)
+        peak = _max_over_ranks(_peak_rss_mb(), device)
+        now = _max_over_ranks(_rss_mb(), device)
+        path = save_checkpoint(engine, teacher, loss_fn, state, rank)
+        metrics = {**state, **metrics_extra, **perf, "peak_rss_mb_max_worker": peak, "rss_mb_max_worker": now,
+                   "last_loss": last_loss, "resumed_from_step": resumed_from, "steps_this_attempt": steps_this_attempt}
+        metrics = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        try:
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path))
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            throughput.reset()
+
+    for epoch in range(state["epoch"], cfg.epochs):
+        k = instances_for_epoch(epoch, cfg.gradual_epochs, cfg.gradual_instances)
+        start = state["step_in_epoch"] if epoch == state["epoch"] else 0
+        batches = list(sampler.batches(epoch, k, start))
+        n_steps = start + len(batches)
+        t_prev = time.perf_counter()
+        for step_in_epoch, views in iterate_steps(table_ref, batches, start, spec, seed, epoch, rank,
+                                                  cfg.augment_in, cfg.prefetch_batches):
+            t_data = time.perf_counter()
+            gs = state["global_step"]
+            vals = sched.values(gs)
+            # the frozen last layer gets lr 0 (so no step and no decoupled decay); DeepSpeed owns the gradients, so
+            # they cannot be dropped as in the reference, and AdamW's moments still see them
+            for group, kind in zip(engine.optimizer.param_groups, kinds):
+                frozen = kind == "last_layer" and epoch < cfg.freeze_last_layer
+                group["lr"] = 0.0 if frozen else vals["lr"]
+                group["weight_decay"] = vals["wd"] if kind != "not_regularized" else 0.0
+            crops = [normalize(torch.from_numpy(np.array(v, copy=True)).to(device, non_blocking=True), dtype) for v in views]
+            # the fp32 teacher runs under autocast when the student trains in half precision
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                t_out = teacher([c.float() for c in crops[:2]]).float()
+            s_out = engine(crops).float()
+            loss = loss_fn(s_out, t_out, k)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at global step {gs} (epoch {epoch})")
+            engine.backward(loss)
+            engine.step()
+            ema_update(teacher, engine.module, vals["momentum"])
+            loss_fn.update_center(t_out)
+            t_end = time.perf_counter()
+
+            last_loss = _mean_over_ranks(float(loss.item()), device)
+            if state["first_loss"] is None:
+                state["first_loss"] = last_loss
+            state["global_step"] = gs + 1
+            state["epoch"], state["step_in_epoch"] = epoch, step_in_epoch + 1
+            steps_this_attempt += 1
+            step_time = t_end - t_prev
+            throughput.add(global_batch, step_time, t_data - t_prev)
+            sink.log({"loss": last_loss, "lr": vals["lr"], "wd": vals["wd"], "momentum": vals["momentum"], "K": k,
+                      "epoch": epoch, "images_per_s": global_batch / max(step_time, 1e-9),
+                      "data_wait_fraction": (t_data - t_prev) / max(step_time, 1e-9)}, step=gs + 1)
+            t_prev = time.perf_counter()
+
+            if cfg.fail_at_step is not None and state["global_step"] == cfg.fail_at_step and resumed_from is None and rank == 0:
+                sink.flush()
+                os._exit(17)  # fault drill: the process dies as a killed node would
+            if step_in_epoch + 1 == n_steps:
+                state["epoch"], state["step_in_epoch"] = epoch + 1, 0
+                sink.flush()
+                report({"K": k})
+            elif cfg.checkpoint_every_steps and state["global_step"] % cfg.checkpoint_every_steps == 0:
+                sink.flush()
+                report({"K": k})
+    sink.flush()
