@@ -32,6 +32,5 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         kwargs["num_gpus"] = cfg.num_gpus
     if cfg.object_store_memory:
         kwargs["object_store_memory"] = cfg.object_store_memory
-    kwargs.setdefault("include_dashboard", False)
     ray.init(**kwargs)
     log.info("started a local Ray instance with %s CPUs", kwargs["num_cpus"])

@@ -85,8 +85,11 @@ def run(job: Job) -> StageResult:
 
             mlflow.log_metrics({"embeddings": rows, "bad_images": bad, "embedding_dim": dim,
                                 "crops_per_s": summary["crops_per_s"]})
-            mlflow.set_tag("cion.output", out.uri)
-        out.finalize(stage="embed", rows=row_counts, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
+        record = out.finalize(stage="embed", rows=row_counts, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
+        if mlrun is not None:
+            from cion_dist.tracking.lineage import log_output
+
+            log_output(out.uri, record["digest"], run_id=mlrun.info.run_id)
     return StageResult("embed", out.uri, rows=row_counts, summary=summary, mlflow_run_id=summary["mlflow_run_id"])
 
 

@@ -104,8 +104,11 @@ def run(job: Job) -> StageResult:
 
             mlflow.log_metrics({**{k: float(v) for k, v in rows.items()}, "frames_decoded": frames,
                                 "frames_per_s": summary["frames_per_s"]})
-            mlflow.set_tag("cion.output", out.uri)
-        out.finalize(stage="ingest", rows=rows, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
+        record = out.finalize(stage="ingest", rows=rows, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
+        if mlrun is not None:
+            from cion_dist.tracking.lineage import log_output
+
+            log_output(out.uri, record["digest"], run_id=mlrun.info.run_id)
     return StageResult("ingest", out.uri, rows=rows, summary=summary, mlflow_run_id=summary["mlflow_run_id"])
 
 

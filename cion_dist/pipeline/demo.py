@@ -53,30 +53,37 @@ def summary_rows(results: list[StageResult], baseline: Optional[StageResult]) ->
     """(label, value) rows of the closing table; missing figures show as '-'."""
     s = _by_stage(results)
 
-    def get(stage: str, key: str, where: str = "summary"):
+    def get(stage: str, *path: str, where: str = "summary") -> str:
         r = s.get(stage)
         if r is None:
             return "-"
-        src = r.rows if where == "rows" else r.summary
-        v = src.get(key, "-")
-        return f"{v:.4f}" if isinstance(v, float) else str(v)
+        node = r.rows if where == "rows" else r.summary
+        for key in path:
+            node = node.get(key) if isinstance(node, dict) else None
+        return _fmt(node)
 
-    rows = [
+    promote = s.get("promote")
+    version = "-"
+    if promote is not None:
+        name = promote.uri.split("/")[1].split("@")[0] if promote.uri.startswith("models:/") else ""
+        version = f"models:/{name}/{promote.summary.get('candidate_version')}"
+    return [
         ("videos", get("synth", "videos")),
-        ("crops", get("ingest", "crops", "rows")),
-        ("tracklets", get("ingest", "tracklets", "rows")),
-        ("tracking IDF1 (vs ground truth)", get("ingest", "idf1")),
-        ("identities after correlation", get("correlate", "identities", "rows")),
-        ("correlation pairwise F (CION)", get("correlate", "pairwise_f")),
-        ("correlation pairwise F (tracklet = identity)", get("correlate", "pairwise_f_tracklet")),
+        ("crops", get("ingest", "crops", where="rows")),
+        ("tracklets", get("ingest", "tracklets", where="rows")),
+        ("tracking IDF1 / MOTA (vs ground truth)", f"{get('ingest', 'idf1')} / {get('ingest', 'mota')}"),
+        ("identities after correlation", get("correlate", "identities", where="rows")),
+        ("correlation pairwise F: CION", get("correlate", "quality", "cion", "pairwise_f")),
+        ("  baseline: tracklet = identity", get("correlate", "quality", "tracklet", "pairwise_f")),
+        ("  baseline: DBSCAN", get("correlate", "quality", "dbscan", "pairwise_f")),
+        ("  baseline: FINCH", get("correlate", "quality", "finch", "pairwise_f")),
+        ("pretraining steps", get("pretrain", "steps")),
         ("pretraining loss first -> last", f"{get('pretrain', 'first_loss')} -> {get('pretrain', 'final_loss')}"),
-        ("mAP before pretraining (random init)", _fmt(baseline.summary.get("mAP")) if baseline else "-"),
-        ("mAP after pretraining", get("evaluate", "mAP")),
-        ("Rank-1 after pretraining", get("evaluate", "rank1")),
-        ("promotion", get("promote", "decision")),
-        ("model version", get("promote", "model_uri")),
+        ("mAP / Rank-1 before pretraining (random init)",
+         f"{_fmt(baseline.summary.get('mAP'))} / {_fmt(baseline.summary.get('rank1'))}" if baseline else "-"),
+        ("mAP / Rank-1 after pretraining", f"{get('evaluate', 'mAP')} / {get('evaluate', 'rank1')}"),
+        ("promotion", f"{get('promote', 'decision')} ({version})"),
     ]
-    return rows
 
 
 def _fmt(v) -> str:
@@ -91,10 +98,10 @@ def format_table(rows: list[tuple[str, str]]) -> str:
 
 
 def run_demo(out: str = "./cion-demo", s3: bool = False, overrides: list[str] = ()) -> list[StageResult]:
+    """Build the embedded demo job (local files, or a loopback S3 endpoint with ``s3``) and execute it."""
     out_abs = os.path.abspath(out)
     os.makedirs(out_abs, exist_ok=True)
     extra = [f"mlflow.tracking_uri=sqlite:///{os.path.join(out_abs, 'mlflow.db')}"]
-    t0 = time.time()
     with contextlib.ExitStack() as stack:
         if s3:
             endpoint = stack.enter_context(loopback_s3("cion-demo"))
@@ -102,11 +109,23 @@ def run_demo(out: str = "./cion-demo", s3: bool = False, overrides: list[str] = 
             print(f"demo data goes to s3://cion-demo/run on the loopback endpoint {endpoint}")
         else:
             job = load_default("demo", [*extra, f"output={out_abs}", *overrides])
-        results = run_pipeline(job)
-        baseline = _random_init_baseline(job, results)
+        return execute_demo(job)
+
+
+def execute_demo(job) -> list[StageResult]:
+    """Run the pipeline, evaluate a random-init reference, print the summary table and where MLflow is."""
+    t0 = time.time()
+    results = run_pipeline(job)
+    baseline = _random_init_baseline(job, results)
     print(format_table(summary_rows(results, baseline)))
     print(f"\nfinished in {time.time() - t0:.0f} s; outputs under {job.output}")
-    print(f"MLflow UI: mlflow ui --backend-store-uri sqlite:///{os.path.join(out_abs, 'mlflow.db')} --port 5000")
+    uri = job.mlflow.tracking_uri or ""
+    if uri.startswith("sqlite:///"):
+        print(f"MLflow UI: mlflow ui --backend-store-uri {uri} --port 5000")
+    elif uri:
+        print(f"MLflow UI: {uri}")
+    if baseline is not None:
+        results.append(StageResult("baseline", baseline.uri, baseline.rows, baseline.summary, baseline.mlflow_run_id))
     return results
 
 

@@ -221,5 +221,9 @@ def run(job: Job) -> StageResult:
         "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
     }
     rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
-    out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
+    record = out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
+    if summary["mlflow_run_id"]:
+        from cion_dist.tracking.lineage import log_output
+
+        log_output(out.uri, record["digest"], run_id=summary["mlflow_run_id"])
     return StageResult(STAGE, out.uri, rows, summary, summary["mlflow_run_id"])
