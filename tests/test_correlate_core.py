@@ -7,7 +7,9 @@ import pytest
 from sklearn.metrics import normalized_mutual_info_score
 
 from cion_dist.correlate import baselines, quality
-from cion_dist.correlate.calibrate import calibrate, otsu_threshold, robust_upper
+from cion_dist.correlate.calibrate import (
+    calibrate, nearest_cross_video_distances, otsu_threshold, tracker_disagreements,
+)
 from cion_dist.correlate.denoise import (
     IDENTITY_RADIUS, IDENTITY_TOO_SMALL, KEPT, TRACKLET_OUTLIER, TRACKLET_TOO_SMALL, VIDEO_RADIUS,
     denoise_tracklets, denoise_video, guarded_merge, shrink_to_radius,
@@ -117,6 +119,22 @@ def test_union_find_and_guarded_merge_link_across_windows_transitively():
     assert labels[0] == labels[1] == labels[2] != labels[3]
 
 
+def test_guarded_merge_needs_average_linkage_not_one_close_pair():
+    """Two people seen in two videos each, one heavy member each: their pooled centroids are close, the members'
+    average distance is not, so the sets stay apart."""
+    ang = np.deg2rad([0.0, 10.0, 22.0, 32.0])  # A1, A2 | B1, B2: A and B pairs 10 degrees apart, A2-B1 12
+    nodes = np.stack([np.cos(ang), np.sin(ang)], axis=1)
+    sums = nodes * np.array([[1.0], [40.0], [40.0], [1.0]])  # A2 and B1 hold most images
+    d = 0.05  # about 18 degrees
+    src, dst = np.array([0, 2, 1]), np.array([1, 3, 2])
+    dist = (1 - np.einsum("ij,ij->i", nodes[src], nodes[dst])).astype(np.float32)
+    pooled = 1 - l2_normalise(sums[:2].sum(0)) @ l2_normalise(sums[2:].sum(0))
+    average = np.mean(1 - nodes[:2] @ nodes[2:].T)
+    assert pooled < d < average
+    labels = guarded_merge(sums, src, dst, dist, d)
+    assert labels[0] == labels[1] and labels[2] == labels[3] and labels[0] != labels[2]
+
+
 def test_guarded_merge_refuses_a_chain_of_far_ends():
     e = np.eye(DIM, dtype=np.float32)
     pts = np.vstack([l2_normalise(e[0] + t * e[1]) for t in (0.0, 0.45, 0.9, 1.35)])
@@ -174,11 +192,56 @@ def test_calibration_is_sane_on_clustered_corpus():
     true_cents = l2_normalise(np.vstack([c.x[c.identity == p].mean(0) for p in np.unique(c.identity)]))
     between = 1 - true_cents @ true_cents.T
     np.fill_diagonal(between, 2)
-    assert cal.radius < cal.link_distance < between.min(axis=1).mean()
+    assert cal.radius <= cal.link_distance < between.min(axis=1).mean()
     own = 1 - np.einsum("ij,ij->i", c.x, true_cents[np.searchsorted(np.unique(c.identity), c.identity)])
     assert np.quantile(own, 0.5) < cal.radius
+    # this tracker is dirty (junk boxes, switches): the 0.98 quantile lies in the junk, so d caps r
+    assert cal.radius_stats["quantile"] > cal.link_distance == cal.radius
+    # with the video ids, d only looks across videos and still separates people
+    cal_v = calibrate(c.x, key, c.video)
+    assert cal_v.link_distance < between.min(axis=1).mean()
     assert otsu_threshold(np.r_[np.full(50, 0.1), np.full(50, 0.9)]) == pytest.approx(0.5, abs=0.01)
-    assert robust_upper(np.r_[np.zeros(80), np.ones(20) * 100], 3.0) == 0.0
+
+
+def test_radius_is_a_quantile_of_a_clean_tracker():
+    """A clean tracker (one person per tracklet, no junk) loses about 1 - radius_quantile of its images."""
+    c = make_corpus(seed=3, mix_prob=0.0, split_prob=0.0, outlier_prob=0.0)
+    key = np.char.add(c.video, c.tracklet.astype(str))
+    cal = calibrate(c.x, key, c.video, radius_quantile=0.95)
+    assert cal.radius < cal.link_distance
+    assert cal.radius_stats["kept_by_radius"] == pytest.approx(0.95, abs=0.01)
+
+
+def test_tracker_disagreements_find_switches_and_keep_them_out_of_the_radius():
+    """Images swallowed from another person are closer to that person's tracklet: they are flagged, and r is read
+    off the rest, so a switch-heavy tracker does not widen r the way a clean tracker's long tail does."""
+    dirty = make_corpus(seed=5, mix_prob=0.6, split_prob=0.0, outlier_prob=0.0)
+    clean = make_corpus(seed=5, mix_prob=0.0, split_prob=0.0, outlier_prob=0.0)
+    for c in (dirty, clean):
+        c.key = np.char.add(c.video, c.tracklet.astype(str))
+    flag = tracker_disagreements(dirty.x, dirty.key, dirty.video)
+    majority = {}
+    for k in np.unique(dirty.key):
+        ids, n = np.unique(dirty.identity[dirty.key == k], return_counts=True)
+        majority[k] = ids[n.argmax()]
+    switched = dirty.identity != np.array([majority[k] for k in dirty.key])
+    assert switched.mean() > 0.05
+    assert flag[switched].mean() > 0.8 and flag[~switched].mean() < 0.05
+    assert tracker_disagreements(clean.x, clean.key, clean.video).mean() < 0.02
+    cal = calibrate(dirty.x, dirty.key, dirty.video)
+    assert cal.radius_stats["tracker_disagreements"] == pytest.approx(flag.mean(), abs=1e-6)
+    naive = np.quantile(1 - np.einsum("ij,ij->i", dirty.x, l2_normalise(np.vstack(
+        [dirty.x[dirty.key == k].sum(0) for k in dirty.key]))), 0.98)
+    assert cal.radius < naive
+
+
+def test_nearest_cross_video_distances_skip_own_video():
+    cents = l2_normalise(np.array([[1.0, 0.0], [1.0, 0.05], [0.0, 1.0], [0.6, 0.8]]))
+    video = np.array(["a", "a", "b", "b"])
+    got = nearest_cross_video_distances(cents, video, k=1)
+    # row 0's nearest is row 1 (same video): skipped, its nearest other-video centroid is row 3
+    want = [1 - cents[0] @ cents[3], 1 - cents[1] @ cents[3], 1 - cents[2] @ cents[1], 1 - cents[3] @ cents[1]]
+    assert np.sort(got) == pytest.approx(np.sort(want), abs=1e-5)
 
 
 def test_pairwise_bcubed_nmi_hand_computed():

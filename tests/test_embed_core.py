@@ -131,6 +131,17 @@ def test_handcrafted_ignores_horizontal_position_more_than_colour():
     assert f[0] @ f[1] > f[0] @ f[2] + 0.3
 
 
+def test_handcrafted_grey_world_cancels_a_camera_colour_cast():
+    """The same crop under another camera's colour cast stays close; without balancing it moves."""
+    crops, _ = synthetic_people(n_ids=2, per_id=1, seed=2)
+    a, other = crops[0], crops[1]
+    cast = np.clip(a.astype(np.float32) * np.array([1.12, 0.95, 0.82]), 0, 255).astype(np.uint8)
+    f = stripe_histograms([a, cast, other])
+    raw = stripe_histograms([a, cast, other], balance=False)
+    assert 1 - f[0] @ f[1] < 0.25 * (1 - raw[0] @ raw[1])
+    assert f[0] @ f[1] > f[0] @ f[2] + 0.5
+
+
 def test_preprocess_layout_and_zero_row():
     batch = np.full((2, 4, 2, 3), 255, np.uint8)
     x = to_imagenet_nchw(batch)

@@ -17,8 +17,12 @@ from cion_dist.config.base import StrictModel
 class CalibrationConfig(StrictModel):
     """How ``r`` and ``d`` are read off the corpus when not given."""
 
-    radius_mad: float = Field(3.0, gt=0, description="r = median + radius_mad * 1.4826 * MAD of image-to-tracklet-centroid distances")
-    link_neighbours: int = Field(5, ge=1, description="nearest other tracklet centroids pooled for the d threshold (Otsu)")
+    radius_quantile: float = Field(
+        0.98, gt=0, le=1,
+        description="r = this quantile of image-to-tracklet-centroid distances of images the tracker and the nearest "
+                    "centroid agree on (the share of a clean tracker's images level 1 keeps); capped at d",
+    )
+    link_neighbours: int = Field(2, ge=1, description="nearest centroids of other videos pooled per tracklet for the d threshold (Otsu)")
     sample: int = Field(200_000, ge=100, description="at most this many images / tracklets are used")
 
 

@@ -55,16 +55,23 @@ def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.n
                   tags: Optional[Sequence[frozenset]] = None) -> np.ndarray:
     """Union nodes along candidate links, nearest first, keeping only merges that stay discriminable.
 
-    A link (a, b) joins their current sets only if the two sets' centroids (normalised sums of member vectors)
-    are closer than ``d``. Plain union-find over all links under ``d`` lets chains (A~B, B~C) fuse people whose
-    centroids are far apart; the guard makes the merge behave like average linkage and is deterministic for a
-    fixed input. ``tags`` (one set per node) adds cannot-links: two sets merge only if their tags are disjoint
-    (frames, so two people seen in the same frame stay apart; or videos, so level 3 never undoes level 2).
+    A link (a, b) joins their current sets only if (1) the two sets' centroids (normalised sums of member vectors)
+    are closer than ``d`` and (2) the *average* distance over all pairs of members, one from each set, is below
+    ``d`` too (average linkage, UPGMA). Plain union-find over all links under ``d`` lets chains (A~B, B~C) fuse
+    people whose centroids are far apart. Check (1) weighs members by their image counts, so one big member can
+    carry a merge that most members disagree with; check (2) weighs every member equally, so two people seen in
+    two videos each do not fuse because one pair of their members happens to be close. The mean pairwise cosine
+    similarity of two sets is the dot product of their sums of unit member vectors over ``|A| |B|``, so (2) costs
+    O(dim) per link. Deterministic for a fixed input. ``tags`` (one set per node) adds cannot-links: two sets
+    merge only if their tags are disjoint (frames, so two people seen in the same frame stay apart; or videos, so
+    level 3 never undoes level 2).
     Returns a component label per node (numbered by smallest node id).
     """
     n = len(sums)
     uf = UnionFind(n)
     acc = np.array(sums, dtype=np.float64, copy=True)
+    unit = acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)  # running sums of unit members
+    size = np.ones(n, dtype=np.int64)
     held = list(tags) if tags is not None else None
     order = np.lexsort((np.asarray(dst), np.asarray(src), np.asarray(dist)))
     for e in order:
@@ -77,10 +84,14 @@ def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.n
         cos = float(ca @ cb) / max(np.linalg.norm(ca) * np.linalg.norm(cb), 1e-12)
         if 1.0 - cos >= d:
             continue
+        if 1.0 - float(unit[ra] @ unit[rb]) / (size[ra] * size[rb]) >= d:
+            continue
         if held is not None and not held[ra].isdisjoint(held[rb]):
             continue
         root = uf.union(ra, rb)
         acc[root] = ca + cb
+        unit[root] = unit[ra] + unit[rb]
+        size[root] = size[ra] + size[rb]
         if held is not None:
             held[root] = held[ra] | held[rb]
     return uf.labels()

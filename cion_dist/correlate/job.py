@@ -38,14 +38,14 @@ def thresholds(cfg, data: EmbeddingSet, seed: int = 0) -> dict:
     """r and d: configured values win; the missing ones are calibrated from the corpus."""
     out = {"radius": cfg.radius, "link_distance": cfg.link_distance, "calibrated": []}
     if cfg.radius is None or cfg.link_distance is None:
-        cal = calibrate(data.x, data.tracklet_key, radius_mad=cfg.calibration.radius_mad,
+        cal = calibrate(data.x, data.tracklet_key, data.video_id, radius_quantile=cfg.calibration.radius_quantile,
                         link_neighbours=cfg.calibration.link_neighbours, min_tracklet=cfg.min_tracklet,
                         sample=cfg.calibration.sample, seed=seed)
         if cfg.radius is None:
             out["radius"] = cal.radius
             out["calibrated"].append("radius")
         if cfg.link_distance is None:
-            out["link_distance"] = max(cal.link_distance, out["radius"])
+            out["link_distance"] = cal.link_distance
             out["calibrated"].append("link_distance")
         out["radius_stats"], out["link_stats"] = cal.radius_stats, cal.link_stats
     return out

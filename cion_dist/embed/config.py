@@ -16,6 +16,7 @@ class HandcraftedConfig(StrictModel):
     hsv_bins: tuple[int, int, int] = Field((8, 4, 2), description="joint H x S x V bins per stripe")
     lab_bins: tuple[int, int, int] = Field((1, 8, 8), description="joint L x a x b bins per stripe")
     centre_sigma: float = Field(0.1, gt=0, description="column weight exp(-(x-0.5)^2/2s^2) over crop width; damps background")
+    balance: bool = Field(True, description="grey-world colour balance per crop: cancels a camera's colour cast")
 
 
 class EmbedConfig(StrictModel):

@@ -49,10 +49,11 @@ class HandcraftedEmbedder:
 
     def __init__(self, cfg: Optional[HandcraftedConfig] = None, batch_size: int = 256):
         cfg = cfg or HandcraftedConfig()
-        self.kw = dict(stripes=cfg.stripes, hsv_bins=tuple(cfg.hsv_bins), lab_bins=tuple(cfg.lab_bins), centre_sigma=cfg.centre_sigma)
+        self.kw = dict(stripes=cfg.stripes, hsv_bins=tuple(cfg.hsv_bins), lab_bins=tuple(cfg.lab_bins), centre_sigma=cfg.centre_sigma,
+                       balance=cfg.balance)
         self.batch_size = batch_size
         self.name = (f"handcrafted-s{cfg.stripes}-hsv{'x'.join(map(str, cfg.hsv_bins))}-lab{'x'.join(map(str, cfg.lab_bins))}"
-                     f"-c{cfg.centre_sigma:g}")
+                     f"-c{cfg.centre_sigma:g}{'-gw' if cfg.balance else ''}")
         self.dim = descriptor_dim(cfg.stripes, tuple(cfg.hsv_bins), tuple(cfg.lab_bins))
 
     def __call__(self, images: Images) -> np.ndarray:
