@@ -86,31 +86,10 @@ def open_clip(data: bytes, resize_width: Optional[int] = None, name: str = "<cli
 def iter_chunks(clip: ClipVideo, indices: np.ndarray, chunk_frames: int,
                 name: str = "<clip>") -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (frame indices, frames ``[n, H, W, 3]`` RGB uint8) for at most ``chunk_frames`` frames at a time."""
-    strided = len(indices) > 1 and bool(np.all(np.diff(indices) > 1))
-    if strided:
-        clip.reader.seek(int(indices[0]))
     for start in range(0, len(indices), chunk_frames):
         idx = indices[start : start + chunk_frames]
         try:
-            frames = _read_strided(clip.reader, idx, indices) if strided else clip.reader.get_batch(idx.tolist()).asnumpy()
+            frames = clip.reader.get_batch(idx.tolist()).asnumpy()
         except Exception as e:
             raise DataError(f"{name}: decoding frames {int(idx[0])}..{int(idx[-1])} failed ({type(e).__name__})") from None
         yield idx, frames
-
-
-def _read_strided(reader, idx: np.ndarray, all_indices: np.ndarray) -> np.ndarray:
-    """Sampled frames read in order: frames between samples are decoded but never converted to RGB.
-
-    For sparse sampling this beats ``get_batch``, which seeks per index (measured in ``benchmarks/bench_ingest.py``).
-    The reader must be positioned at ``idx[0]``; it is left at the next sampled index.
-    """
-    out = []
-    last = int(all_indices[-1])
-    for i in idx.tolist():
-        out.append(reader.next().asnumpy())
-        pos = np.searchsorted(all_indices, i) + 1
-        if i < last and pos < len(all_indices):
-            gap = int(all_indices[pos]) - i - 1
-            if gap > 0:
-                reader.skip_frames(gap)
-    return np.stack(out)

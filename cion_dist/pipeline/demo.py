@@ -109,14 +109,21 @@ def run_demo(out: str = "./cion-demo", s3: bool = False, overrides: list[str] = 
             print(f"demo data goes to s3://cion-demo/run on the loopback endpoint {endpoint}")
         else:
             job = load_default("demo", [*extra, f"output={out_abs}", *overrides])
-        return execute_demo(job)
+        return execute_demo(job, stop_ray=True)
 
 
-def execute_demo(job) -> list[StageResult]:
-    """Run the pipeline, evaluate a random-init reference, print the summary table and where MLflow is."""
+def execute_demo(job, stop_ray: bool = False) -> list[StageResult]:
+    """Run the pipeline, evaluate a random-init reference, print the summary table and where MLflow is.
+
+    ``stop_ray`` shuts the local Ray instance down before printing, so late worker logs do not trail the table.
+    """
     t0 = time.time()
     results = run_pipeline(job)
     baseline = _random_init_baseline(job, results)
+    if stop_ray:
+        import ray
+
+        ray.shutdown()
     print(format_table(summary_rows(results, baseline)))
     print(f"\nfinished in {time.time() - t0:.0f} s; outputs under {job.output}")
     uri = job.mlflow.tracking_uri or ""
