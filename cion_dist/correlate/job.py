@@ -124,8 +124,7 @@ def run(job: Job) -> StageResult:
     run_id = derive_run_id(STAGE, cfg, inputs[0].get("digest"), job.run_id)
     out = StageOutput.create(job.output, STAGE, run_id, storage)
     if out.is_complete():
-        rec = out.success()
-        return StageResult(STAGE, out.uri, rows=rec.get("rows", {}), summary=rec.get("summary", {}), skipped=True)
+        return StageResult.from_record(STAGE, out.uri, out.success())
 
     t0 = time.time()
     data = load_embeddings(embed_out)

@@ -44,10 +44,8 @@ def run(job: Job) -> StageResult:
     run_id = derive_run_id("embed", identity, in_rec.get("digest"), job.run_id)
     out = StageOutput.create(job.output, "embed", run_id, storage)
     if out.is_complete():
-        rec = out.success()
         log.info("embed output %s is already complete", out.uri)
-        return StageResult("embed", out.uri, rows=rec.get("rows", {}), summary=rec.get("summary", {}),
-                           mlflow_run_id=rec.get("summary", {}).get("mlflow_run_id"), skipped=True)
+        return StageResult.from_record("embed", out.uri, out.success())
 
     files = ingest.files()
     if not files:

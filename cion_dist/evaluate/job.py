@@ -84,9 +84,7 @@ def run(job: Job) -> StageResult:
     run_id = derive_run_id(STAGE, cfg, f"{digest}:{model.uri}:{model.weights_digest}", job.run_id)
     out = StageOutput.create(job.output, STAGE, run_id, storage)
     if out.is_complete():
-        rec = out.success()
-        return StageResult(STAGE, model.uri, rows=rec.get("rows", {}), summary=rec.get("summary", {}),
-                           mlflow_run_id=rec.get("summary", {}).get("mlflow_run_id"), skipped=True)
+        return StageResult.from_record(STAGE, model.uri, out.success())
 
     t0 = time.time()
     net, extra = model.module, {}

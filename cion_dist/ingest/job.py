@@ -56,10 +56,8 @@ def run(job: Job) -> StageResult:
     run_id = derive_run_id("ingest", run_id_config(cfg), digest, job.run_id)
     out = StageOutput.create(job.output, "ingest", run_id, storage)
     if out.is_complete():
-        rec = out.success()
         log.info("ingest output %s is already complete", out.uri)
-        return StageResult("ingest", out.uri, rows=rec.get("rows", {}), summary=rec.get("summary", {}),
-                           mlflow_run_id=rec.get("summary", {}).get("mlflow_run_id"), skipped=True)
+        return StageResult.from_record("ingest", out.uri, out.success())
 
     video_ids = manifest.column("video_id").to_pylist()
     pending = {v for v in video_ids if not out.has_unit(v)}

@@ -14,3 +14,10 @@ class StageResult:
     summary: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: Optional[str] = None
     skipped: bool = False  # True when the output was already complete and nothing ran
+
+    @classmethod
+    def from_record(cls, stage: str, uri: str, record: dict) -> "StageResult":
+        """The result of a stage whose output was already complete, read back from its ``_SUCCESS.json``."""
+        summary = record.get("summary", {})
+        return cls(stage, uri, rows=record.get("rows", {}), summary=summary,
+                   mlflow_run_id=summary.get("mlflow_run_id"), skipped=True)

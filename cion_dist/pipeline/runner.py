@@ -49,12 +49,21 @@ def run_stage(job: Job, stage: str | None = None) -> StageResult:
 
 
 def run_pipeline(job: Job) -> list[StageResult]:
-    """Run ``job.pipeline.stages`` in order; each stage reads what the previous one wrote."""
+    """Run ``job.pipeline.stages`` in order; each stage reads what the previous one wrote.
+
+    With ``pipeline.iterations`` > 1, embed -> correlate -> pretrain runs again with the newest pretrained backbone
+    as the embedder, so the identities the next round trains on come from better features.
+    """
     results: list[StageResult] = []
     current = job.model_copy(deep=True)
+    stages = list(current.pipeline.stages)
     gt_uri = None
-    for stage in current.pipeline.stages:
+    iteration, i = 1, 0
+    while i < len(stages):
+        stage = stages[i]
+        i += 1
         res = run_stage(current, stage)
+        res.summary.setdefault("iteration", iteration)
         results.append(res)
         nxt = _next_input(stage, res)
         if nxt is not None:
@@ -66,6 +75,13 @@ def run_pipeline(job: Job) -> list[StageResult]:
             from cion_dist.pipeline.groundtruth import attach_ground_truth
 
             current.correlate.ground_truth = attach_ground_truth(current, res, gt_uri)
+        elif stage == "pretrain" and iteration < current.pipeline.iterations and "embed" in stages[: i - 1]:
+            iteration += 1
+            current.embed.backbone = "torch"
+            current.embed.model = current.pretrain.backbone
+            current.embed.weights = res.summary.get("model_uri") or res.uri
+            i = stages.index("embed")
+            log.info("pipeline iteration %d: re-embedding with %s", iteration, current.embed.weights)
     return results
 
 

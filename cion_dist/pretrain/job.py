@@ -182,9 +182,7 @@ def run(job: Job) -> StageResult:
     run_id = derive_run_id(STAGE, cfg, f"{inputs[0]['digest']}:{inputs[1]['digest']}", job.run_id)
     out = StageOutput.create(job.output, STAGE, run_id, storage)
     if out.is_complete():
-        rec = out.success()
-        return StageResult(STAGE, out.uri, rec.get("rows", {}), rec.get("summary", {}),
-                           rec.get("summary", {}).get("mlflow_run_id"), skipped=True)
+        return StageResult.from_record(STAGE, out.uri, out.success())
 
     table = labelled_crops(corr, crops)
     n_ids = len(np.unique(table["identity_id"].to_numpy()))
