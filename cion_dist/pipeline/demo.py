@@ -21,6 +21,7 @@ def loopback_s3(bucket: str) -> Iterator[str]:
     """A moto S3 server on 127.0.0.1 for the demo's ``--s3`` mode; exported through the AWS variables."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
