@@ -19,7 +19,8 @@ def test_second_iteration_embeds_with_the_pretrained_backbone(tmp_path, ray_loca
                   "benchmark_identities": 0},
         "ingest": {"concurrency": 1},
         "correlate": {"window_videos": 4, "stride_videos": 2, "num_shards": 1, "min_images": 2},
-        "pretrain": {"backbone": "resnet_tiny", "epochs": 1, "gradual_epochs": [1], "gradual_instances": [2],
+        # 4 images per worker step = 2 identities x K=2: the second round's correlation may find few identities
+        "pretrain": {"backbone": "resnet_tiny", "epochs": 1, "batch_size_per_worker": 4, "gradual_epochs": [1], "gradual_instances": [2],
                      "local_crops": 2, "out_dim": 256, "cpu_shm_comm": False},
     })
     results = run_pipeline(job)
