@@ -1,13 +1,18 @@
 """End-to-end correlate time vs corpus size: the Ray stage (tasks + sharded index + Parquet IO) beside the same
 three levels run in one process on the same embeddings (pure core, no Ray, no IO), with quality for both.
 
-    python benchmarks/bench_correlate.py --sizes 2000 10000 40000 [--cpus 4]
+``--driver-memory N`` adds the driver's peak memory on an N-image float16 corpus (one part per video): the stage
+run in a fresh process, beside a fresh process that only loads the same embeddings into memory (what a driver
+that holds the corpus pays before any work).
+
+    python benchmarks/bench_correlate.py --sizes 2000 10000 40000 [--cpus 4] [--driver-memory 1000000]
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import tempfile
 import time
 
@@ -15,45 +20,95 @@ import numpy as np
 
 
 def in_process(c, r: float, d: float, window: int, stride: int, k: int, min_images: int) -> np.ndarray:
-    """Levels 1-3 with the pure functions and an in-process exact FAISS index per window."""
-    from cion_dist.correlate.baselines import exact_knn
-    from cion_dist.correlate.denoise import denoise_video, guarded_merge
-    from cion_dist.correlate.geometry import group_sums, l2_normalise
-    from cion_dist.correlate.linking import finalize_identities, links_from_knn, plan_windows
+    from cion_dist.correlate.reference import correlate_in_process
 
-    videos = list(dict.fromkeys(c.video.tolist()))
-    node_of = np.full(len(c.x), -1)
-    reason = np.zeros(len(c.x), np.int8)
-    node_video, n = [], 0
-    for vi, v in enumerate(videos):
-        idx = np.flatnonzero(c.video == v)
-        res = denoise_video(c.x[idx], c.tracklet[idx], r, d, 2)
-        node_of[idx] = np.where(res.group >= 0, res.group + n, -1)
-        reason[idx] = res.reason
-        node_video += [vi] * res.n_groups
-        n += res.n_groups
-    node_video = np.array(node_video)
-    sums = group_sums(c.x, node_of, n)
-    cents = l2_normalise(sums)
-    links = []
-    for s, e in plan_windows(len(videos), window, stride):
-        q = np.flatnonzero((node_video >= s) & (node_video < e))
-        sim, nb = exact_knn(cents[q], k + 1)
-        links.append(links_from_knn(sim, q[nb], q, node_video, d))
-    src, dst, dist = (np.concatenate(p) for p in zip(*links))
-    label = guarded_merge(sums, src, dst, dist, d, [frozenset([v]) for v in node_video.tolist()])
-    return finalize_identities(c.x, node_of, label, reason, r, min_images).identity
+    return correlate_in_process(c.x, c.video, c.tracklet, r, d, window=window, stride=stride, k=k,
+                                min_images=min_images).identity
+
+
+_CHILD = r"""
+import json, sys, time
+mode, output, embed_uri, cpus = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+def hwm_mb():  # VmHWM starts afresh at exec
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+import numpy as np, ray
+from cion_dist.config import job_from_dict
+from cion_dist.correlate.inputs import load_embeddings
+from cion_dist.correlate.job import run
+from cion_dist.storage.stage_io import StageOutput
+base = hwm_mb()
+t = time.perf_counter()
+if mode == "load":
+    data = load_embeddings(StageOutput(embed_uri))
+    out = {"images": len(data)}
+else:
+    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    res = run(job_from_dict({"stage": "correlate", "output": output, "mlflow": {"enabled": False},
+                             "correlate": {"input": embed_uri, "num_shards": 2, "videos_per_task": 16}}))
+    out = {"images": res.rows["images"], "identities": res.rows["identities"], "timings": res.summary["timings"]}
+print(json.dumps(dict(out, seconds=time.perf_counter() - t, base_mb=base, peak_mb=hwm_mb())))
+"""
+
+
+def driver_memory(n: int, dim: int, cpus: int) -> None:
+    """Peak RSS of the correlate driver vs a process that only loads the corpus, same float16 parts."""
+    import json
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+
+    from cion_dist.correlate.synthetic import make_corpus
+    from cion_dist.embed.parts import embedding_array
+    from cion_dist.storage.stage_io import StageOutput
+
+    per_video, images = 10, 125
+    videos = min(999, max(2, n // (per_video * images)))
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        c = make_corpus(people=videos * 2 + per_video, videos=videos, people_per_video=per_video, images=images,
+                        dim=dim, seed=0)
+        out = StageOutput.create(tmp, "embed", "fp16")
+        bounds = np.flatnonzero(np.r_[True, c.video[1:] != c.video[:-1], True])
+        for lo, hi in zip(bounds[:-1], bounds[1:]):
+            out.write_unit(c.video[lo], pa.table({
+                "image_id": pa.array(c.image_id[lo:hi]), "tracklet_id": pa.array(c.tracklet[lo:hi]),
+                "video_id": pa.array(c.video[lo:hi]), "embedding": embedding_array(c.x[lo:hi], "float16")}))
+        out.finalize(stage="embed", rows={"images": len(c.x)})
+        size = sum(os.path.getsize(f) for f in out.files()) / 2**20
+        print(f"\ndriver memory: {len(c.x)} images x {dim} float16 in {videos} parts ({size:.0f} MiB on disk), "
+              f"written in {time.perf_counter() - t:.0f} s")
+        del c
+        print(f"{'process':>28} {'peak MiB':>9} {'over import':>11} {'seconds':>8}")
+        for mode, label in (("load", "load corpus (baseline)"), ("stage", "correlate stage driver")):
+            r = subprocess.run([sys.executable, "-c", _CHILD, mode, tmp, out.uri, str(cpus)], capture_output=True,
+                               text=True)
+            if r.returncode:
+                print(r.stderr[-3000:])
+                raise SystemExit(f"{mode} child failed")
+            m = json.loads(r.stdout.strip().splitlines()[-1])
+            print(f"{label:>28} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:11.0f} {m['seconds']:8.1f}"
+                  + (f"   identities {m['identities']}, {m['timings']}" if "timings" in m else ""), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 10000, 40000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[2000, 10000, 40000])
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--cpus", type=int, default=4)
     ap.add_argument("--window", type=int, default=8)
     ap.add_argument("--stride", type=int, default=4)
+    ap.add_argument("--driver-memory", type=int, default=0, metavar="N")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.driver_memory:
+        driver_memory(args.driver_memory, args.dim, args.cpus)
+        if not args.sizes:
+            return
 
     import ray
 

@@ -78,6 +78,46 @@ class IdentityResult:
     n_identities: int
 
 
+def merged_identity(node_of_image: np.ndarray, node_label: np.ndarray) -> np.ndarray:
+    """The merged identity (a node label) of every image; -1 for images no level-2 identity kept."""
+    node_of_image = np.asarray(node_of_image)
+    if len(node_label) == 0:
+        return np.full(len(node_of_image), -1, dtype=np.int64)
+    return np.where(node_of_image >= 0, np.asarray(node_label)[np.maximum(node_of_image, 0)], -1).astype(np.int64)
+
+
+def identity_rows(ident: np.ndarray) -> list[np.ndarray]:
+    """Rows of each identity (identities in label order, rows ascending); removed rows (-1) left out."""
+    order = np.argsort(ident, kind="stable")
+    sorted_ids = ident[order]
+    starts = np.searchsorted(sorted_ids, np.unique(sorted_ids[sorted_ids >= 0]))
+    ends = np.append(starts[1:], len(sorted_ids))
+    return [order[s:e] for s, e in zip(starts, ends)]
+
+
+def radius_removals(x: np.ndarray, members: list[np.ndarray], r: float) -> np.ndarray:
+    """Rows (of ``x``) that the radius re-check drops from each identity's ``members`` rows."""
+    out = [idx[~shrink_to_radius(x[idx], r)] for idx in members if len(idx) > 1]
+    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, dtype=np.int64)
+
+
+def number_identities(ident: np.ndarray, reason: np.ndarray, min_images: int) -> IdentityResult:
+    """Drop identities below ``min_images`` and number the rest by their first image (video order when images
+    are)."""
+    ident = np.array(ident, dtype=np.int64, copy=True)
+    reason = np.array(reason, dtype=np.int8, copy=True)
+    labels, counts = np.unique(ident[ident >= 0], return_counts=True)
+    small = np.isin(ident, labels[counts < min_images])
+    ident[small] = -1
+    reason[small] = IDENTITY_TOO_SMALL
+    out = np.full(len(ident), -1, dtype=np.int64)
+    ok = np.flatnonzero(ident >= 0)
+    uniq, first, inv = np.unique(ident[ok], return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    out[ok] = rank[inv]
+    return IdentityResult(identity=out, reason=reason, n_identities=len(uniq))
+
+
 def finalize_identities(
     x: np.ndarray, node_of_image: np.ndarray, node_label: np.ndarray, reason: np.ndarray, r: float, min_images: int
 ) -> IdentityResult:
@@ -85,25 +125,9 @@ def finalize_identities(
 
     Identity ids are numbered in order of each identity's first image (so in video order when images are).
     """
-    ident = np.where(node_of_image >= 0, node_label[np.maximum(node_of_image, 0)], -1)
+    ident = merged_identity(node_of_image, node_label)
     reason = np.array(reason, dtype=np.int8, copy=True)
-    order = np.argsort(ident, kind="stable")
-    sorted_ids = ident[order]
-    starts = np.searchsorted(sorted_ids, np.unique(sorted_ids[sorted_ids >= 0]))
-    ends = np.append(starts[1:], len(sorted_ids))
-    for s, e in zip(starts, ends):
-        idx = order[s:e]
-        if len(idx) > 1:
-            keep = shrink_to_radius(x[idx], r)
-            ident[idx[~keep]] = -1
-            reason[idx[~keep]] = IDENTITY_RADIUS
-            idx = idx[keep]
-        if len(idx) < min_images:
-            ident[idx] = -1
-            reason[idx] = IDENTITY_TOO_SMALL
-    out = np.full(len(ident), -1, dtype=np.int64)
-    ok = np.flatnonzero(ident >= 0)
-    uniq, first, inv = np.unique(ident[ok], return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first))
-    out[ok] = rank[inv]
-    return IdentityResult(identity=out, reason=reason, n_identities=len(uniq))
+    drop = radius_removals(x, identity_rows(ident), r)
+    ident[drop] = -1
+    reason[drop] = IDENTITY_RADIUS
+    return number_identities(ident, reason, min_images)

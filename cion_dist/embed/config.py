@@ -34,4 +34,7 @@ class EmbedConfig(StrictModel):
     on_bad_image: Literal["fail", "skip"] = Field(
         "fail", description="undecodable crop: fail naming the image_id, or skip it and record it under errors/"
     )
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="stored embedding type; float16 halves the output and what correlate reads"
+    )
     handcrafted: HandcraftedConfig = HandcraftedConfig()

@@ -61,7 +61,7 @@ class EmbedPartsActor:
 
     def _embed_one(self, unit: str, path: str) -> tuple[int, int, int]:
         part = embed_batches(read_batches(path, self.storage, self.cfg.batch_size * 4), self.embedder, path,
-                             self.cfg.on_bad_image)
+                             self.cfg.on_bad_image, self.cfg.dtype)
         if part.bad.num_rows:
             self.out.write_unit(unit, part.bad, subdir=ERRORS_SUBDIR)
         # the data part is written last: its presence marks the unit done
