@@ -18,7 +18,6 @@ import logging
 import time
 
 import numpy as np
-import pyarrow as pa
 
 from cion_dist.config.job import Job
 from cion_dist.correlate import baselines, quality
