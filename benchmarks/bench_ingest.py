@@ -87,13 +87,13 @@ def make_corpus(root: str, videos: int, frames: int, seed: int = 0) -> dict:
     return generate_corpus(cfg, Storage())
 
 
-def bench_concurrency(work: str) -> list[tuple]:
+def bench_concurrency(work: str, frames: int) -> list[tuple]:
     import ray
 
     from cion_dist.config import job_from_dict
     from cion_dist.ingest.job import run
 
-    corpus = make_corpus(os.path.join(work, "corpus-c"), videos=8, frames=120)
+    corpus = make_corpus(os.path.join(work, f"corpus-c{frames}"), videos=8, frames=frames)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     rows = []
     try:
@@ -163,6 +163,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cion-bench-ingest"))
+    ap.add_argument("--clip-frames", type=int, default=400,
+                    help="frames per clip of the concurrency corpus: clips long enough that a task's work, not "
+                         "Ray's per-task scheduling, is what is measured")
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "ingest", "memory"])
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -179,8 +182,8 @@ def main() -> None:
         clips["synthetic 640x360 h264"] = open(pq.read_table(synth["manifest_uri"]).column("uri")[0].as_py(), "rb").read()
         table("decode, one thread: frames/s", ("clip", "every_n", "decoder", "frames", "frames/s"), bench_decode(clips))
     if "ingest" not in args.skip:
-        table("ingest stage (background detector), 8 clips x 120 frames, local Ray",
-              ("concurrency", "clips", "frames", "seconds", "clips/s", "frames/s"), bench_concurrency(args.work))
+        table(f"ingest stage (background detector), 8 clips x {args.clip_frames} frames, local Ray",
+              ("concurrency", "clips", "frames", "seconds", "clips/s", "frames/s"), bench_concurrency(args.work, args.clip_frames))
     if "memory" not in args.skip:
         table("one clip task, background detector, fresh process",
               ("clip", "decode", "frames", "peak RSS MB", "over import MB", "seconds"), bench_memory(args.work))
