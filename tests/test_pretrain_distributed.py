@@ -187,7 +187,8 @@ def _ema_worker(config):
     import cion_dist.config  # noqa: F401
     from cion_dist.pretrain.config import PretrainConfig
     from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param
-    from cion_dist.pretrain.train_loop import _disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups
+    from cion_dist.pretrain.train_loop import (_disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups,
+                                               settle_collectives)
 
     _disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="gloo")
@@ -209,6 +210,7 @@ def _ema_worker(config):
             loss = torch.nn.functional.log_softmax(out / 0.1, dim=-1)[:, 0].neg().mean()
             engine.backward(loss)
             engine.step()
+            settle_collectives(use_cuda=False)
             full = full_state(engine.module)  # the gathered student weights
             for n in expected:
                 expected[n] = m * expected[n] + (1 - m) * full[n]

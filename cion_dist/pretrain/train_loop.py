@@ -108,6 +108,19 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
     return ds
 
 
+def settle_collectives(use_cuda: bool) -> None:
+    """On gloo, wait for the collectives ``engine.step`` left in flight before reading the weights.
+
+    ZeRO's CPU path can return from ``step`` with gradient reductions or parameter gathers still running; reading
+    the weights then (EMA, checkpoints) sees half-written buffers: garbage values and NaN losses, now and then.
+    A gloo barrier completes every earlier operation of the group first.
+    """
+    import torch.distributed as dist
+
+    if not use_cuda and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _disable_cpu_shm_comm() -> None:
     """Tell DeepSpeed its shared-memory CPU collective op is unavailable, so it uses gloo as-is instead of
     compiling the op on a fresh machine (about 60 s)."""
@@ -322,6 +335,7 @@ def train_loop_per_worker(config: dict) -> None:
                 raise FloatingPointError(f"loss is {loss.item()} at global step {gs} (epoch {epoch})")
             engine.backward(loss)
             engine.step()
+            settle_collectives(use_cuda)
             ema_update(teacher, engine.module, vals["momentum"])
             loss_fn.update_center(t_out)
             t_end = time.perf_counter()
