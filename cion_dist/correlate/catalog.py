@@ -175,6 +175,11 @@ def load_videos(items: list[tuple[int, str, list[str]]], storage: Storage) -> It
         yield rank, video, pieces[0] if len(pieces) == 1 else concat(pieces)
 
 
+def load_all(items: list[tuple[int, str, list[str]]], storage: Storage) -> EmbeddingSet:
+    """The images of every given video as one set, in the order of ``items``."""
+    return concat([data for _, _, data in load_videos(items, storage)])
+
+
 def select(data: EmbeddingSet, rows: np.ndarray) -> EmbeddingSet:
     """The rows ``rows`` of ``data`` (one video's, in their order)."""
     return EmbeddingSet(
@@ -192,7 +197,7 @@ def concat(pieces: list[EmbeddingSet]) -> EmbeddingSet:
         tracklet_id=pa.concat_arrays([p.tracklet_id for p in pieces]),
         tracklet_key=np.concatenate([p.tracklet_key for p in pieces]),
         x=np.concatenate([p.x for p in pieces]),
-        videos=pieces[0].videos,
+        videos=list(dict.fromkeys(v for p in pieces for v in p.videos)),
         video_rank=np.zeros(sum(len(p) for p in pieces), dtype=np.int64),
         frame=None if any(f is None for f in frames) else np.concatenate(frames),
     )

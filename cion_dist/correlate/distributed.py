@@ -50,9 +50,9 @@ def _sums_of(table: pa.Table) -> np.ndarray:
 def _calibrate(items: list, storage, kwargs: dict):
     """Calibration on the images of the given videos (read here, not on the driver)."""
     from cion_dist.correlate.calibrate import calibrate
-    from cion_dist.correlate.catalog import concat, load_videos
+    from cion_dist.correlate.catalog import load_all
 
-    data = concat([v for _, _, v in load_videos(items, storage)])
+    data = load_all(items, storage)
     return calibrate(data.x, data.tracklet_key, data.video_id, **kwargs)
 
 

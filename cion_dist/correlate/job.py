@@ -21,7 +21,7 @@ import numpy as np
 
 from cion_dist.config.job import Job
 from cion_dist.correlate import baselines, quality
-from cion_dist.correlate.catalog import VideoCatalog, concat, load_videos, scan_embeddings
+from cion_dist.correlate.catalog import VideoCatalog, load_all, scan_embeddings
 from cion_dist.correlate.denoise import IDENTITY_RADIUS, LEVEL_OF_REASON, REASONS, guarded_merge
 from cion_dist.correlate.distributed import (calibrate_on_sample, radius_recheck, run_level3_links, run_levels12,
                                              write_outputs)
@@ -156,7 +156,7 @@ def run(job: Job) -> StageResult:
                 summary[key] = th[key]
         if cfg.ground_truth:
             t = time.time()
-            data = concat([v for _, _, v in load_videos(catalog.items(range(len(catalog.videos))), storage)])
+            data = load_all(catalog.items(range(len(catalog.videos))), storage)
             qt = quality_table(data, final.identity, cfg.ground_truth, storage, cfg, d)
             write_json_atomic(join(out.uri, "quality.json"), qt, storage)
             print(quality.format_table(qt["methods"]))
