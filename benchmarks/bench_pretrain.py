@@ -4,9 +4,11 @@ Same data, same global batch, same seed, 2 CPU workers on a local Ray instance. 
 the MOT17 frames in ../shared/data/mot17_mini (one identity per sequence and track, visible >= 30%), falling back
 to drawn figures when the folder is absent. Prints, per configuration: images/s (mean over steps after the
 first), the fraction of step time spent waiting for the multi-crop batches (made in Ray Data tasks, or inline
-with --augment worker), peak RSS of the larger worker, the loss curve's ends, and the model-state bytes a worker
-holds by ZeRO's accounting (weights + grads + 2 AdamW moments, fp32). Peak RSS includes the full student built on
-every rank before DeepSpeed partitions it and the replicated teacher; end RSS is the steady state.
+with --augment worker), peak RSS of the larger worker, the loss curve's ends, and the student's model state per
+worker (weights, gradients and optimizer state): measured, as the distinct tensor storages the worker holds
+between steps less the teacher's (``cion_dist.pretrain.memory``), beside ZeRO's accounting (fp32 weights + grads +
+2 AdamW moments, divided as the stage partitions them). Peak RSS includes the full student built on every rank
+before DeepSpeed partitions it and the replicated teacher; end RSS is the steady state.
 
     .venv/bin/python benchmarks/bench_pretrain.py [--backbone resnet18] [--out-dim 16384] [--epochs 2] [--identities 32]
 """
@@ -133,14 +135,16 @@ def main() -> None:
             raise res.error
         m = res.metrics
         rows.append((stage, m.get("images_per_s_mean", float("nan")), m.get("data_wait_fraction_mean", float("nan")),
-                     m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], model_state_mb(args.backbone, args.out_dim, stage, 2),
+                     m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], m["student_state_mb_max_worker"],
+                     model_state_mb(args.backbone, args.out_dim, stage, 2),
                      m["first_loss"], m["last_loss"], m["global_step"], time.time() - t0))
-    print(f"{'config':<14}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'model-state MB':>16}"
-          f"{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}")
-    for stage, ips, wait, peak, rss, state_mb, l0, l1, steps, wall in rows:
+    print(f"{'config':<14}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
+          f"{'vs DDP':>8}{'accounting MB':>15}{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}")
+    ddp_state = next((r[5] for r in rows if r[0] == 0), float("nan"))
+    for stage, ips, wait, peak, rss, state_mb, acct_mb, l0, l1, steps, wall in rows:
         name = "DDP (ZeRO 0)" if stage == 0 else f"ZeRO {stage}"
-        print(f"{name:<14}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>16.1f}{l0:>12.4f}{l1:>11.4f}"
-              f"{steps:>7}{wall:>8.1f}")
+        print(f"{name:<14}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>10.1f}{state_mb / ddp_state:>8.2f}"
+              f"{acct_mb:>15.1f}{l0:>12.4f}{l1:>11.4f}{steps:>7}{wall:>8.1f}")
     print("images/s counts every image of the global batch (2 global + local crops each); RSS includes the Python, "
           "torch and Ray runtime of the worker process.")
 

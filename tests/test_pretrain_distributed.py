@@ -187,15 +187,16 @@ def _ema_worker(config):
     import cion_dist.config  # noqa: F401
     from cion_dist.pretrain.config import PretrainConfig
     from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param
-    from cion_dist.pretrain.train_loop import (_disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups,
-                                               settle_collectives)
+    from cion_dist.pretrain.train_loop import _disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups
 
     _disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     metrics = {}
     for stage in config["stages"]:
-        cfg = PretrainConfig(backbone="resnet_tiny", out_dim=32, hidden_dim=16, bottleneck_dim=8, local_crops=0,
+        # a head wide enough (hidden 1024, 4096 prototypes) that gloo's all-gathers take time: reads of a gather
+        # that has not finished show up
+        cfg = PretrainConfig(backbone="resnet_tiny", out_dim=4096, hidden_dim=1024, bottleneck_dim=64, local_crops=0,
                              batch_size_per_worker=4, gradual_epochs=[1], gradual_instances=[2], zero_stage=stage)
         student, teacher = build_networks(cfg, seed=0)
         groups, _ = param_groups(student)
@@ -203,6 +204,9 @@ def _ema_worker(config):
                                           config=deepspeed_config(cfg, world))
         expected = {n: p.detach().clone() for n, p in teacher.named_parameters()}
         start = dict(expected)
+        # before any step the gathered student is the initial model (the teacher is its copy), read after read
+        reads = [full_state(engine.module) for _ in range(config["reads"])]
+        metrics[f"z{stage}_bad_reads"] = sum(any(not torch.equal(r[n], start[n]) for n in start) for r in reads)
         m = 0.8
         for step in range(3):
             g = torch.Generator().manual_seed(100 * step + rank)
@@ -210,7 +214,6 @@ def _ema_worker(config):
             loss = torch.nn.functional.log_softmax(out / 0.1, dim=-1)[:, 0].neg().mean()
             engine.backward(loss)
             engine.step()
-            settle_collectives(use_cuda=False)
             full = full_state(engine.module)  # the gathered student weights
             for n in expected:
                 expected[n] = m * expected[n] + (1 - m) * full[n]
@@ -237,7 +240,7 @@ def test_teacher_ema_equals_ema_of_gathered_student_under_zero_0_2_3(ray_local, 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     trainer = TorchTrainer(
         _ema_worker,
-        train_loop_config={"stages": [0, 2, 3]},
+        train_loop_config={"stages": [0, 2, 3], "reads": 20},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=2),
         # a worker lost to a health-check timeout on a loaded machine restarts the whole (checkpoint-free) check
@@ -250,4 +253,5 @@ def test_teacher_ema_equals_ema_of_gathered_student_under_zero_0_2_3(ray_local, 
         assert m[f"z{stage}_err"] < 1e-6, m
         assert m[f"z{stage}_spread"] == 0.0, m  # every rank holds the same teacher
         assert m[f"z{stage}_moved"] > 1e-4, m  # the student trained and the teacher followed
+        assert m[f"z{stage}_bad_reads"] == 0, m  # every gather of the partitioned student is whole
     assert m["z3_partitioned"] == 1.0 and m["z2_partitioned"] == 0.0

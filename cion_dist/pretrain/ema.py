@@ -55,7 +55,23 @@ def gathered(params: list[torch.Tensor]):
     import deepspeed
 
     with deepspeed.zero.GatheredParameters(z3, modifier_rank=None):
+        settle_gloo_gather(z3[0].ds_process_group)
         yield
+
+
+def settle_gloo_gather(group) -> None:
+    """Wait for every piece of a ZeRO-3 gather on gloo before the gathered weights are read.
+
+    DeepSpeed gathers several parameters by launching one async all-gather each into fresh ``torch.empty``
+    buffers and waiting on the last handle only, which is enough where the collectives run in order on one CUDA
+    stream (NCCL). Gloo runs them on a pool of threads, so the first buffers can still be filling when the context
+    is entered: reads then see uninitialised memory (values like 1e18 to 1e36, NaN). A gloo barrier completes every
+    earlier operation of the group before it returns. ``benchmarks/stress_collectives.py`` counts such reads.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_backend(group) == "gloo":
+        dist.barrier(group=group)
 
 
 @torch.no_grad()

@@ -32,6 +32,7 @@ from cion_dist.pretrain.config import PretrainConfig
 from cion_dist.pretrain.ema import ema_update
 from cion_dist.pretrain.feed import iterate_steps
 from cion_dist.pretrain.loss import IdentityDINOLoss
+from cion_dist.pretrain.memory import peak_rss_mb, rss_mb, tensor_bytes
 from cion_dist.pretrain.sampler import PKSampler
 from cion_dist.pretrain.schedules import Schedules, instances_for_epoch
 
@@ -106,19 +107,6 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int) -> dict:
     if cfg.optimizer == "deepspeed_adamw":
         ds["optimizer"] = {"type": "AdamW", "params": {"lr": 0.0, "weight_decay": 0.0}}
     return ds
-
-
-def settle_collectives(use_cuda: bool) -> None:
-    """On gloo, wait for the collectives ``engine.step`` left in flight before reading the weights.
-
-    ZeRO's CPU path can return from ``step`` with gradient reductions or parameter gathers still running; reading
-    the weights then (EMA, checkpoints) sees half-written buffers: garbage values and NaN losses, now and then.
-    A gloo barrier completes every earlier operation of the group first.
-    """
-    import torch.distributed as dist
-
-    if not use_cuda and dist.is_available() and dist.is_initialized():
-        dist.barrier()
 
 
 def _disable_cpu_shm_comm() -> None:
@@ -202,21 +190,6 @@ def _max_over_ranks(x: float, device) -> float:
     return float(t.item())
 
 
-def _peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def _rss_mb() -> float:
-    """Resident memory now (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
 class _Throughput:
     """Images/s and the fraction of step time spent waiting for data since the last report; the first step after
     a start or a report is left out (it carries start-up or checkpoint time)."""
@@ -296,10 +269,13 @@ def train_loop_per_worker(config: dict) -> None:
     def report(metrics_extra: dict) -> None:
         perf = throughput.summary()  # same keys on every rank: the collectives below always pair up
         perf["data_wait_fraction_mean"] = _mean_over_ranks(perf["data_wait_fraction_mean"], device)
-        peak = _max_over_ranks(_peak_rss_mb(), device)
-        now = _max_over_ranks(_rss_mb(), device)
+        peak = _max_over_ranks(peak_rss_mb(), device)
+        now = _max_over_ranks(rss_mb(), device)
+        # measured between steps: the student's weights, gradients and optimizer state (the teacher left out)
+        state_mb = _max_over_ranks(tensor_bytes(exclude=[teacher, loss_fn]) / 2**20, device)
         path = save_checkpoint(engine, teacher, loss_fn, state, rank)
         metrics = {**state, **metrics_extra, **perf, "peak_rss_mb_max_worker": peak, "rss_mb_max_worker": now,
+                   "student_state_mb_max_worker": state_mb,
                    "last_loss": last_loss, "resumed_from_step": resumed_from, "steps_this_attempt": steps_this_attempt}
         metrics = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
         try:
@@ -335,7 +311,6 @@ def train_loop_per_worker(config: dict) -> None:
                 raise FloatingPointError(f"loss is {loss.item()} at global step {gs} (epoch {epoch})")
             engine.backward(loss)
             engine.step()
-            settle_collectives(use_cuda)
             ema_update(teacher, engine.module, vals["momentum"])
             loss_fn.update_center(t_out)
             t_end = time.perf_counter()
