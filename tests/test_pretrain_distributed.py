@@ -167,12 +167,10 @@ def test_zero3_with_ray_data_augmentation_traces_the_same_loss_curve(zero2_run, 
     l2, _ = _history(job2, res2.mlflow_run_id, "loss")
     l3, _ = _history(job3, res3.mlflow_run_id, "loss")
     assert res3.summary["resumed_from_step"] is None and res3.summary["steps"] == 9
-    # up to the step the ZeRO-2 run resumed from, the curves agree to float noise: ZeRO-3 and the Ray Data
-    # augmentation path change nothing. Later steps are not compared: they have been seen to differ between runs
-    # (by ~1%, and once by far more in the last epoch), a known open problem of the resume / data-feed path.
-    resumed = res2.summary["resumed_from_step"]
-    assert resumed >= 3
-    np.testing.assert_allclose(l3[:resumed], l2[:resumed], rtol=1e-4)
+    # the whole curves agree to float noise: the ZeRO-2 run's restart resumes exactly, and neither ZeRO-3
+    # partitioning (its teacher EMA reads gathered weights) nor the Ray Data augmentation path changes anything
+    assert res2.summary["resumed_from_step"] >= 3
+    np.testing.assert_allclose(l3, l2, rtol=1e-4)
     assert res3.summary["model_uri"] == "models:/cion-z3/1"
 
 
