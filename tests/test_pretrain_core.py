@@ -1,4 +1,4 @@
-"""Pure pieces of pretraining: loss, schedules, P x K sampler, multi-crop augmentation."""
+"""Pure pieces of pretraining: loss, schedules, P x K sampler, multi-crop augmentation, memory measurement."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from PIL import Image
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.pretrain.augment import MultiCropSpec, crop_batch, normalize, random_resized_crop
 from cion_dist.pretrain.loss import IdentityDINOLoss
+from cion_dist.pretrain.memory import tensor_bytes
 from cion_dist.pretrain.sampler import PKSampler, epoch_plan
 from cion_dist.pretrain.schedules import Schedules, at, cosine_schedule, instances_for_epoch
 
@@ -166,3 +167,15 @@ def test_random_resized_crop_respects_scale_and_aspect():
     for _ in range(20):
         out = random_resized_crop(img, (256, 128), (0.05, 0.8), (0.4, 0.6), rng)
         assert out.size == (128, 256)
+
+
+def test_tensor_bytes_counts_each_storage_once_and_leaves_out_excluded_modules():
+    base = tensor_bytes()
+    flat = torch.zeros(250_000)  # 1,000,000 bytes, then 100 views into it: ZeRO's flat buffers look like this
+    views = [flat[i * 2500:(i + 1) * 2500] for i in range(100)]
+    assert tensor_bytes() - base == 1_000_000
+    layer = torch.nn.Linear(500, 400)  # (500 * 400 + 400) * 4 bytes
+    assert tensor_bytes() - base == 1_000_000 + 801_600
+    assert tensor_bytes(exclude=[layer]) - base == 1_000_000
+    del flat, views
+    assert tensor_bytes() - base == 801_600
