@@ -30,6 +30,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+PARTS = ("weights", "master", "optimizer", "other")  # cion_dist.pretrain.train_loop.model_state_parts + the rest
 MOT = Path(os.environ.get("CION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mot17_mini" / "train"
 
 
@@ -117,7 +118,7 @@ def main() -> None:
     print(f"data: {table.num_rows} crops of {n_ids} identities ({'MOT17' if MOT.exists() else 'drawn'}); "
           f"backbone {args.backbone}, head out_dim {args.out_dim}, 2 workers x {args.batch} images, "
           f"2 global + {args.local_crops} local crops, augmentation in {args.augment}")
-    rows = []
+    rows, parts = [], []
     for stage in [int(s) for s in args.stages.split(",")]:
         job = Job(stage="pretrain", output=tempfile.gettempdir(), ray={"num_cpus": 4, "log_to_driver": False},
                   mlflow={"enabled": False},
@@ -135,9 +136,10 @@ def main() -> None:
             raise res.error
         m = res.metrics
         rows.append((stage, m.get("images_per_s_mean", float("nan")), m.get("data_wait_fraction_mean", float("nan")),
-                     m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], m["student_state_mb_max_worker"],
+                     m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], m["student_state_mb"],
                      model_state_mb(args.backbone, args.out_dim, stage, 2),
                      m["first_loss"], m["last_loss"], m["global_step"], time.time() - t0))
+        parts.append((stage, *(m[f"student_{k}_mb"] for k in PARTS)))
     print(f"{'config':<14}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
           f"{'vs DDP':>8}{'accounting MB':>15}{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}")
     ddp_state = next((r[5] for r in rows if r[0] == 0), float("nan"))
@@ -145,6 +147,9 @@ def main() -> None:
         name = "DDP (ZeRO 0)" if stage == 0 else f"ZeRO {stage}"
         print(f"{name:<14}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>10.1f}{state_mb / ddp_state:>8.2f}"
               f"{acct_mb:>15.1f}{l0:>12.4f}{l1:>11.4f}{steps:>7}{wall:>8.1f}")
+    print("state MB, measured, by part (max over workers): "
+          + ", ".join(f"{name} {' / '.join(f'{p[1 + i]:.1f}' for p in parts)}" for i, name in enumerate(PARTS))
+          + f" for {' / '.join('DDP' if p[0] == 0 else f'ZeRO {p[0]}' for p in parts)}")
     print("images/s counts every image of the global batch (2 global + local crops each); RSS includes the Python, "
           "torch and Ray runtime of the worker process.")
 

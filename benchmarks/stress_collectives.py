@@ -73,7 +73,7 @@ def _worker(config: dict) -> None:
         student, teacher = build_networks(cfg, seed=0)
         groups, _ = param_groups(student)
         engine, *_ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(groups, lr=config["lr"]),
-                                          config=deepspeed_config(cfg, world))
+                                          config=deepspeed_config(cfg, world, sum(p.numel() for p in student.parameters())))
         counts = dict.fromkeys(KEYS, 0)
         step_s, worst_err, m = 0.0, 0.0, 0.9
         for step in range(config["steps"]):

@@ -179,3 +179,34 @@ def test_tensor_bytes_counts_each_storage_once_and_leaves_out_excluded_modules()
     assert tensor_bytes(exclude=[layer]) - base == 1_000_000
     del flat, views
     assert tensor_bytes() - base == 801_600
+
+
+def test_deepspeed_buckets_follow_the_model_size():
+    from cion_dist.pretrain.config import PretrainConfig
+    from cion_dist.pretrain.train_loop import deepspeed_config
+
+    cfg = PretrainConfig(zero_stage=3, batch_size_per_worker=8)
+    ds = deepspeed_config(cfg, world_size=2, n_params=21_000_000)
+    zero = ds["zero_optimization"]
+    # ZeRO-3 allocates its reduce bucket up front: a quarter of the model, not DeepSpeed's 5e8 elements
+    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 5_250_000
+    assert ds["train_batch_size"] == 16 and zero["stage"] == 3
+    assert deepspeed_config(cfg, 2, 1000)["zero_optimization"]["reduce_bucket_size"] == 2**20
+    assert deepspeed_config(cfg, 2, 10**11)["zero_optimization"]["reduce_bucket_size"] == 500_000_000
+    explicit = PretrainConfig(zero_stage=2, comm_bucket_numel=12345)
+    zero2 = deepspeed_config(explicit, 2, 21_000_000)["zero_optimization"]
+    assert zero2["reduce_bucket_size"] == 12345 and "stage3_prefetch_bucket_size" not in zero2
+
+
+def test_tensor_breakdown_files_each_storage_under_its_first_part():
+    from cion_dist.pretrain.memory import tensor_breakdown
+
+    base = tensor_breakdown({})["other"]
+    flat = torch.zeros(250_000)
+    weights = [flat[:1000], flat[1000:]]  # two views of one flat buffer: one storage, counted once
+    moments = [torch.zeros(500), torch.zeros(500)]
+    loose = torch.zeros(100)
+    got = tensor_breakdown({"weights": weights, "optimizer": moments + weights})
+    assert got["weights"] == 1_000_000 and got["optimizer"] == 4_000
+    assert got["other"] - base == 400
+    del loose

@@ -199,7 +199,7 @@ def _ema_worker(config):
         student, teacher = build_networks(cfg, seed=0)
         groups, _ = param_groups(student)
         engine, *_ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(groups, lr=0.05),
-                                          config=deepspeed_config(cfg, world))
+                                          config=deepspeed_config(cfg, world, sum(p.numel() for p in student.parameters())))
         expected = {n: p.detach().clone() for n, p in teacher.named_parameters()}
         start = dict(expected)
         # before any step the gathered student is the initial model (the teacher is its copy), read after read

@@ -57,3 +57,9 @@ def test_config_rejects_batches_not_divisible_by_k():
         PretrainConfig(batch_size_per_worker=10, gradual_epochs=[1, 2], gradual_instances=[2, 4])
     with pytest.raises(ValueError, match="offload_optimizer needs"):
         PretrainConfig(offload_optimizer=True)
+
+
+def test_config_rejects_half_precision_on_cpu_workers():
+    with pytest.raises(ValueError, match="precision bf16 needs use_gpu"):
+        PretrainConfig(precision="bf16")
+    assert PretrainConfig(precision="bf16", use_gpu=True).precision == "bf16"

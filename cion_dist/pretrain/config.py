@@ -61,6 +61,9 @@ class PretrainConfig(StrictModel):
         "adamw", description="adamw: torch AdamW (no compiled ops); deepspeed_adamw: FusedAdam / CPUAdam"
     )
     offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU (needs deepspeed_adamw)")
+    comm_bucket_numel: Optional[int] = Field(
+        None, ge=1, description="elements per ZeRO reduce / gather bucket; None = a quarter of the model, at most 5e8"
+    )
     sync_bn: bool = Field(False, description="convert BatchNorm to SyncBatchNorm (GPU runs)")
     cpu_shm_comm: bool = Field(True, description="DeepSpeed's compiled shared-memory collectives on CPU")
     # checkpoints, fault tolerance, tracking
@@ -80,6 +83,8 @@ class PretrainConfig(StrictModel):
         bad = [k for k in self.gradual_instances if k < 1 or self.batch_size_per_worker % k]
         if bad:
             raise ValueError(f"batch_size_per_worker={self.batch_size_per_worker} is not divisible by K in {bad}")
+        if self.precision in ("fp16", "bf16") and not self.use_gpu:
+            raise ValueError(f"precision {self.precision} needs use_gpu: true (CPU workers train in fp32; use auto)")
         if self.offload_optimizer and self.optimizer != "deepspeed_adamw":
             raise ValueError("offload_optimizer needs optimizer: deepspeed_adamw (DeepSpeedCPUAdam)")
         return self

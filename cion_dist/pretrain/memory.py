@@ -1,16 +1,17 @@
 """Memory a training worker holds, measured from the process rather than computed from parameter counts.
 
-``tensor_bytes`` walks every tensor the Python heap holds (parameters, ZeRO partitions and flat buffers, gradients,
-optimizer moments, the teacher) and sums their distinct storages once each, so views into one flat buffer count
-once. Called between steps, when no activations are alive, the student side of it (everything but the teacher and
-the modules named in ``exclude``) is the model state that ZeRO partitions: weights, gradients and optimizer state.
+``tensor_breakdown`` walks every tensor the Python heap holds (parameters, ZeRO partitions and flat buffers,
+gradients, optimizer moments, the teacher) and sums their distinct storages once each, so views into one flat
+buffer count once, then files each storage under the first named part that uses it. Called between steps, when
+no activations are alive, the student side of it (everything but the excluded teacher) is the model state that
+ZeRO partitions: weights, fp32 master copies, optimizer moments, gradients and communication buckets.
 """
 
 from __future__ import annotations
 
 import gc
 import os
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -24,21 +25,32 @@ def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     return (s.data_ptr(), s.nbytes()) if s.nbytes() else None
 
 
-def tensor_bytes(exclude: Iterable[nn.Module] = ()) -> int:
-    """Bytes of the distinct tensor storages alive in this process, less those of the ``exclude`` modules."""
-    skip = set()
-    for module in exclude:
-        for t in list(module.parameters()) + list(module.buffers()):
+def tensor_breakdown(parts: Mapping[str, Iterable[torch.Tensor]], exclude: Iterable[nn.Module] = ()) -> dict[str, int]:
+    """Bytes of the distinct tensor storages alive in this process, by part: a storage that one of ``parts``'
+    tensors uses counts there (first part first), any other under ``"other"``; ``exclude`` modules' storages
+    are left out."""
+    skip = {key[0] for module in exclude for t in [*module.parameters(), *module.buffers()] if (key := _storage(t))}
+    owner: dict[int, str] = {}
+    for name, tensors in parts.items():
+        for t in tensors:
             key = _storage(t)
-            if key:
-                skip.add(key[0])
+            if key and key[0] not in skip:
+                owner.setdefault(key[0], name)
     storages: dict[int, int] = {}
     for obj in gc.get_objects():
         if isinstance(obj, torch.Tensor):
             key = _storage(obj)
             if key and key[0] not in skip:
                 storages[key[0]] = max(storages.get(key[0], 0), key[1])
-    return sum(storages.values())
+    out = dict.fromkeys([*parts, "other"], 0)
+    for ptr, nbytes in storages.items():
+        out[owner.get(ptr, "other")] += nbytes
+    return out
+
+
+def tensor_bytes(exclude: Iterable[nn.Module] = ()) -> int:
+    """Bytes of the distinct tensor storages alive in this process, less those of the ``exclude`` modules."""
+    return sum(tensor_breakdown({}, exclude).values())
 
 
 def peak_rss_mb() -> float:
