@@ -4,8 +4,9 @@ The teacher is a plain module replicated on every rank (it takes no gradients, s
 update ``t <- m * t + (1 - m) * s`` needs the student's full weights: under ZeRO 0/1/2 every rank holds them in
 the module; under ZeRO-3 each rank holds only its partition, so the student parameters are gathered a bucket at a
 time (``bucket_numel`` elements, so only a slice of the model is ever whole) with
-``deepspeed.zero.GatheredParameters`` (read-only, nothing is written back) and every rank applies the
-same update, keeping the replicas identical. The teacher stays fp32 whatever the student's precision.
+``deepspeed.zero.GatheredParameters`` (read-only, nothing is written back; on gloo it is waited on as a whole,
+see ``settle_gloo_gather``) and every rank applies the same update, keeping the replicas identical. The teacher
+stays fp32 whatever the student's precision.
 """
 
 from __future__ import annotations
