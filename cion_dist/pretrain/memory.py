@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+import warnings
 from typing import Iterable, Mapping
 
 import torch
@@ -37,11 +38,13 @@ def tensor_breakdown(parts: Mapping[str, Iterable[torch.Tensor]], exclude: Itera
             if key and key[0] not in skip:
                 owner.setdefault(key[0], name)
     storages: dict[int, int] = {}
-    for obj in gc.get_objects():
-        if isinstance(obj, torch.Tensor):
-            key = _storage(obj)
-            if key and key[0] not in skip:
-                storages[key[0]] = max(storages.get(key[0], 0), key[1])
+    with warnings.catch_warnings():  # isinstance on some deprecated torch objects warns
+        warnings.simplefilter("ignore", FutureWarning)
+        tensors = [obj for obj in gc.get_objects() if isinstance(obj, torch.Tensor)]
+    for t in tensors:
+        key = _storage(t)
+        if key and key[0] not in skip:
+            storages[key[0]] = max(storages.get(key[0], 0), key[1])
     out = dict.fromkeys([*parts, "other"], 0)
     for ptr, nbytes in storages.items():
         out[owner.get(ptr, "other")] += nbytes
