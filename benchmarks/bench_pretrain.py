@@ -139,7 +139,7 @@ def main() -> None:
                      m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], m["student_state_mb"],
                      model_state_mb(args.backbone, args.out_dim, stage, 2),
                      m["first_loss"], m["last_loss"], m["global_step"], time.time() - t0))
-        parts.append((stage, *(m[f"student_{k}_mb"] for k in PARTS)))
+        parts.append((stage, *(m[f"student_{k}_mb"] for k in PARTS), m["teacher_mb"]))
     print(f"{'config':<14}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
           f"{'vs DDP':>8}{'accounting MB':>15}{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}")
     ddp_state = next((r[5] for r in rows if r[0] == 0), float("nan"))
@@ -149,6 +149,7 @@ def main() -> None:
               f"{acct_mb:>15.1f}{l0:>12.4f}{l1:>11.4f}{steps:>7}{wall:>8.1f}")
     print("state MB, measured, by part (max over workers): "
           + ", ".join(f"{name} {' / '.join(f'{p[1 + i]:.1f}' for p in parts)}" for i, name in enumerate(PARTS))
+          + f"; teacher {' / '.join(f'{p[-1]:.1f}' for p in parts)}"
           + f" for {' / '.join('DDP' if p[0] == 0 else f'ZeRO {p[0]}' for p in parts)}")
     print("images/s counts every image of the global batch (2 global + local crops each); RSS includes the Python, "
           "torch and Ray runtime of the worker process.")

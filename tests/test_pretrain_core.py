@@ -14,7 +14,7 @@ from PIL import Image
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.pretrain.augment import MultiCropSpec, crop_batch, normalize, random_resized_crop
 from cion_dist.pretrain.loss import IdentityDINOLoss
-from cion_dist.pretrain.memory import tensor_bytes
+from cion_dist.pretrain.memory import module_bytes, tensor_bytes
 from cion_dist.pretrain.sampler import PKSampler, epoch_plan
 from cion_dist.pretrain.schedules import Schedules, at, cosine_schedule, instances_for_epoch
 
@@ -177,6 +177,7 @@ def test_tensor_bytes_counts_each_storage_once_and_leaves_out_excluded_modules()
     layer = torch.nn.Linear(500, 400)  # (500 * 400 + 400) * 4 bytes
     assert tensor_bytes() - base == 1_000_000 + 801_600
     assert tensor_bytes(exclude=[layer]) - base == 1_000_000
+    assert module_bytes(layer) == 801_600
     del flat, views
     assert tensor_bytes() - base == 801_600
 

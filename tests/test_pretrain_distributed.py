@@ -3,7 +3,8 @@
 Two stage runs are shared by several tests (each Ray Train fit costs tens of seconds):
 - ZeRO-2 with checkpoints on loopback S3 and a fault drill (rank 0's process dies once at step 5), so Ray Train
   restarts the worker group from the newest committed checkpoint;
-- ZeRO-3 with the multi-crop running in Ray Data tasks, same data and seed, no fault.
+- ZeRO-3 (the teacher partitioned too) with the multi-crop running in Ray Data tasks, same data and seed, and its
+  its own fault drill in the last epoch (rank 0 dies at step 8), checkpoints on local storage.
 Both must trace the same loss curve: resume is exact and ZeRO-3 partitioning changes nothing numerically.
 """
 
@@ -89,7 +90,8 @@ def zero3_run(ray_module, corpus, tmp_path_factory):
     from cion_dist.pretrain.job import run
 
     tmp = tmp_path_factory.mktemp("mlflow3")
-    job = _job(corpus, tmp, zero_stage=3, augment_in="ray_data", model_name="cion-z3")
+    job = _job(corpus, tmp, zero_stage=3, augment_in="ray_data", model_name="cion-z3", checkpoint_every_steps=2,
+               fail_at_step=8, max_failures=1)
     return job, run(job)
 
 
@@ -166,9 +168,11 @@ def test_zero3_with_ray_data_augmentation_traces_the_same_loss_curve(zero2_run, 
     job3, res3 = zero3_run
     l2, _ = _history(job2, res2.mlflow_run_id, "loss")
     l3, _ = _history(job3, res3.mlflow_run_id, "loss")
-    assert res3.summary["resumed_from_step"] is None and res3.summary["steps"] == 9
-    # the whole curves agree to float noise: the ZeRO-2 run's restart resumes exactly, and neither ZeRO-3
-    # partitioning (its teacher EMA reads gathered weights) nor the Ray Data augmentation path changes anything
+    # killed at step 8 after checkpoints at 2, 3 (epoch end), 4 and 6: resumes from 6, or 4 if the death beat the
+    # controller's bookkeeping of the newest
+    assert res3.summary["resumed_from_step"] in (4, 6) and res3.summary["steps"] == 9
+    # the whole curves agree to float noise: both restarts resume exactly, and neither ZeRO-3 partitioning (of the
+    # student and of the teacher, updated shard by shard) nor the Ray Data augmentation path changes anything
     assert res2.summary["resumed_from_step"] >= 3
     np.testing.assert_allclose(l3, l2, rtol=1e-4)
     assert res3.summary["model_uri"] == "models:/cion-z3/1"
@@ -184,27 +188,31 @@ def _ema_worker(config):
 
     import cion_dist.config  # noqa: F401
     from cion_dist.pretrain.config import PretrainConfig
-    from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param
-    from cion_dist.pretrain.train_loop import _disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups
+    from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param, load_full_state
+    from cion_dist.pretrain.train_loop import (_disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups,
+                                               place_teacher)
 
     _disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     metrics = {}
-    for stage in config["stages"]:
+    for name, stage, partition_teacher in config["cases"]:
         # a head wide enough (hidden 1024, 4096 prototypes) that gloo's all-gathers take time: reads of a gather
         # that has not finished show up
         cfg = PretrainConfig(backbone="resnet_tiny", out_dim=4096, hidden_dim=1024, bottleneck_dim=64, local_crops=0,
                              batch_size_per_worker=4, gradual_epochs=[1], gradual_instances=[2], zero_stage=stage)
         student, teacher = build_networks(cfg, seed=0)
+        n_params = sum(p.numel() for p in student.parameters())
         groups, _ = param_groups(student)
         engine, *_ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(groups, lr=0.05),
-                                          config=deepspeed_config(cfg, world, sum(p.numel() for p in student.parameters())))
-        expected = {n: p.detach().clone() for n, p in teacher.named_parameters()}
-        start = dict(expected)
+                                          config=deepspeed_config(cfg, world, n_params))
+        start = {n: p.detach().clone() for n, p in teacher.named_parameters()}
+        if partition_teacher:  # the train loop's layout under ZeRO-3; otherwise a replica on every rank
+            teacher, _keep = place_teacher(teacher, cfg, world, n_params, torch.device("cpu"))
+        expected = dict(start)
         # before any step the gathered student is the initial model (the teacher is its copy), read after read
         reads = [full_state(engine.module) for _ in range(config["reads"])]
-        metrics[f"z{stage}_bad_reads"] = sum(any(not torch.equal(r[n], start[n]) for n in start) for r in reads)
+        metrics[f"{name}_bad_reads"] = sum(any(not torch.equal(r[n], start[n]) for n in start) for r in reads)
         m = 0.8
         for step in range(3):
             g = torch.Generator().manual_seed(100 * step + rank)
@@ -216,15 +224,27 @@ def _ema_worker(config):
             for n in expected:
                 expected[n] = m * expected[n] + (1 - m) * full[n]
             ema_update(teacher, engine.module, m)
-        err = max(float((p - expected[n]).abs().max()) for n, p in teacher.named_parameters())
-        moved = max(float((p - start[n]).abs().max()) for n, p in teacher.named_parameters())
-        flat = torch.cat([p.detach().flatten() for p in teacher.parameters()])
+        got = full_state(teacher)  # gathered when the teacher is partitioned
+        err = max(float((got[n] - expected[n]).abs().max()) for n in expected)
+        moved = max(float((got[n] - start[n]).abs().max()) for n in expected)
+        flat = torch.cat([got[n].flatten() for n in expected])
         copies = [torch.zeros_like(flat) for _ in range(world)]
         dist.all_gather(copies, flat)
-        partitioned = any(is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel for p in engine.module.parameters())
-        metrics.update({f"z{stage}_err": err, f"z{stage}_moved": moved,
-                        f"z{stage}_spread": max(float((c - flat).abs().max()) for c in copies),
-                        f"z{stage}_partitioned": float(partitioned)})
+        # the checkpoint path: the full teacher written by rank 0 goes back into a fresh teacher of the same layout
+        _, fresh = build_networks(cfg, seed=1)
+        if partition_teacher:
+            fresh, _keep2 = place_teacher(fresh, cfg, world, n_params, torch.device("cpu"))
+        load_full_state(fresh, got)
+        back = full_state(fresh)
+        metrics.update({
+            f"{name}_err": err, f"{name}_moved": moved,
+            f"{name}_spread": max(float((c - flat).abs().max()) for c in copies),
+            f"{name}_partitioned": float(any(is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel
+                                             for p in engine.module.parameters())),
+            f"{name}_teacher_partitioned": float(all(is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel
+                                                     for p in teacher.parameters() if p.numel() > 1)),
+            f"{name}_reload_exact": float(all(torch.equal(back[n], got[n]) for n in got)),
+        })
     # Ray Train keeps the metrics of reports that carry a checkpoint
     with tempfile.TemporaryDirectory() as d:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
@@ -236,9 +256,10 @@ def test_teacher_ema_equals_ema_of_gathered_student_under_zero_0_2_3(ray_local, 
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cases = [("z0", 0, False), ("z2", 2, False), ("z3", 3, False), ("z3p", 3, True)]
     trainer = TorchTrainer(
         _ema_worker,
-        train_loop_config={"stages": [0, 2, 3], "reads": 20},
+        train_loop_config={"cases": cases, "reads": 20},
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=2),
         # a worker lost to a health-check timeout on a loaded machine restarts the whole (checkpoint-free) check
@@ -247,9 +268,12 @@ def test_teacher_ema_equals_ema_of_gathered_student_under_zero_0_2_3(ray_local, 
     result = trainer.fit()
     assert result.error is None, result.error
     m = result.metrics
-    for stage in (0, 2, 3):
-        assert m[f"z{stage}_err"] < 1e-6, m
-        assert m[f"z{stage}_spread"] == 0.0, m  # every rank holds the same teacher
-        assert m[f"z{stage}_moved"] > 1e-4, m  # the student trained and the teacher followed
-        assert m[f"z{stage}_bad_reads"] == 0, m  # every gather of the partitioned student is whole
+    for name, _, _ in cases:
+        assert m[f"{name}_err"] < 1e-6, m
+        assert m[f"{name}_spread"] == 0.0, m  # every rank holds the same teacher
+        assert m[f"{name}_moved"] > 1e-4, m  # the student trained and the teacher followed
+        assert m[f"{name}_bad_reads"] == 0, m  # every gather of the partitioned student is whole
+        assert m[f"{name}_reload_exact"] == 1.0, m  # a saved teacher loads back bit for bit, shards included
     assert m["z3_partitioned"] == 1.0 and m["z2_partitioned"] == 0.0
+    # the train loop's ZeRO-3 teacher is split like the student (and updated shard by shard); a replica is not
+    assert m["z3p_teacher_partitioned"] == 1.0 and m["z3_teacher_partitioned"] == 0.0

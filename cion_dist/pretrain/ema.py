@@ -77,9 +77,20 @@ def settle_gloo_gather(group) -> None:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, bucket_numel: int = 4_000_000) -> None:
-    """``teacher <- momentum * teacher + (1 - momentum) * student`` over parameters (buffers are the teacher's own)."""
+    """``teacher <- momentum * teacher + (1 - momentum) * student`` over parameters (buffers are the teacher's own).
+
+    A teacher partitioned by ZeRO-3 like the student is updated shard by shard, with no communication: both
+    split every parameter the same way (the same shape over the same group), so each rank's shards line up.
+    """
     pairs = paired_parameters(teacher, student)
-    for bucket in _buckets(pairs, bucket_numel):
+    for t, s in pairs:
+        if is_zero3_param(t):
+            if not is_zero3_param(s) or t.ds_tensor.numel() != s.ds_tensor.numel():
+                raise ValueError(f"teacher parameter {tuple(t.ds_shape)} is partitioned but its student is not alike")
+            shard = t.ds_tensor
+            shard.mul_(momentum).add_(s.ds_tensor.detach().to(device=shard.device, dtype=shard.dtype), alpha=1.0 - momentum)
+    replicated = [(t, s) for t, s in pairs if not is_zero3_param(t)]
+    for bucket in _buckets(replicated, bucket_numel):
         with gathered([s for _, s in bucket]):
             for t, s in bucket:
                 t.mul_(momentum).add_(s.detach().to(device=t.device, dtype=t.dtype), alpha=1.0 - momentum)
@@ -96,3 +107,30 @@ def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
     for name, b in module.named_buffers():
         out[name] = b.detach().cpu().clone()
     return out
+
+
+@torch.no_grad()
+def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Copy a full state (as ``full_state`` returns it) into ``module``; a ZeRO-3 parameter takes only this rank's
+    slice of the flat tensor (zero-padded at the end, as ZeRO pads), so no communication is needed."""
+    params, buffers = dict(module.named_parameters()), dict(module.named_buffers())
+    missing = sorted((set(params) | set(buffers)) - set(state))
+    if missing:
+        raise KeyError(f"state has no entry for {missing[:5]}")
+    for name, p in params.items():
+        src = state[name]
+        if is_zero3_param(p):
+            import torch.distributed as dist
+
+            if tuple(src.shape) != tuple(p.ds_shape):
+                raise ValueError(f"{name}: state shape {tuple(src.shape)} != parameter shape {tuple(p.ds_shape)}")
+            part = p.ds_tensor.numel()
+            flat = src.reshape(-1)
+            start = dist.get_rank(group=p.ds_process_group) * part
+            piece = flat[start:start + part]
+            p.ds_tensor.zero_()
+            p.ds_tensor[: piece.numel()].copy_(piece)
+        else:
+            p.copy_(src)
+    for name, b in buffers.items():
+        b.copy_(state[name])

@@ -26,11 +26,22 @@ def _storage(t: torch.Tensor) -> tuple[int, int] | None:
     return (s.data_ptr(), s.nbytes()) if s.nbytes() else None
 
 
+def _module_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """Parameters (with the shard a ZeRO-3 parameter keeps in ``ds_tensor``) and buffers."""
+    params = [t for p in module.parameters() for t in (p, getattr(p, "ds_tensor", None)) if t is not None]
+    return params + list(module.buffers())
+
+
+def module_bytes(module: nn.Module) -> int:
+    """Bytes of the distinct storages of a module's parameters (this rank's shards under ZeRO-3) and buffers."""
+    return sum(dict(key for t in _module_tensors(module) if (key := _storage(t))).values())
+
+
 def tensor_breakdown(parts: Mapping[str, Iterable[torch.Tensor]], exclude: Iterable[nn.Module] = ()) -> dict[str, int]:
     """Bytes of the distinct tensor storages alive in this process, by part: a storage that one of ``parts``'
     tensors uses counts there (first part first), any other under ``"other"``; ``exclude`` modules' storages
     are left out."""
-    skip = {key[0] for module in exclude for t in [*module.parameters(), *module.buffers()] if (key := _storage(t))}
+    skip = {key[0] for module in exclude for t in _module_tensors(module) if (key := _storage(t))}
     owner: dict[int, str] = {}
     for name, tensors in parts.items():
         for t in tensors:

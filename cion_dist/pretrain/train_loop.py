@@ -1,4 +1,5 @@
-"""The per-worker training loop: DeepSpeed student, replicated EMA teacher, identity-guided DINO loss.
+"""The per-worker training loop: DeepSpeed student, EMA teacher (partitioned too under ZeRO-3), identity-guided
+DINO loss.
 
 One step reads top to bottom: schedule values for the global step, teacher on the two global crops, student on
 every crop, loss, backward, (clipped) optimizer step inside DeepSpeed, EMA of the teacher, centre update.
@@ -29,10 +30,10 @@ from cion_dist.models.dino_head import DINOHead, MultiCropWrapper
 from cion_dist.models.factory import build_backbone, load_backbone_weights
 from cion_dist.pretrain.augment import MultiCropSpec, normalize
 from cion_dist.pretrain.config import PretrainConfig
-from cion_dist.pretrain.ema import ema_update, is_zero3_param
+from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param, load_full_state
 from cion_dist.pretrain.feed import iterate_steps
 from cion_dist.pretrain.loss import IdentityDINOLoss
-from cion_dist.pretrain.memory import peak_rss_mb, rss_mb, tensor_breakdown
+from cion_dist.pretrain.memory import module_bytes, peak_rss_mb, rss_mb, tensor_breakdown
 from cion_dist.pretrain.sampler import PKSampler
 from cion_dist.pretrain.schedules import Schedules, instances_for_epoch
 
@@ -126,6 +127,24 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, n_params: int) -> dic
     return ds
 
 
+def place_teacher(teacher: torch.nn.Module, cfg: PretrainConfig, world_size: int, n_params: int, device):
+    """``(teacher, its engine or None)``. Under ZeRO-3 the teacher is partitioned like the student (a DeepSpeed
+    engine without optimizer, always fp32): a rank holds 1/world of it, the EMA runs shard by shard without
+    communication, and the teacher's forward gathers its layers as the student's does. Under ZeRO 0-2 it is a
+    plain replica on every rank. Keep the engine referenced while the teacher is in use."""
+    teacher.to(device)
+    if cfg.zero_stage != 3:
+        return teacher, None
+    import deepspeed
+
+    ds = deepspeed_config(cfg, world_size, n_params)
+    ds.update({"fp16": {"enabled": False}, "bf16": {"enabled": False}, "gradient_clipping": 0.0})
+    ds.pop("optimizer", None)
+    ds["zero_optimization"].pop("offload_optimizer", None)
+    engine, *_ = deepspeed.initialize(model=teacher, config=ds)
+    return engine.module, engine
+
+
 def _disable_cpu_shm_comm() -> None:
     """Tell DeepSpeed its shared-memory CPU collective op is unavailable, so it uses gloo as-is instead of
     compiling the op on a fresh machine (about 60 s)."""
@@ -155,10 +174,12 @@ def model_state_parts(engine) -> dict[str, list[torch.Tensor]]:
 
 
 def save_checkpoint(engine, teacher, loss_fn, state: dict, rank: int) -> str:
+    """Every rank saves its DeepSpeed shard; rank 0 adds the full teacher (gathered by all ranks under ZeRO-3)."""
     path = tempfile.mkdtemp(prefix="cion-ckpt-")
     engine.save_checkpoint(path, tag=DS_TAG, client_state={"cion_state": state})
+    teacher_state = full_state(teacher)  # a collective when the teacher is partitioned
     if rank == 0:
-        torch.save({"teacher": teacher.state_dict(), "center": loss_fn.center.detach().cpu()}, os.path.join(path, TEACHER_FILE))
+        torch.save({"teacher": teacher_state, "center": loss_fn.center.detach().cpu()}, os.path.join(path, TEACHER_FILE))
         Path(path, STATE_FILE).write_text(json.dumps(state))
     return path
 
@@ -166,7 +187,7 @@ def save_checkpoint(engine, teacher, loss_fn, state: dict, rank: int) -> str:
 def load_checkpoint(path: str, engine, teacher, loss_fn) -> dict:
     engine.load_checkpoint(path, tag=DS_TAG)
     blob = torch.load(os.path.join(path, TEACHER_FILE), map_location="cpu", weights_only=True)
-    teacher.load_state_dict(blob["teacher"])
+    load_full_state(teacher, blob["teacher"])
     loss_fn.center.copy_(blob["center"].to(loss_fn.center.device))
     return json.loads(Path(path, STATE_FILE).read_text())
 
@@ -274,13 +295,14 @@ def train_loop_per_worker(config: dict) -> None:
     )
 
     student, teacher = build_networks(cfg, seed)
-    teacher.to(device)
+    n_params = sum(p.numel() for p in student.parameters())
     groups, kinds = param_groups(student)
     optimizer = torch.optim.AdamW(groups, lr=0.0) if cfg.optimizer == "adamw" else None
     engine, optimizer, _, _ = deepspeed.initialize(
         model=student, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
-        config=deepspeed_config(cfg, world, sum(p.numel() for p in student.parameters())),
+        config=deepspeed_config(cfg, world, n_params),
     )
+    teacher, _teacher_engine = place_teacher(teacher, cfg, world, n_params, device)
     loss_fn = IdentityDINOLoss(cfg.out_dim, spec.ncrops, cfg.student_temp, cfg.teacher_temp, cfg.center_momentum).to(device)
     dtype = next(engine.module.parameters()).dtype
 
@@ -306,6 +328,7 @@ def train_loop_per_worker(config: dict) -> None:
         held = tensor_breakdown(model_state_parts(engine), exclude=[teacher, loss_fn])
         state_mb = {f"student_{k}_mb": _max_over_ranks(v / 2**20, device) for k, v in held.items()}
         state_mb["student_state_mb"] = _max_over_ranks(sum(held.values()) / 2**20, device)
+        state_mb["teacher_mb"] = _max_over_ranks(module_bytes(teacher) / 2**20, device)
         path = save_checkpoint(engine, teacher, loss_fn, state, rank)
         metrics = {**state, **metrics_extra, **perf, **state_mb, "peak_rss_mb_max_worker": peak,
                    "rss_mb_max_worker": now, "last_loss": last_loss, "resumed_from_step": resumed_from,
