@@ -8,7 +8,8 @@ with --augment worker), peak RSS of the larger worker, the loss curve's ends, an
 worker (weights, gradients and optimizer state): measured, as the distinct tensor storages the worker holds
 between steps less the teacher's (``cion_dist.pretrain.memory``), beside ZeRO's accounting (fp32 weights + grads +
 2 AdamW moments, divided as the stage partitions them). Peak RSS includes the full student built on every rank
-before DeepSpeed partitions it and the replicated teacher; end RSS is the steady state.
+before DeepSpeed partitions it and the teacher (a replica under ZeRO 0-2, partitioned under ZeRO-3); end RSS is
+the steady state.
 
     .venv/bin/python benchmarks/bench_pretrain.py [--backbone resnet18] [--out-dim 16384] [--epochs 2] [--identities 32]
 """

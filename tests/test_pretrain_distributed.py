@@ -200,15 +200,16 @@ def _ema_worker(config):
         # a head wide enough (hidden 1024, 4096 prototypes) that gloo's all-gathers take time: reads of a gather
         # that has not finished show up
         cfg = PretrainConfig(backbone="resnet_tiny", out_dim=4096, hidden_dim=1024, bottleneck_dim=64, local_crops=0,
-                             batch_size_per_worker=4, gradual_epochs=[1], gradual_instances=[2], zero_stage=stage)
+                             batch_size_per_worker=4, gradual_epochs=[1], gradual_instances=[2], zero_stage=stage,
+                             partition_teacher=partition_teacher)
         student, teacher = build_networks(cfg, seed=0)
         n_params = sum(p.numel() for p in student.parameters())
         groups, _ = param_groups(student)
         engine, *_ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(groups, lr=0.05),
                                           config=deepspeed_config(cfg, world, n_params))
         start = {n: p.detach().clone() for n, p in teacher.named_parameters()}
-        if partition_teacher:  # the train loop's layout under ZeRO-3; otherwise a replica on every rank
-            teacher, _keep = place_teacher(teacher, cfg, world, n_params, torch.device("cpu"))
+        # the train loop's layout: partitioned under ZeRO-3 with partition_teacher, else a replica on every rank
+        teacher, _keep = place_teacher(teacher, cfg, world, n_params, torch.device("cpu"))
         expected = dict(start)
         # before any step the gathered student is the initial model (the teacher is its copy), read after read
         reads = [full_state(engine.module) for _ in range(config["reads"])]
@@ -232,8 +233,7 @@ def _ema_worker(config):
         dist.all_gather(copies, flat)
         # the checkpoint path: the full teacher written by rank 0 goes back into a fresh teacher of the same layout
         _, fresh = build_networks(cfg, seed=1)
-        if partition_teacher:
-            fresh, _keep2 = place_teacher(fresh, cfg, world, n_params, torch.device("cpu"))
+        fresh, _keep2 = place_teacher(fresh, cfg, world, n_params, torch.device("cpu"))
         load_full_state(fresh, got)
         back = full_state(fresh)
         metrics.update({

@@ -61,6 +61,10 @@ class PretrainConfig(StrictModel):
         "adamw", description="adamw: torch AdamW (no compiled ops); deepspeed_adamw: FusedAdam / CPUAdam"
     )
     offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU (needs deepspeed_adamw)")
+    partition_teacher: bool = Field(
+        True, description="ZeRO-3: partition the teacher like the student (1/world of its memory, EMA shard by shard, "
+        "its forward gathers layers); false = a replica per rank (EMA gathers the student each step)"
+    )
     comm_bucket_numel: Optional[int] = Field(
         None, ge=1, description="elements per ZeRO reduce / gather bucket; None = a quarter of the model, at most 5e8"
     )

@@ -131,9 +131,10 @@ def place_teacher(teacher: torch.nn.Module, cfg: PretrainConfig, world_size: int
     """``(teacher, its engine or None)``. Under ZeRO-3 the teacher is partitioned like the student (a DeepSpeed
     engine without optimizer, always fp32): a rank holds 1/world of it, the EMA runs shard by shard without
     communication, and the teacher's forward gathers its layers as the student's does. Under ZeRO 0-2 it is a
-    plain replica on every rank. Keep the engine referenced while the teacher is in use."""
+    plain replica on every rank, as under ZeRO-3 with ``partition_teacher: false`` (fewer, larger collectives: one
+    gather of the student per step for the EMA). Keep the engine referenced while the teacher is in use."""
     teacher.to(device)
-    if cfg.zero_stage != 3:
+    if cfg.zero_stage != 3 or not cfg.partition_teacher:
         return teacher, None
     import deepspeed
 
