@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8, help="images per worker step")
     ap.add_argument("--local-crops", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=2)
-    ap.add_argument("--stages", default="0,2,3")
+    ap.add_argument("--stages", default="0,2,3,3r", help="ZeRO stages; 3r = ZeRO 3 with a replicated teacher")
     ap.add_argument("--augment", default="ray_data", choices=["ray_data", "worker"])
     ap.add_argument("--identities", type=int, default=32, help="first N identities (0 = all): bounds the steps")
     args = ap.parse_args()
@@ -120,38 +120,40 @@ def main() -> None:
           f"backbone {args.backbone}, head out_dim {args.out_dim}, 2 workers x {args.batch} images, "
           f"2 global + {args.local_crops} local crops, augmentation in {args.augment}")
     rows, parts = [], []
-    for stage in [int(s) for s in args.stages.split(",")]:
+    for token in args.stages.split(","):
+        stage, replicated = int(token.rstrip("r")), token.endswith("r")
         job = Job(stage="pretrain", output=tempfile.gettempdir(), ray={"num_cpus": 4, "log_to_driver": False},
                   mlflow={"enabled": False},
                   pretrain={"backbone": args.backbone, "out_dim": args.out_dim, "batch_size_per_worker": args.batch,
                             "local_crops": args.local_crops, "epochs": args.epochs, "gradual_epochs": [args.epochs],
                             "gradual_instances": [2], "zero_stage": stage, "num_workers": 2,
+                            "partition_teacher": not replicated,
                             "cpu_shm_comm": False, "augment_in": args.augment, "max_failures": 0})
         t0 = time.time()
-        ckpt_dir = os.path.join(tempfile.gettempdir(), f"cion-bench-pretrain-z{stage}-{int(t0)}")
+        ckpt_dir = os.path.join(tempfile.gettempdir(), f"cion-bench-pretrain-z{token}-{int(t0)}")
         try:
-            res = fit(job, table, ckpt_dir, f"bench-z{stage}")
+            res = fit(job, table, ckpt_dir, f"bench-z{token}")
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         if res.error is not None:
             raise res.error
         m = res.metrics
-        rows.append((stage, m.get("images_per_s_mean", float("nan")), m.get("data_wait_fraction_mean", float("nan")),
+        name = "DDP (ZeRO 0)" if stage == 0 else f"ZeRO {stage}" + (", replica T" if replicated else "")
+        rows.append((name, m.get("images_per_s_mean", float("nan")), m.get("data_wait_fraction_mean", float("nan")),
                      m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], m["student_state_mb"],
                      model_state_mb(args.backbone, args.out_dim, stage, 2),
                      m["first_loss"], m["last_loss"], m["global_step"], time.time() - t0))
-        parts.append((stage, *(m[f"student_{k}_mb"] for k in PARTS), m["teacher_mb"]))
-    print(f"{'config':<14}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
+        parts.append((name, *(m[f"student_{k}_mb"] for k in PARTS), m["teacher_mb"]))
+    print(f"{'config':<18}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
           f"{'vs DDP':>8}{'accounting MB':>15}{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}")
-    ddp_state = next((r[5] for r in rows if r[0] == 0), float("nan"))
-    for stage, ips, wait, peak, rss, state_mb, acct_mb, l0, l1, steps, wall in rows:
-        name = "DDP (ZeRO 0)" if stage == 0 else f"ZeRO {stage}"
-        print(f"{name:<14}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>10.1f}{state_mb / ddp_state:>8.2f}"
+    ddp_state = next((r[5] for r in rows if r[0].startswith("DDP")), float("nan"))
+    for name, ips, wait, peak, rss, state_mb, acct_mb, l0, l1, steps, wall in rows:
+        print(f"{name:<18}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>10.1f}{state_mb / ddp_state:>8.2f}"
               f"{acct_mb:>15.1f}{l0:>12.4f}{l1:>11.4f}{steps:>7}{wall:>8.1f}")
     print("state MB, measured, by part (max over workers): "
           + ", ".join(f"{name} {' / '.join(f'{p[1 + i]:.1f}' for p in parts)}" for i, name in enumerate(PARTS))
           + f"; teacher {' / '.join(f'{p[-1]:.1f}' for p in parts)}"
-          + f" for {' / '.join('DDP' if p[0] == 0 else f'ZeRO {p[0]}' for p in parts)}")
+          + f" for {' / '.join(p[0] for p in parts)}")
     print("images/s counts every image of the global batch (2 global + local crops each); RSS includes the Python, "
           "torch and Ray runtime of the worker process.")
 

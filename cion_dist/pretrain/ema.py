@@ -1,12 +1,15 @@
 """Teacher EMA that stays right under every ZeRO stage.
 
-The teacher is a plain module replicated on every rank (it takes no gradients, so DeepSpeed need not own it). The
-update ``t <- m * t + (1 - m) * s`` needs the student's full weights: under ZeRO 0/1/2 every rank holds them in
-the module; under ZeRO-3 each rank holds only its partition, so the student parameters are gathered a bucket at a
-time (``bucket_numel`` elements, so only a slice of the model is ever whole) with
-``deepspeed.zero.GatheredParameters`` (read-only, nothing is written back; on gloo it is waited on as a whole,
-see ``settle_gloo_gather``) and every rank applies the same update, keeping the replicas identical. The teacher
-stays fp32 whatever the student's precision.
+The update ``t <- m * t + (1 - m) * s`` has two layouts:
+- the teacher is a plain module replicated on every rank (it takes no gradients, so DeepSpeed need not own it).
+  Under ZeRO 0/1/2 every rank holds the student's full weights in the module; under ZeRO-3 each rank holds only
+  its partition, so the student parameters are gathered a bucket at a time (``bucket_numel`` elements, so only a
+  slice of the model is ever whole) with ``deepspeed.zero.GatheredParameters`` (read-only, nothing is written
+  back; on gloo it is waited on as a whole, see ``settle_gloo_gather``) and every rank applies the same update,
+  keeping the replicas identical;
+- under ZeRO-3 the teacher may be partitioned like the student: each rank then updates its own shards from the
+  student's, with no communication at all.
+The teacher stays fp32 whatever the student's precision.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 from typing import Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 
@@ -66,11 +70,9 @@ def settle_gloo_gather(group) -> None:
     DeepSpeed gathers several parameters by launching one async all-gather each into fresh ``torch.empty``
     buffers and waiting on the last handle only, which is enough where the collectives run in order on one CUDA
     stream (NCCL). Gloo runs them on a pool of threads, so the first buffers can still be filling when the context
-    is entered: reads then see uninitialised memory (values like 1e18 to 1e36, NaN). A gloo barrier completes every
+    is entered: reads then see uninitialised memory (values up to 5e36 seen). A gloo barrier completes every
     earlier operation of the group before it returns. ``benchmarks/stress_collectives.py`` counts such reads.
     """
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized() and dist.get_backend(group) == "gloo":
         dist.barrier(group=group)
 
@@ -120,8 +122,6 @@ def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     for name, p in params.items():
         src = state[name]
         if is_zero3_param(p):
-            import torch.distributed as dist
-
             if tuple(src.shape) != tuple(p.ds_shape):
                 raise ValueError(f"{name}: state shape {tuple(src.shape)} != parameter shape {tuple(p.ds_shape)}")
             part = p.ds_tensor.numel()
