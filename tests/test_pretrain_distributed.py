@@ -131,6 +131,13 @@ def test_loss_falls_and_mlflow_has_params_metrics_inputs(zero2_run):
     client = MlflowClient(tracking_uri=job.mlflow.tracking_uri)
     run = client.get_run(res.mlflow_run_id)
     assert run.data.params["pretrain.zero_stage"] == "2" and run.data.params["identities"] == "8"
+    # the workers' own measurements of the last epoch (each the larger worker's): the parts make up the student's
+    # state, ZeRO-2 holds an fp32 master partition, and the replicated teacher is the whole weights plus BN buffers
+    figures = run.data.metrics
+    parts = sum(figures[f"student_{k}_mb"] for k in ("weights", "master", "optimizer", "other"))
+    assert 0.9 * parts < figures["student_state_mb"] <= parts * (1 + 1e-9) and figures["student_master_mb"] > 0
+    assert figures["teacher_mb"] > figures["student_weights_mb"] > 0
+    assert figures["peak_rss_mb_max_worker"] >= figures["rss_mb_max_worker"] > figures["student_state_mb"]
     for key in ("lr", "wd", "momentum", "K", "images_per_s", "data_wait_fraction"):
         vals, _ = _history(job, res.mlflow_run_id, key)
         assert len(vals) == 9, key

@@ -32,6 +32,8 @@ from cion_dist.storage.stage_io import StageOutput, dumps_config, input_record, 
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain"
+WORKER_FIGURES = ("images_per_s_mean", "data_wait_fraction_mean", "teacher_mb", "peak_rss_mb_max_worker",
+                  "rss_mb_max_worker")
 
 
 # ---------------------------------------------------------------- inputs
@@ -206,6 +208,9 @@ def run(job: Job) -> StageResult:
 
             mlflow.log_metrics({"final_loss": float(metrics.get("last_loss", float("nan"))),
                                 "first_loss": float(metrics.get("first_loss", float("nan")))})
+            # the last report's throughput and per-worker memory, measured in the workers
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k in WORKER_FIGURES or
+                                (k.startswith("student_") and k.endswith("_mb"))})
             model_uri = _log_model(files, cfg, mlrun) or folder
     summary = {
         "model_uri": model_uri,
