@@ -3,7 +3,7 @@
 Two stage runs are shared by several tests (each Ray Train fit costs tens of seconds):
 - ZeRO-2 with checkpoints on loopback S3 and a fault drill (rank 0's process dies once at step 5), so Ray Train
   restarts the worker group from the newest committed checkpoint;
-- ZeRO-3 (the teacher partitioned too) with the multi-crop running in Ray Data tasks, same data and seed, and its
+- ZeRO-3 (the teacher partitioned too) with the multi-crop running in Ray Data tasks, same data and seed, and
   its own fault drill in the last epoch (rank 0 dies at step 8), checkpoints on local storage.
 Both must trace the same loss curve: resume is exact and ZeRO-3 partitioning changes nothing numerically.
 """
