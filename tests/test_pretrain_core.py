@@ -14,7 +14,7 @@ from PIL import Image
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.pretrain.augment import MultiCropSpec, crop_batch, normalize, random_resized_crop
 from cion_dist.pretrain.loss import IdentityDINOLoss
-from cion_dist.pretrain.memory import module_bytes, tensor_bytes
+from cion_dist.pretrain.memory import module_bytes, tensor_breakdown
 from cion_dist.pretrain.sampler import PKSampler, epoch_plan
 from cion_dist.pretrain.schedules import Schedules, at, cosine_schedule, instances_for_epoch
 
@@ -169,6 +169,10 @@ def test_random_resized_crop_respects_scale_and_aspect():
         assert out.size == (128, 256)
 
 
+def tensor_bytes(exclude=()):
+    return sum(tensor_breakdown({}, exclude).values())
+
+
 def test_tensor_bytes_counts_each_storage_once_and_leaves_out_excluded_modules():
     base = tensor_bytes()
     flat = torch.zeros(250_000)  # 1,000,000 bytes, then 100 views into it: ZeRO's flat buffers look like this
@@ -200,8 +204,6 @@ def test_deepspeed_buckets_follow_the_model_size():
 
 
 def test_tensor_breakdown_files_each_storage_under_its_first_part():
-    from cion_dist.pretrain.memory import tensor_breakdown
-
     base = tensor_breakdown({})["other"]
     flat = torch.zeros(250_000)
     weights = [flat[:1000], flat[1000:]]  # two views of one flat buffer: one storage, counted once

@@ -62,11 +62,6 @@ def tensor_breakdown(parts: Mapping[str, Iterable[torch.Tensor]], exclude: Itera
     return out
 
 
-def tensor_bytes(exclude: Iterable[nn.Module] = ()) -> int:
-    """Bytes of the distinct tensor storages alive in this process, less those of the ``exclude`` modules."""
-    return sum(tensor_breakdown({}, exclude).values())
-
-
 def peak_rss_mb() -> float:
     import resource
 
