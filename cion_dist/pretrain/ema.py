@@ -85,10 +85,10 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, bucket_n
     split every parameter the same way (the same shape over the same group), so each rank's shards line up.
     """
     pairs = paired_parameters(teacher, student)
-    for t, s in pairs:
+    for name, (t, s) in zip((n for n, _ in teacher.named_parameters()), pairs):
         if is_zero3_param(t):
             if not is_zero3_param(s) or t.ds_tensor.numel() != s.ds_tensor.numel():
-                raise ValueError(f"teacher parameter {tuple(t.ds_shape)} is partitioned but its student is not alike")
+                raise ValueError(f"teacher parameter {name} is partitioned but its student counterpart is not alike")
             shard = t.ds_tensor
             shard.mul_(momentum).add_(s.ds_tensor.detach().to(device=shard.device, dtype=shard.dtype), alpha=1.0 - momentum)
     replicated = [(t, s) for t, s in pairs if not is_zero3_param(t)]
