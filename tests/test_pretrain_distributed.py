@@ -137,7 +137,8 @@ def test_loss_falls_and_mlflow_has_params_metrics_inputs(zero2_run):
     parts = sum(figures[f"student_{k}_mb"] for k in ("weights", "master", "optimizer", "other"))
     assert 0.9 * parts < figures["student_state_mb"] <= parts * (1 + 1e-9) and figures["student_master_mb"] > 0
     assert figures["teacher_mb"] > figures["student_weights_mb"] > 0
-    assert figures["peak_rss_mb_max_worker"] >= figures["rss_mb_max_worker"] > figures["student_state_mb"]
+    # (peak and current RSS are read at different moments, so they are not compared with each other)
+    assert min(figures["peak_rss_mb_max_worker"], figures["rss_mb_max_worker"]) > figures["student_state_mb"]
     for key in ("lr", "wd", "momentum", "K", "images_per_s", "data_wait_fraction"):
         vals, _ = _history(job, res.mlflow_run_id, key)
         assert len(vals) == 9, key
