@@ -11,7 +11,8 @@ import pytest
 from cion_dist.config import job_from_dict
 from cion_dist.errors import DataError
 from cion_dist.ingest.crops import decode_jpeg
-from cion_dist.ingest.job import ERRORS_SUBDIR, run, run_id_config
+from cion_dist.ingest.job import ERRORS_SUBDIR, run
+from cion_dist.stage import run_id_config
 from cion_dist.ingest.manifest import load_manifest
 from cion_dist.ingest.tracking_eval import evaluate_ingest_tracking
 from cion_dist.storage.fs import Storage, write_bytes_atomic

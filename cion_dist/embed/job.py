@@ -19,33 +19,25 @@ from cion_dist.config.job import Job
 from cion_dist.embed.parts import BACKBONE_KEY, DIM_KEY
 from cion_dist.embed.pool import ERRORS_SUBDIR, embed_parts
 from cion_dist.errors import DataError
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
+from cion_dist.stage import EmbedResult, StageRun
 from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput, dumps_config, input_record, resolve_input
+from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
-
-EXECUTION_ONLY = ("concurrency", "num_gpus", "num_cpus", "threads", "batch_size", "input")
-
 
 def unit_of(path: str) -> str:
     """The unit key of an ingest part: its file name without ``.parquet``."""
     return posixpath.basename(path)[: -len(".parquet")]
 
 
-def run(job: Job) -> StageResult:
+def run(job: Job) -> EmbedResult:
     cfg = job.embed
     storage = Storage(job.storage)
     ingest = resolve_input(cfg.input, job.output, "ingest", storage)
-    in_rec = input_record(ingest)
-    # execution knobs leave the output unchanged, so they stay out of the run id (a rerun with more actors resumes)
-    identity = cfg.model_dump(mode="json", exclude=set(EXECUTION_ONLY))
-    run_id = derive_run_id("embed", identity, in_rec.get("digest"), job.run_id)
-    out = StageOutput.create(job.output, "embed", run_id, storage)
-    if out.is_complete():
-        log.info("embed output %s is already complete", out.uri)
-        return StageResult.from_record("embed", out.uri, out.success())
+    st = StageRun(job, "embed", cfg, [input_record(ingest)], storage=storage)
+    if (done_record := st.completed()) is not None:
+        return EmbedResult.from_record(done_record, skipped=True)
+    out = st.out
 
     files = ingest.files()
     if not files:
@@ -55,9 +47,7 @@ def run(job: Job) -> StageResult:
     log.info("embed: %d ingest parts, %d to embed -> %s", len(units), len(pending), out.uri)
 
     tracking_uri = _weights_tracking_uri(job)
-    from cion_dist.tracking.mlflow_run import stage_run
-
-    with stage_run(job, "embed", params={"embed": dumps_config(cfg), "run_id": run_id}, inputs=(in_rec,)) as mlrun:
+    with st.tracking():
         done, seconds = [], 0.0
         if pending:
             from cion_dist.raycluster import ensure_ray
@@ -75,20 +65,12 @@ def run(job: Job) -> StageResult:
             "parts": len(units),
             "parts_embedded_now": len(done),
             "crops_per_s": round(embedded_now / seconds, 2) if seconds > 0 and embedded_now else 0.0,
-            "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
         }
         row_counts = {"embeddings": rows, "bad_images": bad}
-        if mlrun is not None:
-            import mlflow
-
-            mlflow.log_metrics({"embeddings": rows, "bad_images": bad, "embedding_dim": dim,
-                                "crops_per_s": summary["crops_per_s"]})
-        record = out.finalize(stage="embed", rows=row_counts, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
-        if mlrun is not None:
-            from cion_dist.tracking.lineage import log_output
-
-            log_output(out.uri, record["digest"], run_id=mlrun.info.run_id)
-    return StageResult("embed", out.uri, rows=row_counts, summary=summary, mlflow_run_id=summary["mlflow_run_id"])
+        st.log_metrics({"embeddings": rows, "bad_images": bad, "embedding_dim": dim,
+                        "crops_per_s": summary["crops_per_s"]})
+        record = st.finalize(row_counts, summary)
+    return EmbedResult.from_record(record)
 
 
 def _weights_tracking_uri(job: Job):

@@ -20,52 +20,34 @@ from cion_dist.errors import DataError
 from cion_dist.ingest.manifest import load_manifest
 from cion_dist.ingest.schema import ERRORS, read_clip_metadata
 from cion_dist.ingest.worker import ClipWorker, ingest_row
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
+from cion_dist.stage import IngestResult, StageRun
 from cion_dist.storage.fs import Storage, join
-from cion_dist.storage.stage_io import StageOutput, dumps_config
+from cion_dist.storage.stage_io import StageOutput
 
 log = logging.getLogger(__name__)
 
 ERRORS_SUBDIR = "errors"
-_NOT_IN_RUN_ID = ("concurrency", "max_error_fraction")
-_DETECTOR_NOT_IN_RUN_ID = ("num_gpus", "threads")
 
 
 def manifest_uri_for(job: Job) -> str:
     return job.ingest.manifest or join(job.output, "corpus", "manifest.parquet")
 
 
-def run_id_config(cfg) -> dict:
-    """The settings that change the output: resources (concurrency, GPUs, threads) and the error limit do not."""
-    d = cfg.model_dump(mode="json")
-    for k in _NOT_IN_RUN_ID:
-        d.pop(k, None)
-    for k in _DETECTOR_NOT_IN_RUN_ID:
-        d["detector"].pop(k, None)
-    d.pop("manifest", None)  # the manifest's digest stands for it
-    return d
-
-
-def run(job: Job) -> StageResult:
+def run(job: Job) -> IngestResult:
     cfg = job.ingest
     storage = Storage(job.storage)
     manifest_uri = manifest_uri_for(job)
     manifest, digest = load_manifest(manifest_uri, storage)
-    in_rec = {"uri": manifest_uri, "stage": "manifest", "digest": digest}
-    run_id = derive_run_id("ingest", run_id_config(cfg), digest, job.run_id)
-    out = StageOutput.create(job.output, "ingest", run_id, storage)
-    if out.is_complete():
-        log.info("ingest output %s is already complete", out.uri)
-        return StageResult.from_record("ingest", out.uri, out.success())
+    st = StageRun(job, "ingest", cfg, [{"uri": manifest_uri, "stage": "manifest", "digest": digest}], storage=storage)
+    if (done := st.completed()) is not None:
+        return IngestResult.from_record(done, skipped=True)
+    out = st.out
 
     video_ids = manifest.column("video_id").to_pylist()
     pending = {v for v in video_ids if not out.has_unit(v)}
     log.info("ingest: %d clips in %s, %d to process -> %s", len(video_ids), manifest_uri, len(pending), out.uri)
 
-    from cion_dist.tracking.mlflow_run import stage_run
-
-    with stage_run(job, "ingest", params={"ingest": dumps_config(cfg), "run_id": run_id}, inputs=(in_rec,)) as mlrun:
+    with st.tracking():
         if pending:
             from cion_dist.raycluster import ensure_ray
 
@@ -92,22 +74,13 @@ def run(job: Job) -> StageResult:
             "seconds": round(wall, 2),
             "detector": cfg.detector.kind,
             "manifest_uri": manifest_uri,
-            "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
         }
         rows = {"crops": crops, "tracklets": tracklets, "clips": len(video_ids), "errors": len(errors)}
         log.info("ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
                  len(video_ids), len(done), frames, crops, tracklets, len(errors), summary["frames_per_s"])
-        if mlrun is not None:
-            import mlflow
-
-            mlflow.log_metrics({**{k: float(v) for k, v in rows.items()}, "frames_decoded": frames,
-                                "frames_per_s": summary["frames_per_s"]})
-        record = out.finalize(stage="ingest", rows=rows, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
-        if mlrun is not None:
-            from cion_dist.tracking.lineage import log_output
-
-            log_output(out.uri, record["digest"], run_id=mlrun.info.run_id)
-    return StageResult("ingest", out.uri, rows=rows, summary=summary, mlflow_run_id=summary["mlflow_run_id"])
+        st.log_metrics({**rows, "frames_decoded": frames, "frames_per_s": summary["frames_per_s"]})
+        record = st.finalize(rows, summary)
+    return IngestResult.from_record(record)
 
 
 def run_clips(job: Job, manifest: pa.Table, manifest_uri: str, pending: set, out: StageOutput,
