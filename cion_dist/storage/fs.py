@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import posixpath
+import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
@@ -56,9 +57,11 @@ class Storage:
             kw["key"] = c.access_key_id.get_secret_value()
         if c.secret_access_key is not None:
             kw["secret"] = c.secret_access_key.get_secret_value()
+        # the User-Agent says who asks (a stage driver or a Ray worker), so server logs can count each side
+        kw["config_kwargs"] = {"user_agent_extra": f"cion/{process_role()}"}
         if c.region:
             # s3fs/botocore read the region from the environment; client_kwargs region breaks moto bucket creation.
-            kw["config_kwargs"] = {"region_name": c.region}
+            kw["config_kwargs"]["region_name"] = c.region
         return kw
 
     def fs(self, uri: str) -> Tuple[fsspec.AbstractFileSystem, str]:
@@ -88,6 +91,20 @@ class Storage:
             "region": c.region or os.environ.get("AWS_DEFAULT_REGION"),
             "credentials": "config" if c.access_key_id else "environment",
         }
+
+
+def process_role() -> str:
+    """``worker`` inside a Ray worker process, else ``driver`` (Ray is only looked at when already imported)."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        try:
+            from ray._private.worker import WORKER_MODE, global_worker
+
+            if getattr(global_worker, "mode", None) == WORKER_MODE:
+                return "worker"
+        except Exception:  # noqa: BLE001 - any doubt means the calling process
+            pass
+    return "driver"
 
 
 def exists(uri: str, storage: Optional[Storage] = None) -> bool:
