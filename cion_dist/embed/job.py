@@ -12,7 +12,6 @@ sound part (one listing of the output checked against the part reports; no probe
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
 
 import pyarrow.parquet as pq
@@ -28,11 +27,6 @@ from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
-
-
-def unit_of(path: str) -> str:
-    """The unit key of an ingest part: its file name without ``.parquet``."""
-    return posixpath.basename(path)[: -len(".parquet")]
 
 
 def run(job: Job) -> EmbedResult:

@@ -38,7 +38,7 @@ class EmbedUnitsActor:
         self.storage = storage
         self.out = StageOutput(out_uri, storage)
         self.ingest_uri = ingest_uri
-        self.decode_pool = ThreadPoolExecutor(max(2, int(cfg.threads or cfg.num_cpus or 1)))
+        self.decode_pool = ThreadPoolExecutor(max(1, int(cfg.threads or cfg.num_cpus or 1)))
         self.embedder, self.error = None, ""
         try:
             self.embedder = build_embedder(cfg, storage, tracking_uri, registry_uri)

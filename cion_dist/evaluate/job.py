@@ -121,7 +121,7 @@ def run(job: Job) -> EvaluateResult:
                                   {k: summary[k] for k in METRICS}, run_id=mlflow_run_id)
         summary["mlflow_run_id"] = mlflow_run_id
         table = pa.table({k: [v] for k, v in summary.items() if v is not None})
-        out.write_unit("metrics", table)
+        out.write_reported_unit("metrics", table)
         rows = {"queries": metrics.num_queries, "gallery": len(ds.gallery)}
         record = st.finalize(rows, summary)
     return EvaluateResult.from_record(record, uri=model.uri)

@@ -82,7 +82,6 @@ def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
 
     st = storage or Storage()
     h = hashlib.sha256()
-    rows, seen_first = 0, {}
     files = _manifest_files(uri, st)
     tables = []
     for f in files:
@@ -112,5 +111,5 @@ def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
         dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
         first = pc.indices_nonzero(pc.equal(ids, dup)).to_pylist()[:2]
         raise DataError(f"manifest {uri} row {first[-1]}: duplicate video_id {dup!r}")
-    del table, ids, seen_first
+    del table, ids
     return ManifestInfo(uri, files, rows, h.hexdigest())

@@ -127,6 +127,16 @@ class StageOutput:
         """Write one unit's table atomically; returns what was written (sha256, size, listing fingerprint)."""
         return write_file(self.unit_uri(unit, prefix, subdir), table_to_parquet_bytes(table), self.storage)
 
+    def write_reported_unit(self, unit: str, table: pa.Table, **counts: int) -> Written:
+        """Write a top-level part from the driver itself and report it at once (a stage's few driver-written parts)."""
+        from cion_dist.storage.reports import part_record
+
+        written = self.write_unit(unit, table)
+        w = self.report_writer()
+        w.add([part_record(unit_filename(unit), written, rows=table.num_rows, **counts)])
+        w.flush()
+        return written
+
     def files(self, subdir: str = "") -> list[str]:
         """Parquet files of this output (optionally of a sub-folder; never of deeper folders), sorted, as URIs."""
         base = join(self.uri, subdir) if subdir else self.uri
