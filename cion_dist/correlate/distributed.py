@@ -163,12 +163,16 @@ def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -
     """The output part of each video: its key columns read here, the labels from the driver."""
     from cion_dist.correlate.catalog import load_keys
 
+    from cion_dist.storage.reports import part_record
+    from cion_dist.storage.stage_io import unit_filename
+
     reason_names = np.array(REASONS, dtype=object)
+    reports = out.report_writer(flush_rows=1 << 30, flush_seconds=float("inf"))
     for (_, video, uris), ident, rs in zip(items, identity, reason):
         keys = load_keys(video, uris, out.storage)
         if keys.num_rows != len(ident):
             raise DataError(f"{video}: {keys.num_rows} rows in {uris}, {len(ident)} expected; the input changed")
-        out.write_unit(video, pa.table({
+        written = out.write_unit(video, pa.table({
             "image_id": keys.column("image_id").cast(pa.string()),
             "identity_id": pa.array(ident, pa.int64()),
             "tracklet_id": keys.column("tracklet_id"),
@@ -176,6 +180,8 @@ def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -
             "removed_at": pa.array(LEVEL_OF_REASON[rs], pa.int8()),
             "reason": pa.array(np.where(rs > 0, reason_names[rs], None), pa.string()),
         }))
+        reports.add([part_record(unit_filename(video), written, rows=keys.num_rows)])
+    reports.flush()  # one report file per task: the driver combines them without reading the parts back
     return len(items)
 
 

@@ -28,12 +28,10 @@ from cion_dist.correlate.distributed import (calibrate_on_sample, radius_recheck
 from cion_dist.correlate.geometry import l2_normalise
 from cion_dist.correlate.inputs import EmbeddingSet, load_ground_truth
 from cion_dist.correlate.linking import merged_identity, number_identities, plan_windows
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
 from cion_dist.raycluster import ensure_ray
+from cion_dist.stage import CorrelateResult, StageRun
 from cion_dist.storage.fs import Storage, join, write_json_atomic
-from cion_dist.storage.stage_io import StageOutput, dumps_config, input_record, resolve_input
-from cion_dist.tracking.mlflow_run import stage_run
+from cion_dist.storage.stage_io import input_record, resolve_input
 
 log = logging.getLogger(__name__)
 STAGE = "correlate"
@@ -104,11 +102,10 @@ def run(job: Job) -> StageResult:
     cfg = job.correlate
     storage = Storage(job.storage)
     embed_out = resolve_input(cfg.input, job.output, "embed", storage)
-    inputs = [input_record(embed_out)]
-    run_id = derive_run_id(STAGE, cfg, inputs[0].get("digest"), job.run_id)
-    out = StageOutput.create(job.output, STAGE, run_id, storage)
-    if out.is_complete():
-        return StageResult.from_record(STAGE, out.uri, out.success())
+    st = StageRun(job, STAGE, cfg, [input_record(embed_out)], storage=storage)
+    if (done := st.completed()) is not None:
+        return CorrelateResult.from_record(done, skipped=True)
+    out = st.out
 
     t0 = time.time()
     catalog = scan_embeddings(embed_out)
@@ -119,8 +116,7 @@ def run(job: Job) -> StageResult:
              len(catalog.videos), catalog.order_source, r, d)
     timings = {"scan_calibrate_s": round(time.time() - t0, 3)}
 
-    with stage_run(job, STAGE, params={"correlate": dumps_config(cfg), "radius": r, "link_distance": d},
-                   inputs=tuple(inputs)) as mlrun:
+    with st.tracking(params={"radius": r, "link_distance": d}):
         t = time.time()
         group, reason, video_sums, videos_reused = run_levels12(out, catalog, r, d, cfg.min_tracklet,
                                                                 cfg.videos_per_task)
@@ -159,24 +155,19 @@ def run(job: Job) -> StageResult:
             data = load_all(catalog.items(range(len(catalog.videos))), storage)
             qt = quality_table(data, final.identity, cfg.ground_truth, storage, cfg, d)
             write_json_atomic(join(out.uri, "quality.json"), qt, storage)
-            print(quality.format_table(qt["methods"]))
+            log.info("correlate quality:\n%s", quality.format_table(qt["methods"]))
             summary["quality"] = {m: {k: v for k, v in s.items() if k in ("pairwise_f", "bcubed_f", "nmi", "kept_fraction")}
                                   for m, s in qt["methods"].items()}
             timings["quality_s"] = round(time.time() - t, 3)
-        if mlrun is not None:
+        c = summary["counts"]
+        st.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
+                        "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
+        for m, s in summary.get("quality", {}).items():
+            st.log_metrics({f"{m}.{k}": v for k, v in s.items()})
+        if st.mlrun is not None:
             import mlflow
 
-            c = summary["counts"]
-            mlflow.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
-                                "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
-            for m, s in summary.get("quality", {}).items():
-                mlflow.log_metrics({f"{m}.{k}": float(v) for k, v in s.items()})
             mlflow.log_dict(summary, "correlate_summary.json")
-            summary["mlflow_run_id"] = mlrun.info.run_id
         rows = {"images": catalog.n_images, "kept": int((final.identity >= 0).sum()), "identities": final.n_identities}
-        record = out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
-        if mlrun is not None:
-            from cion_dist.tracking.lineage import log_output
-
-            log_output(out.uri, record["digest"])
-    return StageResult(STAGE, out.uri, rows=rows, summary=summary, mlflow_run_id=summary.get("mlflow_run_id"))
+        record = st.finalize(rows, summary)
+    return CorrelateResult.from_record(record)

@@ -4,8 +4,9 @@ On CPUs each clip is a plain task (``ingest_row``): Ray reuses its worker proces
 clip costs little. With GPUs a pool of ``ClipWorker`` actors keeps one detector session per GPU between clips.
 
 Each call writes the clip's Parquet part itself (so a crash loses at most the clips in flight) and returns one
-small stats row to the driver. A clip whose part already exists is skipped; a missing, empty or undecodable clip
-comes back as an error row instead of failing the job.
+small stats row to the driver, with the part's report (sha256, size, fingerprint) so the driver never reads the
+part back. The driver sends only clips without a part; a missing, empty or undecodable clip comes back as an error
+row instead of failing the job.
 """
 
 from __future__ import annotations
@@ -18,17 +19,17 @@ from cion_dist.errors import DataError
 from cion_dist.ingest.clip import ingest_clip
 from cion_dist.ingest.manifest import resolve_clip_uri
 from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput
+from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 log = logging.getLogger(__name__)
 
-STATS_FIELDS = ("video_id", "uri", "status", "reason", "frames", "detections", "crops", "tracklets", "seconds")
-
-
 def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: int = 0, detections: int = 0,
-              crops: int = 0, tracklets: int = 0, seconds: float = 0.0) -> dict[str, Any]:
+              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, written=None, name: str = "") -> dict[str, Any]:
+    """One clip's result; for a written part also its report (name, sha256, size, listing fingerprint)."""
     return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "frames": frames,
-            "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds}
+            "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds, "name": name,
+            "sha256": written.sha256 if written else "", "size": written.size if written else 0,
+            "fingerprint": written.fingerprint if written else ""}
 
 
 class ClipWorker:
@@ -51,18 +52,17 @@ class ClipWorker:
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
         video_id = str(row["video_id"])
         uri = resolve_clip_uri(str(row["uri"]), self.manifest_uri)
-        if self.out.has_unit(video_id):
-            return stats_row(video_id, uri, "skipped")
         t0 = time.perf_counter()
         try:
             res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip())
         except DataError as e:
             log.warning("ingest: skipping clip %s: %s", video_id, e)
             return stats_row(video_id, uri, "error", reason=str(e), seconds=time.perf_counter() - t0)
-        self.out.write_unit(video_id, res.table)
+        written = self.out.write_unit(video_id, res.table)
         tracklets = len(set(res.table.column("tracklet_id").to_pylist()))
         return stats_row(video_id, uri, "done", frames=res.frames, detections=res.detections,
-                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0)
+                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0,
+                         written=written, name=unit_filename(video_id))
 
 
 def ingest_row(row: dict[str, Any], cfg, storage: Storage, out_uri: str, manifest_uri: str) -> dict[str, Any]:
