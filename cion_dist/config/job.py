@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import MLflowConfig, RayConfig, StorageConfig, StrictModel
+from cion_dist.config.base import MLflowConfig, RayConfig, StorageConfig, StrictModel, check_storage_uri
 from cion_dist.correlate.config import CorrelateConfig
 from cion_dist.embed.config import EmbedConfig
 from cion_dist.evaluate.config import EvaluateConfig, PromoteConfig
@@ -28,7 +28,7 @@ class RuntimeEnvConfig(StrictModel):
 
 
 class PipelineConfig(StrictModel):
-    stages: list[StageName] = Field(default_factory=lambda: ["synth", *STAGES])
+    stages: list[StageName] = Field(default_factory=lambda: ["synth", *STAGES], min_length=1)
     iterations: int = Field(1, ge=1, description="repeat embed -> correlate -> pretrain with the newest checkpoint")
 
 
@@ -55,4 +55,5 @@ class Job(StrictModel):
     def _output_not_empty(self) -> "Job":
         if not self.output.strip():
             raise ValueError("output must be a local path or s3:// URI")
+        check_storage_uri(self.output, "output")
         return self
