@@ -18,12 +18,22 @@ STAGES = ("ingest", "embed", "correlate", "pretrain", "evaluate", "promote")
 StageName = Literal["synth", "ingest", "embed", "correlate", "pretrain", "evaluate", "promote"]
 
 
+FORWARDED_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
+                 "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
 class RuntimeEnvConfig(StrictModel):
     """What ``cion submit`` hands Ray's job API as the runtime environment."""
 
     working_dir: Optional[str] = "."
     pip: list[str] = Field(default_factory=list)
-    env_vars: dict[str, str] = Field(default_factory=dict)
+    env_vars: dict[str, str] = Field(
+        default_factory=dict, description="values like ${NAME} are read from the cluster's own environment by Ray"
+    )
+    forward_env: list[str] = Field(
+        default_factory=lambda: list(FORWARDED_ENV),
+        description="variables copied from the submitter's environment into env_vars when set (credentials)",
+    )
     excludes: list[str] = Field(default_factory=lambda: [".venv", ".git", "cion-out", "mlruns", "*.db"])
 
 
