@@ -5,8 +5,10 @@ clip costs little. With GPUs a pool of ``ClipWorker`` actors keeps one detector 
 
 Each call writes the clip's Parquet part itself (so a crash loses at most the clips in flight) and returns one
 small stats row to the driver, with the part's report (sha256, size, fingerprint) so the driver never reads the
-part back. The driver sends only clips without a part; a missing, empty or undecodable clip comes back as an error
-row instead of failing the job.
+part back. The driver sends only clips without a reported part (a torn or changed part is redone). Whatever goes
+wrong with one clip (a missing, empty or undecodable file, a URI that names a folder, a detector error) comes back
+as an error row naming the clip, the exception type and its message, never as a failure of the whole dataset:
+the driver then applies ``max_error_fraction``.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ from typing import Any
 from cion_dist.errors import DataError
 from cion_dist.ingest.clip import ingest_clip
 from cion_dist.ingest.manifest import resolve_clip_uri
+from cion_dist.redact import redact_text
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 log = logging.getLogger(__name__)
 
 def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: int = 0, detections: int = 0,
-              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, written=None, name: str = "") -> dict[str, Any]:
+              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, written=None, name: str = "",
+              error_type: str = "") -> dict[str, Any]:
     """One clip's result; for a written part also its report (name, sha256, size, listing fingerprint)."""
-    return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "frames": frames,
-            "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds, "name": name,
-            "sha256": written.sha256 if written else "", "size": written.size if written else 0,
+    return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "error_type": error_type,
+            "frames": frames, "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds,
+            "name": name, "sha256": written.sha256 if written else "", "size": written.size if written else 0,
             "fingerprint": written.fingerprint if written else ""}
 
 
@@ -55,10 +59,12 @@ class ClipWorker:
         t0 = time.perf_counter()
         try:
             res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip())
-        except DataError as e:
-            log.warning("ingest: skipping clip %s: %s", video_id, e)
-            return stats_row(video_id, uri, "error", reason=str(e), seconds=time.perf_counter() - t0)
-        written = self.out.write_unit(video_id, res.table)
+            written = self.out.write_unit(video_id, res.table)
+        except Exception as e:  # noqa: BLE001 - one clip's fault never fails the dataset; the driver counts them
+            reason = redact_text(e) if isinstance(e, DataError) else f"{type(e).__name__}: {redact_text(e)} ({uri})"
+            log.warning("ingest: skipping clip %s: %s", video_id, reason)
+            return stats_row(video_id, uri, "error", reason=reason, seconds=time.perf_counter() - t0,
+                             error_type=type(e).__name__)
         tracklets = len(set(res.table.column("tracklet_id").to_pylist()))
         return stats_row(video_id, uri, "done", frames=res.frames, detections=res.detections,
                          crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0,
