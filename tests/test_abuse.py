@@ -253,20 +253,22 @@ def test_any_exception_in_a_clip_is_an_error_row_naming_type_and_clip(one_clip, 
     assert row["status"] == "error" and row["error_type"] and row["video_id"] == manifest["video_id"], (row, clip)
 
 
-def test_a_torn_part_found_on_resume_is_redone(one_clip, tmp_path):
+def test_a_torn_part_found_on_resume_is_redone(one_clip, tmp_path, ray_local):
+    from cion_dist.ingest.job import run
+
     root, _ = one_clip
-    out = str(tmp_path / "out")
-    row = pq.read_table(root / "corpus" / "manifest.parquet").to_pylist()[0]
-    first = _worker(root, out)(row)
-    assert first["status"] == "done" and first["crops"] > 0
-    (part,) = [p for p in Path(out).iterdir() if p.suffix == ".parquet"]
+    job = job_from_dict({"stage": "ingest", "output": str(tmp_path / "out"), "mlflow": {"enabled": False},
+                         "ingest": {"manifest": str(root / "corpus" / "manifest.parquet")}})
+    first = run(job)
+    (part,) = [p for p in Path(first.uri).iterdir() if p.suffix == ".parquet"]
     good = part.read_bytes()
-    part.write_bytes(good[: len(good) // 2])  # a torn write / damaged object
-    again = _worker(root, out)(row)
-    # before: "skipped" and the torn part trusted (ArrowInvalid later, file not named)
-    assert again["status"] == "done" and again["crops"] == first["crops"]
-    assert pq.read_table(part).num_rows == first["crops"]
-    assert _worker(root, out)(row)["status"] == "skipped"
+    (Path(first.uri) / "_SUCCESS.json").unlink()  # what a kill before the end leaves ...
+    part.write_bytes(good[: len(good) // 2])  # ... with a torn write / damaged object
+    again = run(job)
+    # before: the torn part was trusted (ArrowInvalid later, file not named)
+    assert again.summary["clips_ingested_now"] == 1 and again.rows == first.rows
+    assert pq.read_table(part).num_rows == first.rows["crops"]
+    assert run(job).skipped
 
 
 # ---- 5. concurrency --------------------------------------------------------------------------------------------
