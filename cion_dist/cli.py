@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import List, Optional
 
@@ -14,17 +13,14 @@ from cion_dist.errors import CionError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
-    _setup_logging(verbose)
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging, library logs, full tracebacks"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings, errors and the final summary"),
+) -> None:
+    from cion_dist.quiet import configure
+
+    configure(1 if verbose else -1 if quiet else 0)
 
 
 @app.command()
@@ -81,6 +77,26 @@ def demo(
     from cion_dist.pipeline.demo import run_demo
 
     run_demo(out=out, s3=s3, overrides=overrides or [])
+
+
+@app.command()
+def up(num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="logical CPUs (default: max(4, cores))")) -> None:
+    """Start one local Ray head that later ``cion run`` / ``cion demo`` calls join (stop it with ``cion down``)."""
+    from cion_dist.localcluster import record_path, up as start
+
+    rec, started = start(num_cpus=num_cpus)
+    state = "started" if started else "already running"
+    typer.echo(f"local Ray cluster {state}: {rec.address} ({rec.num_cpus} CPUs), dashboard {rec.dashboard}")
+    typer.echo(f"recorded in {record_path()}; jobs: ray job submit --address {rec.dashboard} --working-dir . jobs/<stage>.yaml")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Ray head that ``cion up`` started."""
+    from cion_dist.localcluster import down as stop
+
+    rec = stop()
+    typer.echo(f"stopped the local Ray cluster at {rec.address}" if rec else "no local Ray cluster is recorded")
 
 
 @app.command("evaluate-tracking")

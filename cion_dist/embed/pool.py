@@ -93,6 +93,9 @@ def embed_parts(pending: list[tuple[str, str]], out: StageOutput, cfg: EmbedConf
         compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(items)), max_tasks_in_flight_per_actor=1),
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus if cfg.num_gpus > 0 else None,
+        # Ray Data hands its actors their constructor through the object store, which an actor restart cannot
+        # rely on; a lost actor fails the stage instead, and the rerun skips the parts already written
+        max_restarts=0,
     )
     done = ds.take_all()
     failed = [d for d in done if d["error"]]
