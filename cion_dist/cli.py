@@ -28,8 +28,10 @@ def validate(job_file: str, overrides: Optional[List[str]] = typer.Argument(None
     """Check a job file (and overrides) against the typed config; print the resolved config."""
     from cion_dist.config import load_job
 
+    from cion_dist.redact import redact_obj
+
     job = load_job(job_file, overrides or [])
-    typer.echo(json.dumps(json.loads(job.model_dump_json()), indent=2))
+    typer.echo(json.dumps(redact_obj(json.loads(job.model_dump_json())), indent=2))
     typer.echo(f"{job_file}: valid {job.stage} job")
 
 
@@ -40,7 +42,10 @@ def run(job_file: str, overrides: Optional[List[str]] = typer.Argument(None, hel
     from cion_dist.pipeline.runner import run_pipeline, run_stage
     from cion_dist.pipeline.summary import print_results
 
+    from cion_dist.preflight import run_preflight
+
     job = load_job(job_file, overrides or [])
+    run_preflight(job)
     results = run_pipeline(job) if job.stage == "pipeline" else [run_stage(job)]
     print_results(results)
 
@@ -125,7 +130,10 @@ def promote(job_file: str, overrides: Optional[List[str]] = typer.Argument(None)
     from cion_dist.pipeline.runner import run_stage
     from cion_dist.pipeline.summary import print_results
 
+    from cion_dist.preflight import run_preflight
+
     job = load_job(job_file, overrides or [])
+    run_preflight(job, ["promote"])
     print_results([run_stage(job, "promote")])
 
 
@@ -144,23 +152,81 @@ def submit(
     submit_job(job, job_file, overrides or [], address=address, wait=wait)
 
 
+def _fail(message: str, code: int) -> None:
+    from cion_dist.redact import redact_text
+
+    typer.echo(f"error: {redact_text(message)}", err=True)
+    sys.exit(code)
+
+
+def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
+    # an exception, so every open MLflow run and stage lock unwinds (runs end FAILED, locks are released)
+    raise KeyboardInterrupt(f"terminated by signal {signum}")
+
+
+def _cion_cause(e: BaseException) -> Optional[CionError]:
+    """The user's error inside a Ray wrapper: ``RayTaskError(CionError)`` carries it as ``cause``, Ray Data and
+    Ray Train chain it as ``__cause__``; the wrapper's text is a remote traceback, the original is one line."""
+    seen: set = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CionError):
+            return _cion_cause(cause) or cause
+        if isinstance(e, CionError) and type(e).__module__.startswith("cion_dist"):
+            return e
+        e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
+    return None
+
+
+def _user_message(e: CionError) -> str:
+    inner = _cion_cause(e)
+    return str(inner if inner is not None else e)
+
+
 def main() -> None:
+    import signal
+
+    from cion_dist.redact import install_log_redaction, redact_text
+
+    install_log_redaction()
+    try:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
+    verbose = any(a in ("-v", "--verbose") for a in sys.argv[1:])
     try:
         app(standalone_mode=False)
     except CionError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        if verbose:
+            import traceback
+
+            typer.echo(redact_text("".join(traceback.format_exception(e))), err=True)
+        _fail(_user_message(e), 2)
     except (typer.Abort, KeyboardInterrupt):
+        typer.echo("interrupted", err=True)
         sys.exit(130)
     except SystemExit:
         raise
-    except Exception as e:  # click usage errors
+    except Exception as e:
         import click
+        from pydantic import ValidationError
 
         if isinstance(e, click.ClickException):
             e.show()
             sys.exit(e.exit_code)
-        raise
+        if isinstance(e, ValidationError):
+            from cion_dist.config.loader import format_validation_error
+
+            _fail(format_validation_error(e, "command line"), 2)
+        if _cion_cause(e) is not None and not verbose:
+            _fail(str(_cion_cause(e)), 2)
+        if verbose:
+            import traceback
+
+            typer.echo(redact_text("".join(traceback.format_exception(e))), err=True)
+        hint = "" if verbose else " (run with -v for the traceback)"
+        _fail(f"{type(e).__name__}: {e}{hint}", 1)
 
 
 if __name__ == "__main__":

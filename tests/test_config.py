@@ -30,7 +30,8 @@ def test_every_shipped_job_file_validates():
 
 
 def test_overrides_set_nested_keys_with_yaml_types(tmp_path):
-    job = load_job(write(tmp_path, "stage: ingest\n"), ["ingest.every_n=3", "ingest.detector.kind=yolox", "ray.num_cpus=8"])
+    job = load_job(write(tmp_path, "stage: ingest\n"), ["ingest.every_n=3", "ingest.detector.kind=yolox",
+                                                           "ingest.detector.model_uri=y.onnx", "ray.num_cpus=8"])
     assert job.ingest.every_n == 3 and isinstance(job.ingest.every_n, int)
     assert job.ingest.detector.kind == "yolox"
     assert job.ray.num_cpus == 8

@@ -71,7 +71,7 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     register_backbone(run2.info.run_id, "bb")
 
     r1 = evaluate(job)
-    promote_job = job_from_dict({"stage": "promote", **common, "promote": {"model_name": "bb"}})
+    promote_job = job_from_dict({"stage": "promote", **common, "promote": {"model_name": "bb", "floor": 0.0}})
     p1 = promote(promote_job.model_copy(update={"promote": promote_job.promote.model_copy(update={"candidate": "1"})}))
     assert p1.summary["decision"] == "promoted"
 
@@ -98,7 +98,11 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     assert erun.data.tags["cion.input.1.mlflow_run_id"] == run2.info.run_id  # the model's producing run
     assert {d.dataset.digest for d in erun.inputs.dataset_inputs} >= {ds.digest()[:32]}
     mv = c.get_model_version("bb", "2")
-    assert float(mv.tags[f"cion.eval.frozen.{ds.digest()[:16]}.mAP"]) == pytest.approx(r2.summary["mAP"])
+    from cion_dist.tracking.registry import evaluation_records, latest_eval_key
+
+    rec = evaluation_records(mv)[latest_eval_key(mv, "frozen")]
+    assert rec["metrics"]["mAP"] == pytest.approx(r2.summary["mAP"])
+    assert rec["settings"]["dataset_digest"] == ds.digest() and rec["settings"]["height"] == job2.evaluate.height
     assert mv.tags["cion.eval.latest_run_id"] == r2.mlflow_run_id
 
     # a rerun with the same model, data and settings is skipped

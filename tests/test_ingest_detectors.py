@@ -180,8 +180,10 @@ def test_torchvision_slot_explains_what_is_missing():
 
 
 def test_yolox_without_model_is_a_config_error():
-    with pytest.raises(ConfigError, match="model_uri"):
-        make_detector(DetectorConfig(kind="yolox"))
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="model_uri"):
+        DetectorConfig(kind="yolox")
     with pytest.raises(ConfigError, match="not found"):
         make_detector(DetectorConfig(kind="yolox", model_uri="/nonexistent/yolox.onnx"))
 

@@ -24,9 +24,13 @@ D1, D2 = "a" * 64, "b" * 64
 
 # ---- pure rule ------------------------------------------------------------------------------------------------
 
-def test_first_version_becomes_champion():
-    d = decide(Evaluated("1", D1, 0.4), None)
+def test_first_version_becomes_champion_only_past_a_floor_or_when_allowed():
+    d = decide(Evaluated("1", D1, 0.4), None, floor=0.3)
     assert d.promote and d.alias == "champion" and "no champion" in d.reason
+    assert decide(Evaluated("1", D1, 0.4), None, allow_first_without_floor=True).promote
+    d = decide(Evaluated("1", D1, 0.4), None)
+    assert not d.promote and d.alias is None and "promote.floor" in d.reason
+    assert not decide(Evaluated("1", D1, 0.2), None, floor=0.3).promote
 
 
 def test_better_by_more_than_margin_promotes():
@@ -107,7 +111,7 @@ def store(request, tmp_path):
 def _job(store, tmp_path, name, **promote):
     return job_from_dict({"stage": "promote", "output": str(tmp_path / "out"),
                           "mlflow": {"tracking_uri": store, "experiment": f"exp-{name}"},
-                          "promote": {"model_name": name, **promote}})
+                          "promote": {"model_name": name, "floor": 0.1, **promote}})
 
 
 def _new_version(job, name, metrics_by_digest):
@@ -186,7 +190,7 @@ def test_cli_promote(tmp_path):
     jf = tmp_path / "promote.yaml"
     jf.write_text(yaml.safe_dump({"stage": "promote", "output": str(tmp_path / "out"),
                                   "mlflow": {"tracking_uri": store, "experiment": "exp-cli-bb"},
-                                  "promote": {"model_name": "cli-bb", "metric": "rank1"}}))
+                                  "promote": {"model_name": "cli-bb", "metric": "rank1", "floor": 0.2}}))
     res = CliRunner().invoke(app, ["promote", str(jf)])
     assert res.exit_code == 0, res.output
     assert "decision: promoted" in res.output and "models:/cli-bb@champion" in res.output

@@ -7,6 +7,14 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 
+def check_storage_uri(value: str, what: str) -> str:
+    """A local path, ``file://`` or ``s3://`` URI; any other scheme (ftp://, gs://...) would become a local folder."""
+    v = str(value).strip()
+    if "://" in v and not v.startswith(("s3://", "s3a://", "file://")):
+        raise ValueError(f"{what} has an unsupported scheme {v.split('://', 1)[0]!r}: use a local path or s3://bucket/prefix")
+    return value
+
+
 class StrictModel(BaseModel):
     """Unknown keys are errors, so a typo in a job file never passes silently."""
 
@@ -36,5 +44,5 @@ class RayConfig(StrictModel):
     address: Optional[str] = Field(None, description="'auto', 'ray://host:port', or None for a local instance")
     num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of a local instance")
     num_gpus: Optional[int] = Field(None, ge=0)
-    object_store_memory: Optional[int] = None
+    object_store_memory: Optional[int] = Field(None, ge=78643200, description="bytes; Ray needs at least 75 MiB")
     log_to_driver: bool = True

@@ -19,6 +19,43 @@ from pydantic import ValidationError
 
 from cion_dist.config.job import Job
 from cion_dist.errors import ConfigError
+from cion_dist.redact import is_secret_name, redact_text, register_config_secrets
+
+ENV_PREFIX = "CION__"  # CION__STORAGE__SECRET_ACCESS_KEY=... sets storage.secret_access_key (how secrets reach a job)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error instead of the last one winning."""
+
+
+def _construct_unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            hash(key)
+        except TypeError:
+            continue  # SafeLoader reports unhashable keys itself
+        if key in seen:
+            raise ConfigError(
+                f"{loader.name}: line {key_node.start_mark.line + 1}: key {key!r} appears twice in one section "
+                f"(first on line {seen[key] + 1}); the second would silently replace the first"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_unique_mapping)
+
+
+def safe_load_unique(stream, name: str = "<yaml>") -> Any:
+    loader = _UniqueKeyLoader(stream)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
 
 
 PATH_KEYS = (
@@ -104,25 +141,54 @@ def apply_overrides(data: dict, overrides: Iterable[str], source: str = "command
 
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid job configuration"]
-    for e in err.errors():
+    for e in err.errors(include_url=False):
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        secret = any(is_secret_name(str(p)) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
         else:
             msg = e["msg"]
         got = e.get("input")
-        shown = "" if e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict) else f" (got {got!r})"
-        lines.append(f"  {loc}: {msg}{shown}")
+        if secret:
+            # never echo what was given for a secret, whatever YAML made of it (int, bool, date, list)
+            shown = f" (got a value of type {type(got).__name__}; secret values are not shown)" if got is not None else ""
+            msg = msg if e["type"] != "string_type" else "must be a string (quote it in YAML: '...')"
+        elif e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict):
+            shown = ""
+        else:
+            shown = f" (got {got!r})"
+        lines.append(f"  {loc}: {redact_text(msg + shown)}")
     return "\n".join(lines)
+
+
+def env_overrides(environ: Optional[dict] = None) -> list[str]:
+    """``CION__SECTION__KEY=value`` variables as ``section.key=value`` overrides (lower-cased keys).
+
+    ``cion submit`` moves secret overrides here, so they reach the job through its runtime environment instead of
+    the command line that Ray records and prints.
+    """
+    env = os.environ if environ is None else environ
+    out = []
+    for k, v in sorted(env.items()):
+        if k.startswith(ENV_PREFIX) and len(k) > len(ENV_PREFIX):
+            key = ".".join(p.lower() for p in k[len(ENV_PREFIX):].split("__"))
+            out.append(f"{key}={v}")
+    return out
 
 
 def job_from_dict(data: dict, source: str = "<job>", overrides: Iterable[str] = (),
                   override_base: Optional[str] = None) -> Job:
-    data = apply_overrides(dict(data), overrides, source, base=override_base)
+    overrides = list(overrides)
+    env = env_overrides()
+    data = apply_overrides(dict(data), env, "environment (CION__*)", base=override_base) if env else dict(data)
+    data = apply_overrides(data, overrides, source, base=override_base)
+    register_config_secrets(data)
     try:
-        return Job.model_validate(data)
+        job = Job.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    register_config_secrets(job)
+    return job
 
 
 def read_yaml(path: str) -> dict:
@@ -130,7 +196,7 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"job file not found: {path}")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = safe_load_unique(f, path)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if data is None:
@@ -152,7 +218,7 @@ def load_job(path: str, overrides: Iterable[str] = ()) -> Job:
 def embedded_default(name: str = "demo") -> dict:
     """The job files shipped inside the package (used by ``cion demo`` on a machine without ``jobs/``)."""
     text = resources.files("cion_dist.defaults").joinpath(f"{name}.yaml").read_text()
-    return yaml.safe_load(text)
+    return safe_load_unique(text, f"<embedded {name}.yaml>")
 
 
 def load_default(name: str = "demo", overrides: Iterable[str] = (), extra: Optional[dict] = None) -> Job:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, PositiveInt
 
 from cion_dist.config.base import StrictModel
 
@@ -13,8 +13,8 @@ class HandcraftedConfig(StrictModel):
     """Stripe colour histograms (HSV and Lab), a weight-free re-ID descriptor."""
 
     stripes: int = Field(8, ge=1, le=32, description="horizontal stripes the crop is cut into")
-    hsv_bins: tuple[int, int, int] = Field((8, 4, 2), description="joint H x S x V bins per stripe")
-    lab_bins: tuple[int, int, int] = Field((1, 8, 8), description="joint L x a x b bins per stripe")
+    hsv_bins: tuple[PositiveInt, PositiveInt, PositiveInt] = Field((8, 4, 2), description="joint H x S x V bins per stripe")
+    lab_bins: tuple[PositiveInt, PositiveInt, PositiveInt] = Field((1, 8, 8), description="joint L x a x b bins per stripe")
     centre_sigma: float = Field(0.1, gt=0, description="column weight exp(-(x-0.5)^2/2s^2) over crop width; damps background")
     balance: bool = Field(True, description="grey-world colour balance per crop: cancels a camera's colour cast")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from cion_dist.config.base import StrictModel
 
@@ -55,3 +55,17 @@ class PromoteConfig(StrictModel):
     candidate: Optional[str] = Field(None, description="version number or models:/ URI; None = newest version")
     dataset_digest: Optional[str] = Field(None, description="None = the candidate's most recent evaluation dataset")
     protocol: Literal["frozen", "finetune"] = "frozen"
+    floor: Optional[float] = Field(
+        None, description="the candidate's metric must reach this to take the champion alias (needed for a first champion)"
+    )
+    allow_first_without_floor: bool = Field(
+        False, description="let the first champion be crowned without a floor (any finite metric)"
+    )
+
+    @field_validator("candidate", mode="before")
+    @classmethod
+    def _version_number(cls, v):
+        # promote.candidate=3 on the command line reads as an int in YAML
+        if isinstance(v, bool):
+            raise ValueError("give a version number or a models:/ URI")
+        return str(v) if isinstance(v, int) else v

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from cion_dist.config.job import Job
+from cion_dist.errors import DataError
 from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
 from cion_dist.evaluate.features import extract_local, extract_ray
 from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
@@ -98,6 +99,9 @@ def run(job: Job) -> StageResult:
     gf = extract(job, net, [r.uri for r in ds.gallery], storage)
     t2 = time.time()
     metrics = score(job, ds, qf, gf)
+    if metrics.num_valid == 0 or not np.isfinite(metrics.mAP):
+        raise DataError(f"evaluate: none of the {metrics.num_queries} queries of {root} has a true match in the gallery "
+                        "from another camera; no metric can be computed (check the dataset layout and camera ids)")
     t3 = time.time()
     extra.update(finetune_seconds=round(t1 - t0, 3), extract_seconds=round(t2 - t1, 3), metric_seconds=round(t3 - t2, 3))
     summary = _summary(metrics, digest, model.uri, extra)
@@ -120,8 +124,12 @@ def run(job: Job) -> StageResult:
                 from cion_dist.tracking.registry import record_evaluation
 
                 mlflow.set_tags({"cion.model.name": model.name, "cion.model.version": model.version})
+                from cion_dist import __version__
+                from cion_dist.evaluate.promotion import evaluation_settings
+
                 record_evaluation(model.name, model.version, cfg.protocol, digest,
-                                  {k: summary[k] for k in METRICS}, run_id=mlflow_run_id)
+                                  {k: summary[k] for k in METRICS}, run_id=mlflow_run_id,
+                                  settings=evaluation_settings(cfg, digest, __version__))
             log_output(out.uri, None)
         summary["mlflow_run_id"] = mlflow_run_id
         table = pa.table({k: [v] for k, v in summary.items() if v is not None})

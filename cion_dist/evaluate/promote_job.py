@@ -1,8 +1,9 @@
 """The promote stage: move the ``champion`` alias to a candidate version only when it is measurably better.
 
 The candidate (``promote.candidate``, else the newest version of ``promote.model_name``) and the current
-champion are read from the registry; their metric on the same dataset digest comes from the evaluation tags that
-the evaluate stage wrote on each version. ``promotion.decide`` makes the call; this module applies it (aliases),
+champion are read from the registry. The candidate's newest evaluation record (for ``promote.protocol``, and
+``promote.dataset_digest`` when given) fixes the settings; the champion is judged by its record with exactly
+those settings (``cion_dist.tracking.registry``), never by one made with other settings. ``promotion.decide`` makes the call; this module applies it (aliases),
 records why on the candidate version (``cion.promote.*`` tags) and logs a ``promote`` MLflow run.
 """
 
@@ -26,13 +27,13 @@ def _candidate_uri(job: Job) -> str:
         return f"models:/{cfg.model_name}/latest"
     if c.startswith("models:/"):
         return c
-    if c.isdigit():
-        return f"models:/{cfg.model_name}/{c}"
+    if c.strip().isdigit():
+        return f"models:/{cfg.model_name}/{int(c)}"
     raise ConfigError(f"promote.candidate {c!r}: use a version number or a models:/ URI")
 
 
 def apply_decision(name: str, candidate_version: str, decision: Decision, metric: str, digest: str | None,
-                   champion_version: str | None, mlflow_client) -> None:
+                   champion_version: str | None, mlflow_client, settings_key: str | None = None) -> None:
     """Move aliases and write the reason on the candidate version."""
     c = mlflow_client
     if decision.alias == CHAMPION:
@@ -47,6 +48,7 @@ def apply_decision(name: str, candidate_version: str, decision: Decision, metric
     tags = {"cion.promote.decision": "promoted" if decision.promote else (decision.alias or "unchanged"),
             "cion.promote.reason": decision.reason, "cion.promote.metric": metric,
             "cion.promote.dataset_digest": digest or "", "cion.promote.compared_to": champion_version or "",
+            "cion.promote.settings_key": settings_key or "",
             "cion.promote.at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for k, v in tags.items():
         c.set_model_version_tag(name, candidate_version, k, v)
@@ -56,7 +58,7 @@ def run(job: Job) -> StageResult:
     import mlflow
 
     from cion_dist.tracking.mlflow_run import configure, stage_run
-    from cion_dist.tracking.registry import alias_version, get_version, latest_eval_digest, read_evaluation
+    from cion_dist.tracking.registry import alias_version, evaluation_records, get_version, latest_eval_key, read_evaluation
 
     if not job.mlflow.enabled:
         raise ConfigError("promote works on the MLflow model registry; mlflow.enabled must be true")
@@ -66,24 +68,27 @@ def run(job: Job) -> StageResult:
     client = mlflow.MlflowClient()
     cand = get_version(candidate_uri, client)
     name, version = cand.name, str(cand.version)
-    digest = cfg.dataset_digest or latest_eval_digest(cand, cfg.protocol)
-    cand_eval = Evaluated(version, digest, read_evaluation(cand, cfg.protocol, digest, cfg.metric) if digest else None)
+    key = latest_eval_key(cand, cfg.protocol, cfg.dataset_digest)
+    rec = evaluation_records(cand).get(key) if key else None
+    digest = rec["settings"].get("dataset_digest") if rec else cfg.dataset_digest
+    cand_eval = Evaluated(version, digest, read_evaluation(cand, key, cfg.metric) if key else None, key)
     champ = alias_version(name, CHAMPION, client)
     champ_eval = None
     if champ is not None:
-        value = read_evaluation(champ, cfg.protocol, digest, cfg.metric) if digest else None
-        champ_eval = Evaluated(str(champ.version), digest if value is not None else latest_eval_digest(champ, cfg.protocol), value)
-    decision = decide(cand_eval, champ_eval, cfg.metric, cfg.margin)
+        value = read_evaluation(champ, key, cfg.metric) if key else None
+        champ_eval = Evaluated(str(champ.version), digest, value, key if value is not None else None)
+    decision = decide(cand_eval, champ_eval, cfg.metric, cfg.margin, cfg.floor, cfg.allow_first_without_floor)
     champ_version = str(champ.version) if champ is not None else None
     summary = {"decision": "promoted" if decision.promote else (decision.alias or "unchanged"), "reason": decision.reason,
                "candidate_version": version, "champion_before": champ_version or "",
                "champion_after": version if decision.promote else (champ_version or ""), "metric": cfg.metric,
                "candidate_value": cand_eval.value, "champion_value": champ_eval.value if champ_eval else None,
-               "dataset_digest": digest or ""}
+               "dataset_digest": digest or "", "settings_key": key or "",
+               "settings": (rec or {}).get("settings", {})}
     inputs = ({"uri": f"models:/{name}/{version}", "stage": "model", "mlflow_run_id": cand.run_id,
                "digest": digest or ""},)
     with stage_run(job, STAGE, params={"promote": dumps_config(cfg)}, inputs=inputs) as mrun:
-        apply_decision(name, version, decision, cfg.metric, digest, champ_version, client)
+        apply_decision(name, version, decision, cfg.metric, digest, champ_version, client, key)
         mlflow.set_tags({"cion.promote.decision": summary["decision"], "cion.promote.reason": decision.reason[:5000],
                          "cion.promote.candidate": version, "cion.promote.champion_before": champ_version or ""})
         run_id = mrun.info.run_id

@@ -29,10 +29,16 @@ class DetectorConfig(StrictModel):
     model_uri: Optional[str] = Field(None, description="ONNX / weights file (path or s3://) for neural detectors")
     score_threshold: float = Field(0.35, ge=0, le=1)
     nms_threshold: float = Field(0.45, ge=0, le=1)
-    input_size: int = 416
+    input_size: int = Field(416, ge=32, description="square network input of neural detectors, pixels")
     num_gpus: float = Field(0, ge=0)
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per clip task")
     background: BackgroundConfig = BackgroundConfig()
+
+    @model_validator(mode="after")
+    def _weights_given(self) -> "DetectorConfig":
+        if self.kind == "yolox" and not self.model_uri:
+            raise ValueError("detector.kind yolox needs detector.model_uri (the YOLOX ONNX file, path or s3://)")
+        return self
 
 
 class TrackerConfig(StrictModel):

@@ -34,6 +34,23 @@ def resolve_clip_uri(clip_uri: str, manifest_uri: str) -> str:
     return join(base, clip_uri)
 
 
+def check_manifest_types(table: pa.Table, uri: str) -> None:
+    """``video_id``, ``uri`` and ``source`` are strings; ``start_time`` (which orders videos) is a number or a
+    timestamp: a string there would sort "10" before "9", an int id would never match the parts' names."""
+    def bad(col: str, want: str) -> DataError:
+        return DataError(f"manifest {uri}: column {col!r} must be {want}, got {table.schema.field(col).type}")
+
+    for col in ("video_id", "uri", "source"):
+        if col in table.column_names:
+            t = table.schema.field(col).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
+                raise bad(col, "a string")
+    if "start_time" in table.column_names:
+        t = table.schema.field("start_time").type
+        if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_timestamp(t) or pa.types.is_null(t)):
+            raise bad("start_time", "a number (seconds) or a timestamp")
+
+
 def load_manifest(uri: str, storage: Storage | None = None) -> tuple[pa.Table, str]:
     """(manifest table with resolved clip URIs, sha256 over the manifest file bytes). Bad manifests raise
     ``DataError`` naming the file and the offending column or row."""
@@ -51,6 +68,9 @@ def load_manifest(uri: str, storage: Storage | None = None) -> tuple[pa.Table, s
     for col in MANIFEST_REQUIRED:
         if col not in table.column_names:
             raise DataError(f"manifest {uri} lacks column {col!r} (has {table.column_names})")
+    check_manifest_types(table, uri)
+    if table.num_rows == 0:
+        raise DataError(f"manifest {uri} has no rows: nothing to ingest")
     ids = table.column("video_id").to_pylist()
     uris = table.column("uri").to_pylist()
     seen: set = set()

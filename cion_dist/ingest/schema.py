@@ -15,7 +15,8 @@ CROPS = pa.schema([
     ("jpeg", pa.binary()),
 ])
 
-ERRORS = pa.schema([("video_id", pa.string()), ("uri", pa.string()), ("reason", pa.string())])
+ERRORS = pa.schema([("video_id", pa.string()), ("uri", pa.string()), ("reason", pa.string()),
+                    ("error_type", pa.string())])
 
 MANIFEST_REQUIRED = ("video_id", "uri")
 

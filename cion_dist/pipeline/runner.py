@@ -40,9 +40,12 @@ def stage_module(stage: str):
 
 
 def run_stage(job: Job, stage: str | None = None) -> StageResult:
+    from cion_dist.lock import output_lock
+
     stage = stage or job.stage
     t0 = time.time()
-    result = stage_module(stage).run(job)
+    with output_lock(job, stage):  # one run per output folder; re-entrant under run_pipeline's hold
+        result = stage_module(stage).run(job)
     result.summary.setdefault("seconds", round(time.time() - t0, 2))
     log.info("%s finished: %s", stage, result.uri)
     return result
@@ -54,6 +57,13 @@ def run_pipeline(job: Job) -> list[StageResult]:
     With ``pipeline.iterations`` > 1, embed -> correlate -> pretrain runs again with the newest pretrained backbone
     as the embedder, so the identities the next round trains on come from better features.
     """
+    from cion_dist.lock import output_lock
+
+    with output_lock(job, "pipeline"):
+        return _run_pipeline(job)
+
+
+def _run_pipeline(job: Job) -> list[StageResult]:
     results: list[StageResult] = []
     current = job.model_copy(deep=True)
     stages = list(current.pipeline.stages)

@@ -6,11 +6,19 @@ holds the job file (the nearest folder above it with ``cion_dist/``, ``pyproject
 ``cion submit jobs/pretrain.yaml`` from anywhere uploads the same tree. Ray puts the uploaded ``working_dir`` first
 on ``PYTHONPATH``, so the driver runs the submitted ``cion_dist/`` even where the cluster image ships an older
 installed copy; the image must still provide the dependencies (``infra/Dockerfile``).
+
+Secrets never travel on the entrypoint command line (Ray records it, prints it and writes it to the driver log):
+an override of a secret field (``storage.secret_access_key=...``) or one holding URL credentials becomes an
+environment variable ``CION__SECTION__KEY`` of the job's runtime environment, which ``cion run`` reads back as the
+same override; credentials set in the submitter's environment (``runtime_env.forward_env``) are copied there too,
+and ``runtime_env.env_vars`` values written ``${NAME}`` are references that Ray resolves from the cluster's own
+environment (a Kubernetes secret, say), so the value never leaves the cluster.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -18,7 +26,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from cion_dist.config.job import Job
+from cion_dist.config.loader import ENV_PREFIX
 from cion_dist.errors import CionError, ConfigError
+from cion_dist.redact import is_secret_name, redact_env, redact_text, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +74,39 @@ def resolve_working_dir(job: Job, job_file: str | Path) -> Optional[str]:
     return str(path)
 
 
-def build_runtime_env(job: Job, job_file: str | Path) -> dict[str, Any]:
-    """The ``runtime_env`` dict for Ray's job API; keys left out when the job leaves them empty."""
+def is_secret_override(item: str) -> bool:
+    """An override that must not appear on a command line: a secret field, or a value with URL credentials."""
+    key, _, value = item.partition("=")
+    return is_secret_name(key.strip()) or redact_text(value) != value
+
+
+def split_overrides(overrides: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(overrides safe for the command line, environment variables carrying the secret ones)."""
+    plain, env = [], {}
+    for item in overrides:
+        if "=" in item and is_secret_override(item):
+            key, value = item.split("=", 1)
+            register_secret(value)
+            if key.strip().startswith("runtime_env."):
+                continue  # already part of the runtime environment built from the job; the driver needs no copy
+            env[ENV_PREFIX + "__".join(p.upper() for p in key.strip().split("."))] = value
+        else:
+            plain.append(item)
+    return plain, env
+
+
+def forwarded_env(job: Job, environ: Optional[dict] = None) -> dict[str, str]:
+    """The submitter's credentials named in ``runtime_env.forward_env`` that are set (and not set in env_vars)."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in job.runtime_env.forward_env if environ.get(k) and k not in job.runtime_env.env_vars}
+
+
+def build_runtime_env(job: Job, job_file: str | Path, secret_env: Optional[dict[str, str]] = None,
+                      environ: Optional[dict] = None) -> dict[str, Any]:
+    """The ``runtime_env`` dict for Ray's job API; keys left out when the job leaves them empty.
+
+    ``secret_env`` (from ``split_overrides``) and the forwarded credentials join ``env_vars``.
+    """
     rt = job.runtime_env
     env: dict[str, Any] = {}
     wd = resolve_working_dir(job, job_file)
@@ -75,8 +116,11 @@ def build_runtime_env(job: Job, job_file: str | Path) -> dict[str, Any]:
             env["excludes"] = list(rt.excludes)
     if rt.pip:
         env["pip"] = list(rt.pip)
-    if rt.env_vars:
-        env["env_vars"] = {str(k): str(v) for k, v in rt.env_vars.items()}
+    env_vars = {str(k): str(v) for k, v in rt.env_vars.items()}
+    env_vars.update(forwarded_env(job, environ))
+    env_vars.update(secret_env or {})
+    if env_vars:
+        env["env_vars"] = env_vars
     return env
 
 
@@ -100,6 +144,10 @@ def job_path_on_cluster(job_file: str | Path, working_dir: Optional[str]) -> str
 def build_entrypoint(job_file_on_cluster: str, overrides: Sequence[str], command: str = "cion") -> str:
     """The shell command the cluster runs; every argument quoted so overrides with spaces survive."""
     return " ".join([*shlex.split(command), "run", *map(shlex.quote, [job_file_on_cluster, *overrides])])
+
+
+def _is_reference(value: str) -> bool:
+    return str(value).startswith("${") and str(value).endswith("}")
 
 
 def follow_commands(address: str, submission_id: str) -> list[str]:
@@ -140,7 +188,7 @@ def wait_for_job(
         status = str(client.get_job_status(submission_id).value)
         logs = client.get_job_logs(submission_id)
         if len(logs) > shown:
-            echo(logs[shown:].rstrip("\n"))
+            echo(redact_text(logs[shown:].rstrip("\n")))
             shown = len(logs)
         if status in TERMINAL:
             return status
@@ -168,8 +216,9 @@ def submit_job(
     ``command`` is how the cluster's shell reaches the CLI (``cion`` in the image; ``python -m cion_dist.cli``
     on a cluster without the console script).
     """
-    runtime_env = build_runtime_env(job, job_file)
-    entrypoint = build_entrypoint(job_path_on_cluster(job_file, runtime_env.get("working_dir")), overrides, command)
+    plain, secret_env = split_overrides(overrides)
+    runtime_env = build_runtime_env(job, job_file, secret_env)
+    entrypoint = build_entrypoint(job_path_on_cluster(job_file, runtime_env.get("working_dir")), plain, command)
     if not job.output.startswith(_REMOTE_PREFIXES) and not Path(job.output).is_absolute():
         log.warning("output %r is relative: on the cluster it lands inside the job's working directory; "
                     "use s3:// (or a shared absolute path) for results that must outlive the job", job.output)
@@ -182,10 +231,22 @@ def submit_job(
             metadata={"cion_job": job.name, "cion_stage": job.stage, "job_file": Path(job_file).name},
         )
     except (ConnectionError, RuntimeError) as e:
-        raise CionError(f"job submission to {address} failed: {e}") from None
+        raise CionError(f"job submission to {address} failed: {redact_text(e)}") from None
     cmds = follow_commands(address, sid)
     echo(f"submitted {job.stage} job {sid} to {address}")
-    echo(f"  entrypoint: {entrypoint}")
+    echo(f"  entrypoint: {redact_text(entrypoint)}")
+    secret_names = sorted(k for k, v in runtime_env.get("env_vars", {}).items()
+                          if (k in secret_env or is_secret_name(k)) and not _is_reference(v))
+    if secret_names:
+        echo(f"  secrets passed as runtime_env env_vars, not on the command line: {', '.join(secret_names)}")
+    refs = sorted(k for k, v in runtime_env.get("env_vars", {}).items() if _is_reference(v))
+    if refs:
+        echo(f"  read from the cluster's environment: {', '.join(refs)}")
+    shown = {k: v for k, v in runtime_env.items() if k != "env_vars"}
+    if "env_vars" in runtime_env:
+        shown["env_vars"] = redact_env({k: v for k, v in runtime_env["env_vars"].items() if k not in secret_env}
+                                       | {k: "***" for k in secret_env})
+    log.debug("runtime_env: %s", shown)
     for c in cmds:
         echo(f"  {c}")
     result = SubmittedJob(sid, address, entrypoint, runtime_env, None, cmds)
@@ -194,6 +255,7 @@ def submit_job(
     result.status = wait_for_job(client, sid, poll_s=poll_s, timeout_s=timeout_s, echo=echo)
     if result.status != "SUCCEEDED":
         message = (client.get_job_info(sid).message or "").strip().splitlines()
-        raise CionError(f"job {sid} ended {result.status}: {message[0] if message else 'see the logs above'}")
+        raise CionError(f"job {sid} ended {result.status}: "
+                        f"{redact_text(message[0]) if message else 'see the logs above'}")
     echo(f"job {sid} SUCCEEDED")
     return result

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from cion_dist.config.base import StrictModel
 
@@ -29,8 +29,8 @@ class PretrainConfig(StrictModel):
     # data
     batch_size_per_worker: int = Field(8, ge=1, description="images per worker step; divisible by every K used")
     local_crops: int = Field(4, ge=0, description="128x64 local crops per image (paper: 8)")
-    image_size: tuple[int, int] = (256, 128)
-    local_size: tuple[int, int] = (128, 64)
+    image_size: tuple[PositiveInt, PositiveInt] = (256, 128)
+    local_size: tuple[PositiveInt, PositiveInt] = (128, 64)
     gradual_epochs: list[int] = Field(default_factory=lambda: [2, 4], description="K changes at these epochs")
     gradual_instances: list[int] = Field(default_factory=lambda: [2, 4], description="K (images per identity)")
     augment_in: Literal["ray_data", "worker"] = Field(
@@ -38,9 +38,9 @@ class PretrainConfig(StrictModel):
     )
     prefetch_batches: int = Field(2, ge=0)
     # loss
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    center_momentum: float = 0.9
+    student_temp: float = Field(0.1, gt=0, description="softmax temperature of the student (0 divides by zero)")
+    teacher_temp: float = Field(0.04, gt=0, description="softmax temperature of the teacher (sharpening; > 0)")
+    center_momentum: float = Field(0.9, ge=0, le=1)
     # optimisation
     epochs: int = Field(4, ge=1)
     lr: float = Field(5e-4, gt=0, description="peak lr per 256 images (scaled by the global batch)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import StrictModel
+from cion_dist.config.base import StrictModel, check_storage_uri
 
 
 class SynthConfig(StrictModel):
@@ -25,6 +25,7 @@ class SynthConfig(StrictModel):
 
     @model_validator(mode="after")
     def _even_frame(self) -> "SynthConfig":
+        check_storage_uri(self.out, "synth.out")
         if self.width % 2 or self.height % 2:
             raise ValueError(f"width and height must be even for yuv420p video, got {self.width}x{self.height}")
         return self

@@ -3,46 +3,96 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from typing import Any, Iterator, Optional
 
+from cion_dist.errors import CionError
+from cion_dist.redact import redact_obj, redact_text
 from cion_dist.storage.fs import is_s3
 
 LINEAGE_PREFIX = "cion.input"
+# a tracking server that does not answer fails in seconds, not after MLflow's default ~4 minutes of retries
+HTTP_TIMEOUT_S = 10
+HTTP_MAX_RETRIES = 1
+
+
+def local_store_dir() -> str:
+    """Where runs of jobs whose output is not a local folder keep their sqlite store: ``$CION_HOME/mlflow``
+    (``CION_HOME`` defaults to ``~/.cion``), never the working directory."""
+    return os.path.join(os.path.expanduser(os.environ.get("CION_HOME") or "~/.cion"), "mlflow")
 
 
 def tracking_uri_for(job) -> str:
-    """Config, then MLFLOW_TRACKING_URI, then a sqlite store beside a local output (or in the working dir)."""
+    """Config, then MLFLOW_TRACKING_URI, then a sqlite store beside a local output (``local_store_dir`` for S3)."""
     if job.mlflow.tracking_uri:
         return job.mlflow.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    base = os.path.abspath(job.output) if not is_s3(job.output) else os.path.abspath(".")
+    out = job.output[len("file://"):] if job.output.startswith("file://") else job.output
+    base = local_store_dir() if is_s3(job.output) else os.path.abspath(out)
     os.makedirs(base, exist_ok=True)
     return f"sqlite:///{os.path.join(base, 'mlflow.db')}"
+
+
+def _http_limits() -> None:
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(HTTP_TIMEOUT_S))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", str(HTTP_MAX_RETRIES))
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialise the first use of a local sqlite store across processes: MLflow creates and migrates the schema
+    on first access, and two processes doing that at once collide (``alembic_version``)."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = uri[len("sqlite:///"):]
+    os.makedirs(os.path.dirname(os.path.abspath(db)) or ".", exist_ok=True)
+    with open(db + ".lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def configure(job) -> str:
     """Point mlflow at the job's store and experiment; returns the tracking URI."""
     import mlflow
+    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri_for(job)
+    if uri.startswith(("http://", "https://")):
+        _http_limits()
     mlflow.set_tracking_uri(uri)
     if job.mlflow.registry_uri:
         mlflow.set_registry_uri(job.mlflow.registry_uri)
-    if mlflow.get_experiment_by_name(job.mlflow.experiment) is None:
-        artifact_location = None
-        if uri.startswith("sqlite:///"):
-            # artifacts beside the sqlite store, never in whatever the working directory happens to be
-            db_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
-            artifact_location = "file://" + os.path.join(os.path.abspath(db_dir), "mlartifacts")
-        mlflow.create_experiment(job.mlflow.experiment, artifact_location=artifact_location)
-    mlflow.set_experiment(job.mlflow.experiment)
+    try:
+        with _store_lock(uri):
+            if mlflow.get_experiment_by_name(job.mlflow.experiment) is None:
+                artifact_location = None
+                if uri.startswith("sqlite:///"):
+                    # artifacts beside the sqlite store, never in whatever the working directory happens to be
+                    db_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
+                    artifact_location = "file://" + os.path.join(os.path.abspath(db_dir), "mlartifacts")
+                mlflow.create_experiment(job.mlflow.experiment, artifact_location=artifact_location)
+            mlflow.set_experiment(job.mlflow.experiment)
+    except MlflowException as e:
+        first = str(e.message if hasattr(e, "message") else e).strip().splitlines()
+        raise CionError(f"MLflow at {redact_text(uri)} failed: {redact_text(first[0] if first else type(e).__name__)}; "
+                        "check mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false") from None
+    except OSError as e:
+        raise CionError(f"MLflow at {redact_text(uri)} is unreachable ({type(e).__name__}: {redact_text(e)}); "
+                        "check mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false") from None
     return uri
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
-    """Nested dict -> {"a.b.c": "value"} with values as strings (MLflow params)."""
+    """Nested dict -> {"a.b.c": "value"} with values as strings (MLflow params), secrets masked."""
+    if not prefix:
+        d = redact_obj(d)
     out: dict[str, str] = {}
     if isinstance(d, dict):
         for k, v in d.items():
@@ -71,7 +121,7 @@ def stage_run(job, stage: str, params: Optional[dict] = None, inputs: tuple = ()
     for i, rec in enumerate(inputs):
         for key in ("uri", "digest", "stage", "mlflow_run_id"):
             if rec.get(key):
-                tags[f"{LINEAGE_PREFIX}.{i}.{key}"] = str(rec[key])
+                tags[f"{LINEAGE_PREFIX}.{i}.{key}"] = redact_text(rec[key])
     with mlflow.start_run(run_name=run_name or stage, tags=tags) as run:
         from cion_dist.tracking.lineage import log_inputs
 

@@ -2,8 +2,8 @@
 
 A backbone travels as two artifacts under ``model/`` of the run that made it: ``backbone.safetensors`` (weights)
 and ``backbone.json`` (``{"architecture", "embed_dim", "input_size"}``). Evaluations are written onto the model
-version as tags keyed by protocol and dataset digest, so a promotion compares two versions on exactly the same
-data: ``cion.eval.<protocol>.<digest[:16]>.<metric>``.
+version as tags keyed by the digest of their full settings, so a promotion compares two versions measured exactly
+alike: ``cion.eval.<settings key>.<metric>`` beside ``cion.eval.<settings key>.settings`` (the settings as JSON).
 """
 
 from __future__ import annotations
@@ -155,30 +155,88 @@ def find_backbone_dir(root: str) -> Optional[str]:
 
 
 # ---- evaluations on versions -------------------------------------------------------------------------------
+#
+# An evaluation record is keyed by the digest of its full settings (protocol, input size, flip, re-ranking,
+# distance, dataset digest, code version...: ``cion_dist.evaluate.promotion.evaluation_settings``), so two
+# records are compared only when every setting matches. A record, once written, is never overwritten: an
+# evaluation with other settings adds a record under another key, and the champion's stays as it was.
 
-def eval_prefix(protocol: str, dataset_digest: str) -> str:
-    return f"cion.eval.{protocol}.{dataset_digest[:16]}"
+def settings_key(settings: dict) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def eval_prefix(key: str) -> str:
+    return f"cion.eval.{key}"
+
+
+def _legacy_settings(protocol: str, dataset_digest: str) -> dict:
+    return {"protocol": protocol, "dataset_digest": dataset_digest}
 
 
 def record_evaluation(name: str, version: str, protocol: str, dataset_digest: str, metrics: dict,
-                      run_id: Optional[str] = None, mlflow_client=None) -> dict:
-    """Tag a model version with its metrics on one dataset; returns the tags written."""
+                      run_id: Optional[str] = None, mlflow_client=None, settings: Optional[dict] = None) -> dict:
+    """Add an evaluation record to a model version; returns the tags written ({} when the record existed).
+
+    Non-finite metrics are never recorded (a NaN is no result). ``settings`` defaults to protocol + dataset.
+    """
     c = mlflow_client or client()
-    prefix = eval_prefix(protocol, dataset_digest)
-    tags = {f"{prefix}.{k}": repr(float(v)) for k, v in metrics.items() if isinstance(v, (int, float))}
-    tags[f"{prefix}.dataset_digest"] = dataset_digest
-    tags[f"cion.eval.{protocol}.latest_digest"] = dataset_digest
+    settings = dict(settings or _legacy_settings(protocol, dataset_digest))
+    settings.setdefault("protocol", protocol)
+    settings.setdefault("dataset_digest", dataset_digest)
+    key = settings_key(settings)
+    prefix = eval_prefix(key)
+    finite = {k: float(v) for k, v in metrics.items()
+              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    if not finite:
+        raise DataError(f"models:/{name}/{version}: no finite metric to record ({metrics}); nothing recorded")
+    current = c.get_model_version(name, version).tags or {}
+    tags: dict[str, str] = {}
+    if f"{prefix}.settings" not in current:
+        tags = {f"{prefix}.{k}": repr(v) for k, v in finite.items()}
+        tags[f"{prefix}.settings"] = json.dumps(settings, sort_keys=True, default=str)
+        tags[f"{prefix}.at"] = repr(time.time())
+        if run_id:
+            tags[f"{prefix}.run_id"] = run_id
+    tags[f"cion.eval.latest.{settings['protocol']}"] = key
     if run_id:
-        tags[f"{prefix}.run_id"] = run_id
         tags["cion.eval.latest_run_id"] = run_id
     for k, v in tags.items():
         c.set_model_version_tag(name, version, k, v)
     return tags
 
 
-def read_evaluation(version, protocol: str, dataset_digest: str, metric: str) -> Optional[float]:
-    """A version's metric on a dataset, or None when it was never evaluated there (or the value is not finite)."""
-    raw = (version.tags or {}).get(f"{eval_prefix(protocol, dataset_digest)}.{metric}")
+def evaluation_records(version) -> dict[str, dict]:
+    """settings key -> {"settings": {...}, "metrics": {...}, "at": float} for every record on a version."""
+    tags = version.tags or {}
+    out: dict[str, dict] = {}
+    for k, v in tags.items():
+        if k.startswith("cion.eval.") and k.endswith(".settings"):
+            key = k[len("cion.eval."):-len(".settings")]
+            try:
+                settings = json.loads(v)
+            except ValueError:
+                continue
+            prefix = eval_prefix(key) + "."
+            metrics = {}
+            for tk, tv in tags.items():
+                if tk.startswith(prefix) and tk[len(prefix):] not in ("settings", "at", "run_id"):
+                    try:
+                        metrics[tk[len(prefix):]] = float(tv)
+                    except ValueError:
+                        pass
+            try:
+                at = float(tags.get(prefix + "at", "0"))
+            except ValueError:
+                at = 0.0
+            out[key] = {"settings": settings, "metrics": metrics, "at": at}
+    return out
+
+
+def read_evaluation(version, key: str, metric: str) -> Optional[float]:
+    """A version's metric in the record with settings key ``key``; None when absent or not finite."""
+    raw = (version.tags or {}).get(f"{eval_prefix(key)}.{metric}")
     if raw is None:
         return None
     try:
@@ -188,5 +246,13 @@ def read_evaluation(version, protocol: str, dataset_digest: str, metric: str) ->
     return val if math.isfinite(val) else None
 
 
-def latest_eval_digest(version, protocol: str) -> Optional[str]:
-    return (version.tags or {}).get(f"cion.eval.{protocol}.latest_digest")
+def latest_eval_key(version, protocol: str, dataset_digest: Optional[str] = None) -> Optional[str]:
+    """The settings key of a version's newest record for a protocol (and dataset, when given)."""
+    if dataset_digest is None:
+        key = (version.tags or {}).get(f"cion.eval.latest.{protocol}")
+        if key:
+            return key
+    recs = [(r["at"], k) for k, r in evaluation_records(version).items()
+            if r["settings"].get("protocol") == protocol
+            and (dataset_digest is None or r["settings"].get("dataset_digest") == dataset_digest)]
+    return max(recs)[1] if recs else None
