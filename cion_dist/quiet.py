@@ -9,7 +9,8 @@ Noise is turned off where it is made, not filtered out of the output afterwards:
   keeps its default, token authentication, without announcing it on every start), usage stats off, log
   deduplication on;
 - Ray workers run ``worker_setup`` (a ``worker_process_setup_hook``), so the same levels hold in every worker
-  process and DeepSpeed / FAISS / MLflow messages logged there never reach the driver's terminal;
+  process and DeepSpeed / FAISS / MLflow messages logged there never reach the driver's terminal; Ray's C++
+  core logs in workers go to the session's log files only (``RAY_BACKEND_LOG_LEVEL=fatal`` for the job's workers);
 - Ray Data's progress bars stay on a terminal (one bar per operator of the running stage) and are off when the
   output is a file or a pipe, where cion's own one-line progress is printed instead (``progress.py``).
 
@@ -88,10 +89,17 @@ def local_instance_env() -> None:
 
 
 def worker_setup() -> None:
-    """``worker_process_setup_hook``: the CLI's levels in every Ray worker process."""
+    """``worker_process_setup_hook``: the CLI's levels in every Ray worker process.
+
+    DeepSpeed warns on every worker start that it picked the CPU accelerator: at default verbosity it speaks
+    from ERROR up.
+    """
     level = verbosity()
     libs = logging.INFO if level > 0 else logging.WARNING
     set_library_levels(libs)
+    if level <= 0:
+        for name in ("DeepSpeed", "deepspeed"):
+            logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("cion_dist").setLevel(logging.DEBUG if level > 0 else logging.WARNING if level < 0 else logging.INFO)
     if level <= 0:
         _quiet_python_warnings()
@@ -101,6 +109,10 @@ def ray_init_kwargs() -> dict:
     """Arguments for ``ray.init`` that keep Ray's own driver-side logging at the chosen level and set the hook."""
     level = verbosity()
     env_vars = {VERBOSITY_ENV: str(level)}
+    if level <= 0:
+        # Ray's C++ core logs in workers (e.g. Ray Train's own PreemptionWatcher actor, whose constructor
+        # arguments sit in the object store) stay in the session's log files instead of the terminal
+        env_vars["RAY_BACKEND_LOG_LEVEL"] = "fatal"
     return {
         "logging_level": logging.INFO if level > 0 else logging.WARNING,
         "runtime_env": {"worker_process_setup_hook": "cion_dist.quiet.worker_setup", "env_vars": env_vars},
