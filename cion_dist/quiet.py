@@ -9,8 +9,9 @@ Noise is turned off where it is made, not filtered out of the output afterwards:
   keeps its default, token authentication, without announcing it on every start), usage stats off, log
   deduplication on;
 - Ray workers run ``worker_setup`` (a ``worker_process_setup_hook``), so the same levels hold in every worker
-  process and DeepSpeed / FAISS / MLflow messages logged there never reach the driver's terminal; Ray's C++
-  core logs in workers go to the session's log files only (``RAY_BACKEND_LOG_LEVEL=fatal`` for the job's workers);
+  process and DeepSpeed / FAISS / MLflow messages logged there never reach the driver's terminal;
+- Ray Data logs everything to the session's ``ray-data.log``; its console handler gets ``RayDataConsoleFilter``
+  (``RAY_DATA_LOGGING_CONFIG``), which lets warnings through and turns its periodic progress block into one line;
 - Ray Data's progress bars stay on a terminal (one bar per operator of the running stage) and are off when the
   output is a file or a pipe, where cion's own one-line progress is printed instead (``progress.py``).
 
@@ -26,7 +27,7 @@ import warnings
 
 VERBOSITY_ENV = "CION_VERBOSITY"
 PROGRESS_INTERVAL_S = 30  # one progress line per running dataset this often, when the output is not a terminal
-_LIBRARIES = ("ray", "ray.data", "ray.train", "ray.tune", "ray.serve", "DeepSpeed", "deepspeed", "faiss",
+_LIBRARIES = ("ray", "ray.train", "ray.tune", "ray.serve", "DeepSpeed", "deepspeed", "faiss",
               "faiss.loader", "mlflow", "alembic", "urllib3", "botocore", "s3fs", "fsspec", "werkzeug", "filelock",
               "torch", "timm", "matplotlib", "PIL", "numexpr", "py.warnings")
 
@@ -74,6 +75,8 @@ def configure(level: int = 0) -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", str(PROGRESS_INTERVAL_S))
     if level <= 0:
+        os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", ray_data_logging_config())
+    if level <= 0:
         _quiet_python_warnings()
 
 
@@ -105,14 +108,16 @@ def worker_setup() -> None:
         _quiet_python_warnings()
 
 
-def ray_init_kwargs() -> dict:
-    """Arguments for ``ray.init`` that keep Ray's own driver-side logging at the chosen level and set the hook."""
+def ray_init_kwargs(local: bool = True) -> dict:
+    """Arguments for ``ray.init`` that keep Ray's own driver-side logging at the chosen level and set the hook.
+
+    ``local``: the cluster runs on this machine, so a file of this installation can be named to its workers.
+    """
     level = verbosity()
     env_vars = {VERBOSITY_ENV: str(level)}
-    if level <= 0:
-        # Ray's C++ core logs in workers (e.g. Ray Train's own PreemptionWatcher actor, whose constructor
-        # arguments sit in the object store) stay in the session's log files instead of the terminal
-        env_vars["RAY_BACKEND_LOG_LEVEL"] = "fatal"
+    if level <= 0 and local:
+        # workers set up Ray Data's logging again for every dataset: give them the filtered set-up
+        env_vars["RAY_DATA_LOGGING_CONFIG"] = ray_data_logging_config()
     return {
         "logging_level": logging.INFO if level > 0 else logging.WARNING,
         "runtime_env": {"worker_process_setup_hook": "cion_dist.quiet.worker_setup", "env_vars": env_vars},
@@ -142,23 +147,42 @@ class OneLineProgress(logging.Filter):
         return False
 
 
+class RayDataConsoleFilter(OneLineProgress):
+    """On Ray Data's console handler (``defaults/ray_data_logging.yaml``): warnings and errors pass, progress
+    becomes one line per interval (or nothing with ``-q``), the rest (plans, "execution finished") stays in the
+    session's ``ray-data.log``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            return "Progress bars disabled" not in record.getMessage()
+        if is_verbose():
+            return True
+        if record.name == _PROGRESS_LOGGER and not is_quiet():
+            return super().filter(record)
+        return False
+
+
+def ray_data_logging_config() -> str:
+    """Path of the Ray Data logging set-up that carries ``RayDataConsoleFilter`` (for RAY_DATA_LOGGING_CONFIG)."""
+    from importlib import resources
+
+    return str(resources.files("cion_dist.defaults").joinpath("ray_data_logging.yaml"))
+
+
 def configure_ray_data() -> None:
     """After ``import ray.data``: one bar per operator on a terminal, one periodic progress line otherwise, none
     with ``-q``; Ray Data's own start-of-execution banner only with ``-v``."""
-    set_library_levels(logging.INFO if is_verbose() else logging.WARNING)
     try:
         import ray.data
 
         ctx = ray.data.DataContext.get_current()
         if hasattr(ctx, "print_on_execution_start"):
             ctx.print_on_execution_start = is_verbose()
-        progress = logging.getLogger(_PROGRESS_LOGGER)
         if is_quiet():
             ctx.enable_progress_bars = False
-            logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "progress bars disabled"
-        elif not is_interactive() and not is_verbose():
-            progress.setLevel(logging.INFO)
-            if not any(isinstance(f, OneLineProgress) for f in progress.filters):
-                progress.addFilter(OneLineProgress())
+        # the driver's Ray Data console handler, set up when ray.data was imported
+        for h in logging.getLogger("ray.data").handlers:
+            if type(h).__name__ == "PlainRayHandler" and not any(isinstance(f, RayDataConsoleFilter) for f in h.filters):
+                h.addFilter(RayDataConsoleFilter())
     except Exception:  # noqa: BLE001 - quietness must never break a run
         logging.getLogger(__name__).debug("could not configure Ray Data's progress", exc_info=True)

@@ -48,6 +48,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     kwargs: dict = {"log_to_driver": cfg.log_to_driver, "ignore_reinit_error": True, **ray_init_kwargs()}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
+        kwargs.update(ray_init_kwargs(local=address.startswith(("127.0.0.1", "localhost"))))
         ray.init(address=address, **kwargs)
         configure_ray_data()
         _announce(f"joined {address} ({time.time() - t0:.1f} s)")
@@ -70,6 +71,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     from cion_dist.quiet import local_instance_env
 
     local_instance_env()
+    _reload_ray_config()
     kwargs["num_cpus"] = cfg.num_cpus or max(4, os.cpu_count() or 1)
     if cfg.num_gpus is not None:
         kwargs["num_gpus"] = cfg.num_gpus
