@@ -173,6 +173,25 @@ def _uri(path: str, storage_path: str) -> str:
 # ---------------------------------------------------------------- the stage
 
 
+def write_plots(out: StageOutput, tracking: dict) -> list[str]:
+    """Loss and health curves from the run's step metrics, as PNGs under ``<run>/plots/`` and MLflow artifacts."""
+    import mlflow
+
+    from cion_dist.pretrain.plots import metric_history, pretrain_figures
+
+    uris = []
+    figures = pretrain_figures(metric_history(tracking["tracking_uri"], tracking["run_id"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, png in figures.items():
+            uri = join(out.uri, "plots", name)
+            write_bytes_atomic(uri, png, out.storage)
+            uris.append(uri)
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(png)
+        mlflow.log_artifacts(tmp, artifact_path="plots")
+    return uris
+
+
 def run(job: Job) -> StageResult:
     from cion_dist.tracking.mlflow_run import stage_run
 
@@ -192,7 +211,7 @@ def run(job: Job) -> StageResult:
     params = {"pretrain": dumps_config(cfg), "seed": job.seed, "images": table.num_rows, "identities": n_ids,
               "storage_path": storage_path}
     with stage_run(job, STAGE, params=params, inputs=tuple(inputs)) as mlrun:
-        tracking = None
+        tracking, plots = None, []
         if mlrun is not None:
             import mlflow
 
@@ -212,6 +231,7 @@ def run(job: Job) -> StageResult:
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k in WORKER_FIGURES or
                                 (k.startswith("student_") and k.endswith("_mb"))})
             model_uri = _log_model(files, cfg, mlrun) or folder
+            plots = write_plots(out, tracking)
     summary = {
         "model_uri": model_uri,
         "model_folder": folder,
@@ -222,6 +242,7 @@ def run(job: Job) -> StageResult:
         "epochs": cfg.epochs,
         "resumed_from_step": metrics.get("resumed_from_step"),
         "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
+        "plots": plots,
     }
     rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
     record = out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
