@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from typing import List, Optional
 
@@ -14,17 +13,14 @@ from cion_dist.errors import CionError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 @app.callback()
-def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")) -> None:
-    _setup_logging(verbose)
+def _main(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging, library logs, full tracebacks"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="only warnings, errors and the final summary"),
+) -> None:
+    from cion_dist.quiet import configure
+
+    configure(1 if verbose else -1 if quiet else 0)
 
 
 @app.command()
@@ -88,6 +84,26 @@ def demo(
     run_demo(out=out, s3=s3, overrides=overrides or [])
 
 
+@app.command()
+def up(num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="logical CPUs (default: max(4, cores))")) -> None:
+    """Start one local Ray head that later ``cion run`` / ``cion demo`` calls join (stop it with ``cion down``)."""
+    from cion_dist.localcluster import record_path, up as start
+
+    rec, started = start(num_cpus=num_cpus)
+    state = "started" if started else "already running"
+    typer.echo(f"local Ray cluster {state}: {rec.address} ({rec.num_cpus} CPUs), dashboard {rec.dashboard}")
+    typer.echo(f"recorded in {record_path()}; jobs: ray job submit --address {rec.dashboard} --working-dir . jobs/<stage>.yaml")
+
+
+@app.command()
+def down() -> None:
+    """Stop the local Ray head that ``cion up`` started."""
+    from cion_dist.localcluster import down as stop
+
+    rec = stop()
+    typer.echo(f"stopped the local Ray cluster at {rec.address}" if rec else "no local Ray cluster is recorded")
+
+
 @app.command("evaluate-tracking")
 def evaluate_tracking(
     ingest_uri: str = typer.Argument(..., help="an ingest run folder"),
@@ -148,6 +164,26 @@ def _on_sigterm(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt(f"terminated by signal {signum}")
 
 
+def _cion_cause(e: BaseException) -> Optional[CionError]:
+    """The user's error inside a Ray wrapper: ``RayTaskError(CionError)`` carries it as ``cause``, Ray Data and
+    Ray Train chain it as ``__cause__``; the wrapper's text is a remote traceback, the original is one line."""
+    seen: set = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, CionError):
+            return _cion_cause(cause) or cause
+        if isinstance(e, CionError) and type(e).__module__.startswith("cion_dist"):
+            return e
+        e = cause if isinstance(cause, BaseException) else (e.__cause__ or e.__context__)
+    return None
+
+
+def _user_message(e: CionError) -> str:
+    inner = _cion_cause(e)
+    return str(inner if inner is not None else e)
+
+
 def main() -> None:
     import signal
 
@@ -162,7 +198,11 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except CionError as e:
-        _fail(str(e), 2)
+        if verbose:
+            import traceback
+
+            typer.echo(redact_text("".join(traceback.format_exception(e))), err=True)
+        _fail(_user_message(e), 2)
     except (typer.Abort, KeyboardInterrupt):
         typer.echo("interrupted", err=True)
         sys.exit(130)
@@ -179,6 +219,8 @@ def main() -> None:
             from cion_dist.config.loader import format_validation_error
 
             _fail(format_validation_error(e, "command line"), 2)
+        if _cion_cause(e) is not None and not verbose:
+            _fail(str(_cion_cause(e)), 2)
         if verbose:
             import traceback
 

@@ -282,3 +282,6 @@ def _output_writable(pf: Preflight) -> None:
     job = pf.job
     if job.output.startswith(("s3://", "s3a://")):
         probe_write(job.output, _storage(job))
+
+
+from cion_dist import preflight_inputs  # noqa: E402,F401 - registers the checks on the files a job names

@@ -1,36 +1,83 @@
-"""Connect to (or start) the Ray instance a job runs on."""
+"""Connect to (or start) the Ray instance a job runs on, and say which one it is."""
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
+import time
 
 from cion_dist.config.base import RayConfig
 
 log = logging.getLogger(__name__)
 
 
-def ensure_ray(cfg: RayConfig | None = None) -> None:
-    """Join the cluster named in the config (or RAY_ADDRESS), else start a local instance.
+def _announce(line: str) -> None:
+    """One line on stderr (not the log): which cluster a command uses is part of its output, unless -q."""
+    from cion_dist.quiet import is_quiet
 
-    Inside ``ray job submit`` the driver already has RAY_ADDRESS set, so ``address=None`` joins that cluster.
-    A local instance gets at least 4 logical CPUs: Ray Train workers plus the Ray Data read tasks feeding them
-    otherwise deadlock on a 2-core machine.
+    if not is_quiet():
+        print(f"ray: {line}", file=sys.stderr, flush=True)
+
+
+def _reload_ray_config() -> None:
+    """Ray reads RAY_AUTH_MODE into its config when it is imported; re-read it after setting it here."""
+    try:
+        from ray._raylet import Config
+
+        Config.initialize("")
+    except Exception:  # noqa: BLE001 - private API: a failure only means the old mode stays
+        log.debug("could not reload Ray's config", exc_info=True)
+
+
+def ensure_ray(cfg: RayConfig | None = None) -> None:
+    """Join the cluster named in the config, RAY_ADDRESS, or the one ``cion up`` keeps; else start a local instance.
+
+    Inside ``ray job submit`` the driver already has RAY_ADDRESS set, so that cluster is joined. A local instance
+    gets at least 4 logical CPUs: Ray Train workers plus the Ray Data read tasks feeding them otherwise deadlock on
+    a 2-core machine.
     """
     import ray
+
+    from cion_dist.quiet import configure_ray_data, ray_init_kwargs
 
     if ray.is_initialized():
         return
     cfg = cfg or RayConfig()
+    t0 = time.time()
+    kwargs: dict = {"log_to_driver": cfg.log_to_driver, "ignore_reinit_error": True, **ray_init_kwargs()}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict = {"log_to_driver": cfg.log_to_driver, "ignore_reinit_error": True}
     if address:
+        kwargs.update(ray_init_kwargs(local=address.startswith(("127.0.0.1", "localhost"))))
         ray.init(address=address, **kwargs)
+        configure_ray_data()
+        _announce(f"joined {address} ({time.time() - t0:.1f} s)")
         return
+    from cion_dist.localcluster import join_env, live_cluster
+
+    rec = live_cluster()
+    if rec is not None:
+        # workers of a long-lived head were started with the environment of `cion up`; hand them this
+        # command's module path so they import the same cion_dist as the driver
+        if os.environ.get("PYTHONPATH"):
+            kwargs["runtime_env"]["env_vars"]["PYTHONPATH"] = os.environ["PYTHONPATH"]
+        os.environ.update(join_env(rec))
+        _reload_ray_config()
+        ray.init(address=rec.address, _node_ip_address="127.0.0.1", **kwargs)
+        configure_ray_data()
+        _announce(f"joined the local cluster from `cion up` at {rec.address}, dashboard {rec.dashboard} "
+                  f"({time.time() - t0:.1f} s)")
+        return
+    from cion_dist.quiet import local_instance_env
+
+    local_instance_env()
+    _reload_ray_config()
     kwargs["num_cpus"] = cfg.num_cpus or max(4, os.cpu_count() or 1)
     if cfg.num_gpus is not None:
         kwargs["num_gpus"] = cfg.num_gpus
     if cfg.object_store_memory:
         kwargs["object_store_memory"] = cfg.object_store_memory
     ray.init(**kwargs)
-    log.info("started a local Ray instance with %s CPUs", kwargs["num_cpus"])
+    configure_ray_data()
+    _announce(f"started a private local instance with {kwargs['num_cpus']} CPUs ({time.time() - t0:.1f} s); "
+              "`cion up` keeps one running for later commands")

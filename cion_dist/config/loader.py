@@ -1,4 +1,12 @@
-"""Load a job file, apply ``key.sub=value`` overrides, validate, and report errors by file and key path."""
+"""Load a job file, apply ``key.sub=value`` overrides, validate, and report errors by file and key path.
+
+Relative paths in a job file resolve against the job file's folder, so a job runs the same from any working
+directory (``jobs/ingest.yaml`` saying ``output: ../cion-out`` means the project's ``cion-out``); relative paths
+given as command-line overrides resolve against the working directory, as a shell user expects. Only the keys in
+``PATH_KEYS`` are paths; URIs (``s3://``, ``models:/``, ``sqlite:///``...), ``latest`` and empty values are left as
+they are. ``embed.model`` and ``evaluate.model`` also take names (``resnet50``, ``init:vit_small``): there a value
+is a path only when it contains a ``/`` or ends in a file suffix.
+"""
 
 from __future__ import annotations
 
@@ -50,6 +58,51 @@ def safe_load_unique(stream, name: str = "<yaml>") -> Any:
         loader.dispose()
 
 
+PATH_KEYS = (
+    "output", "synth.out", "ingest.manifest", "ingest.detector.model_uri", "embed.input", "embed.model",
+    "embed.weights", "correlate.input", "correlate.ground_truth", "pretrain.input", "pretrain.pretrained",
+    "pretrain.storage_path", "evaluate.dataset", "evaluate.model",
+)
+_NAME_OR_PATH = ("embed.model", "evaluate.model")
+_FILE_SUFFIXES = (".onnx", ".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".parquet")
+
+
+def _is_relative_path(key: str, value) -> bool:
+    if not isinstance(value, str) or not value.strip() or value == "latest":
+        return False
+    if ":" in value.split("/", 1)[0] or os.path.isabs(value) or value.startswith("~"):
+        return False  # a URI scheme (s3://, models:/, init:...), an absolute or home path
+    if key in _NAME_OR_PATH:
+        return "/" in value or value.endswith(_FILE_SUFFIXES)
+    return True
+
+
+def _get(data: dict, dotted: str):
+    node = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _set(data: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    node = data
+    for part in parents:
+        node = node[part]
+    node[last] = value
+
+
+def resolve_paths(data: dict, base: str) -> dict:
+    """Rewrite the relative paths under ``PATH_KEYS`` as ``base``-relative absolute paths (in place)."""
+    for key in PATH_KEYS:
+        value = _get(data, key)
+        if _is_relative_path(key, value):
+            _set(data, key, os.path.normpath(os.path.join(os.path.abspath(base), os.path.expanduser(value))))
+    return data
+
+
 def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"{source}: override {item!r} is not of the form key.sub=value")
@@ -64,10 +117,16 @@ def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str], source: str = "command line") -> dict:
-    """Set nested keys from ``a.b.c=value`` strings; values are parsed as YAML scalars/lists."""
+def apply_overrides(data: dict, overrides: Iterable[str], source: str = "command line",
+                    base: Optional[str] = None) -> dict:
+    """Set nested keys from ``a.b.c=value`` strings; values are parsed as YAML scalars/lists.
+
+    With ``base``, a relative path given for one of ``PATH_KEYS`` resolves against that folder.
+    """
     for item in overrides:
         path, value = _parse_override(item, source)
+        if base is not None and ".".join(path) in PATH_KEYS and _is_relative_path(".".join(path), value):
+            value = os.path.normpath(os.path.join(os.path.abspath(base), value))
         node = data
         for i, part in enumerate(path[:-1]):
             nxt = node.get(part)
@@ -117,11 +176,12 @@ def env_overrides(environ: Optional[dict] = None) -> list[str]:
     return out
 
 
-def job_from_dict(data: dict, source: str = "<job>", overrides: Iterable[str] = ()) -> Job:
+def job_from_dict(data: dict, source: str = "<job>", overrides: Iterable[str] = (),
+                  override_base: Optional[str] = None) -> Job:
     overrides = list(overrides)
     env = env_overrides()
-    data = apply_overrides(dict(data), env, "environment (CION__*)") if env else dict(data)
-    data = apply_overrides(data, overrides, source)
+    data = apply_overrides(dict(data), env, "environment (CION__*)", base=override_base) if env else dict(data)
+    data = apply_overrides(data, overrides, source, base=override_base)
     register_config_secrets(data)
     try:
         job = Job.model_validate(data)
@@ -147,8 +207,12 @@ def read_yaml(path: str) -> dict:
 
 
 def load_job(path: str, overrides: Iterable[str] = ()) -> Job:
-    """Read ``path`` (YAML), apply overrides, validate. Errors name the file and the key path."""
-    return job_from_dict(read_yaml(path), source=path, overrides=overrides)
+    """Read ``path`` (YAML), apply overrides, validate. Errors name the file and the key path.
+
+    Relative paths in the file resolve against its folder, those in ``overrides`` against the working directory.
+    """
+    data = resolve_paths(read_yaml(path), os.path.dirname(os.path.abspath(path)))
+    return job_from_dict(data, source=path, overrides=overrides, override_base=os.getcwd())
 
 
 def embedded_default(name: str = "demo") -> dict:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cion_dist.correlate.geometry import group_centroids
+from cion_dist.correlate.plots import distance_histogram
 
 
 @dataclass
@@ -170,6 +171,7 @@ def calibrate(
         nn = nearest_centroid_distances(cents, link_neighbours)
     link = float(otsu_threshold(nn)) if len(nn) else radius
     link = float(np.clip(link, 1e-4, 2.0))
+    radius_uncapped = radius
     radius = min(radius, link)
     return Calibration(
         radius=radius,
@@ -177,6 +179,8 @@ def calibrate(
         radius_stats={"median": float(np.median(dist)), "p90": float(np.quantile(dist, 0.9)),
                       "quantile": float(np.quantile(trusted, radius_quantile)),
                       "kept_by_radius": float((dist <= radius).mean()), "tracker_disagreements": float(switched.mean()),
-                      "n": int(len(dist))},
-        link_stats={"median": float(np.median(nn)) if len(nn) else None, "n": int(len(nn)), "tracklets": int(len(cents))},
+                      "n": int(len(dist)), "hist": distance_histogram(dist),
+                      "capped_at_link_distance": bool(radius_uncapped > link)},
+        link_stats={"median": float(np.median(nn)) if len(nn) else None, "n": int(len(nn)), "tracklets": int(len(cents)),
+                    "hist": distance_histogram(nn)},
     )

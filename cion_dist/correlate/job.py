@@ -15,6 +15,7 @@ identity, so its memory does not grow with the embedding width times the corpus.
 from __future__ import annotations
 
 import logging
+import os
 import time
 
 import numpy as np
@@ -31,7 +32,7 @@ from cion_dist.correlate.linking import merged_identity, number_identities, plan
 from cion_dist.raycluster import ensure_ray
 from cion_dist.stage import CorrelateResult, StageRun
 from cion_dist.storage.fs import Storage, join, write_json_atomic
-from cion_dist.storage.stage_io import input_record, resolve_input
+from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
 STAGE = "correlate"
@@ -98,7 +99,49 @@ def quality_table(data: EmbeddingSet, identity: np.ndarray, gt_uri: str, storage
     return {"images_scored": int(len(rows)), "methods": table}
 
 
-def run(job: Job) -> StageResult:
+def summary_notes(summary: dict) -> list[str]:
+    """Sentences that explain figures of the summary a reader would otherwise take for mistakes."""
+    notes = []
+    c = summary["counts"]
+    if c["level2"]["identities_out"] > c["tracklets_in"]:
+        notes.append(f"level 2 has {c['level2']['identities_out']} identities from {c['tracklets_in']} tracklets: "
+                     "tracklets that mixed people were split (images moved to the tracklet they fit), which adds "
+                     "identities before level 3 merges them across videos")
+    if "radius" in summary.get("calibrated", []) and (summary.get("radius_stats") or {}).get("capped_at_link_distance"):
+        notes.append(f"r was capped at d = {summary['link_distance']:.4f}: the radius quantile "
+                     f"({summary['radius_stats']['quantile']:.4f}) lay beyond the distance that links two identities, "
+                     "and an identity wider than d would absorb its neighbours")
+    return notes
+
+
+def write_plots(out: StageOutput, catalog: VideoCatalog, final, summary: dict, to_mlflow: bool) -> list[str]:
+    """Identity statistics and calibration figures as PNGs under ``<run>/plots/`` (and MLflow artifacts)."""
+    from cion_dist.correlate.plots import correlate_figures
+    from cion_dist.storage.fs import write_bytes_atomic
+
+    uris = []
+    for name, png in correlate_figures(final.identity, catalog.video_rank(), final.reason, summary).items():
+        uri = join(out.uri, "plots", name)
+        write_bytes_atomic(uri, png, out.storage)
+        uris.append(uri)
+        if to_mlflow:
+            _log_png(png, name)
+    return uris
+
+
+def _log_png(png: bytes, name: str) -> None:
+    import tempfile
+
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, name)
+        with open(path, "wb") as f:
+            f.write(png)
+        mlflow.log_artifact(path, artifact_path="plots")
+
+
+def run(job: Job) -> CorrelateResult:
     cfg = job.correlate
     storage = Storage(job.storage)
     embed_out = resolve_input(cfg.input, job.output, "embed", storage)
@@ -164,6 +207,8 @@ def run(job: Job) -> StageResult:
                         "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
         for m, s in summary.get("quality", {}).items():
             st.log_metrics({f"{m}.{k}": v for k, v in s.items()})
+        summary["notes"] = summary_notes(summary)
+        summary["plots"] = write_plots(out, catalog, final, summary, st.mlrun is not None)
         if st.mlrun is not None:
             import mlflow
 

@@ -112,6 +112,9 @@ def embed_units(plan_files: list[str], done_keys, n_pending: int, out: StageOutp
         compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus if cfg.num_gpus > 0 else None,
+        # Ray Data hands its actors their constructor through the object store, which an actor restart cannot
+        # rely on; a lost actor fails the stage instead, and the rerun skips the parts already written
+        max_restarts=0,
     )
     sums = {"units": 0, "rows": 0, "bad": 0, "dim": 0, "backbone": ""}
     failed: list[str] = []

@@ -2,7 +2,9 @@
 
 Every backbone maps an image batch ``[B, 3, H, W]`` to pooled global features ``[B, embed_dim]`` and carries an
 ``embed_dim`` attribute, so the embed, pretrain and evaluate stages can swap architectures from a config string.
-``timm:<name>`` builds through timm when it is installed (it is an optional extra).
+ResNet(-IBN) and ViT are built in; the model zoo's other families (Swin, ConvNeXt, GhostNet, RepViT, FastViT,
+EdgeNeXt, VOLO) are named by their short names (``swin_tiny``, ``volo_d1``...) and built through timm set up for
+256x128 crops (``zoo.py``); any other timm model is ``timm:<name>``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import torch
 from torch import nn
 
 from cion_dist.errors import ConfigError, DataError
-from cion_dist.models import resnet, vit
+from cion_dist.models import resnet, vit, zoo
 
 INPUT_SIZE = (256, 128)  # (height, width) of a person crop
 
@@ -41,7 +43,7 @@ _HEADS = re.compile(r"^(fc|head|heads|classifier|bottleneck|last_layer)\.")
 
 
 def backbone_names() -> list[str]:
-    return sorted(_BUILDERS) + ["timm:<name>"]
+    return sorted(_BUILDERS) + sorted(zoo.ZOO) + ["timm:<name>"]
 
 
 def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn.Module:
@@ -53,6 +55,8 @@ def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn
     """
     if name.startswith("timm:"):
         model = _build_timm(name[len("timm:"):], **kw)
+    elif name in zoo.ZOO:
+        model = zoo.build_zoo_backbone(name, **kw)
     else:
         builder = _BUILDERS.get(name)
         if builder is None:
@@ -65,18 +69,7 @@ def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn
 
 
 def _build_timm(name: str, **kw) -> nn.Module:
-    try:
-        import timm
-    except ImportError:
-        raise ConfigError(
-            f"backbone 'timm:{name}' needs the optional package timm (pip install 'cion-dist[timm]')"
-        ) from None
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=0, **kw)
-    except Exception as e:  # noqa: BLE001 - timm raises several types for bad names/args
-        raise ConfigError(f"timm cannot build {name!r}: {e}") from e
-    model.embed_dim = int(model.num_features)
-    return model
+    return zoo.build_timm(name, kw)
 
 
 def read_state_dict(path: str, storage=None) -> dict[str, torch.Tensor]:

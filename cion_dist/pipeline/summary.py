@@ -13,3 +13,6 @@ def print_results(results: list[StageResult]) -> None:
         for k, v in r.summary.items():
             if isinstance(v, (int, float, str)):
                 print(f"    {k}: {v}")
+        for k in ("notes", "plots"):  # explanations and figures, one per line
+            for item in r.summary.get(k) or ():
+                print(f"    {k[:-1]}: {item}")

@@ -172,6 +172,25 @@ def _uri(path: str, storage_path: str) -> str:
 # ---------------------------------------------------------------- the stage
 
 
+def write_plots(out: StageOutput, tracking: dict) -> list[str]:
+    """Loss and health curves from the run's step metrics, as PNGs under ``<run>/plots/`` and MLflow artifacts."""
+    import mlflow
+
+    from cion_dist.pretrain.plots import metric_history, pretrain_figures
+
+    uris = []
+    figures = pretrain_figures(metric_history(tracking["tracking_uri"], tracking["run_id"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, png in figures.items():
+            uri = join(out.uri, "plots", name)
+            write_bytes_atomic(uri, png, out.storage)
+            uris.append(uri)
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(png)
+        mlflow.log_artifacts(tmp, artifact_path="plots")
+    return uris
+
+
 def run(job: Job) -> PretrainResult:
     cfg = job.pretrain
     storage = Storage(job.storage)
@@ -188,7 +207,7 @@ def run(job: Job) -> PretrainResult:
     params = {"seed": job.seed, "images": table.num_rows, "identities": n_ids, "storage_path": storage_path}
     with st.tracking(params=params) as run_:
         mlrun = run_.mlrun
-        tracking = None
+        tracking, plots = None, []
         if mlrun is not None:
             import mlflow
 
@@ -206,6 +225,7 @@ def run(job: Job) -> PretrainResult:
                         (k.startswith("student_") and k.endswith("_mb"))})
         if mlrun is not None:
             model_uri = _log_model(files, cfg, mlrun) or folder
+            plots = write_plots(out, tracking)
     summary = {
         "model_uri": model_uri,
         "model_folder": folder,
@@ -215,6 +235,7 @@ def run(job: Job) -> PretrainResult:
         "steps": int(metrics.get("global_step", 0)),
         "epochs": cfg.epochs,
         "resumed_from_step": metrics.get("resumed_from_step"),
+        "plots": plots,
     }
     rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
     return PretrainResult.from_record(st.finalize(rows, summary))

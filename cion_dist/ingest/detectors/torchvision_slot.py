@@ -23,7 +23,7 @@ class TorchvisionDetector:
     def from_config(cls, cfg, storage=None) -> "TorchvisionDetector":
         try:
             import torchvision  # noqa: F401
-        except ImportError:
+        except (ImportError, RuntimeError):  # RuntimeError: a CUDA torchvision wheel beside a CPU torch
             raise ConfigError(
                 "ingest.detector.kind=torchvision needs the torchvision package, which is not installed; "
                 "use kind=yolox (ONNX) or kind=background"
