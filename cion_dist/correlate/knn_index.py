@@ -58,6 +58,22 @@ class _Shard:
         self.index = index
         return self.n
 
+    def build_from_blocks(self, blocks: list, storage, stripe: int, stripes: int) -> tuple[int, int]:
+        """Index this shard's stripe of the level-2 identity blocks (read here): rows ``stripe::stripes``."""
+        from cion_dist.correlate.distributed import _sums_of
+        from cion_dist.correlate.geometry import l2_normalise
+        from cion_dist.storage.stage_io import read_table
+
+        parts = []
+        for a, b, uri in blocks:
+            if b <= a:
+                continue
+            first = (stripe - a) % stripes  # first row of the block on this stripe
+            parts.append(l2_normalise(_sums_of(read_table(uri, storage, columns=["sum"]))[first::stripes]))
+        x = np.concatenate(parts) if parts else np.zeros((0, 1), np.float32)
+        self.build(x, stripe, stripes)
+        return self.n, x.shape[1]
+
     def search(self, queries: np.ndarray, k: int, id_range: Optional[tuple[int, int]] = None):
         import faiss
 
@@ -84,16 +100,22 @@ _ShardActor = ray.remote(_Shard)
 class ShardedKnnIndex:
     """Top-k inner-product search over vectors sharded across Ray actors. Picklable: tasks can search it."""
 
-    def __init__(self, vectors: np.ndarray, num_shards: int = 2, kind: str = "flat", nlist: int = 64,
-                 nprobe: int = 8, shard_cpus: float = 1.0, ready_timeout_s: float = 120.0, layout: str = "striped"):
-        """``layout="blocks"`` (contiguous row blocks per shard, the former layout) is kept for benchmarks."""
+    def __init__(self, vectors: Optional[np.ndarray], num_shards: int = 2, kind: str = "flat", nlist: int = 64,
+                 nprobe: int = 8, shard_cpus: float = 1.0, ready_timeout_s: float = 120.0, layout: str = "striped",
+                 blocks: Optional[tuple] = None):
+        """``vectors`` (n, dim), or ``vectors=None`` and ``blocks=(block list, storage, n)``: each shard then reads
+        its own stripe of the correlate identity blocks, so the vectors never pass through the caller.
+        ``layout="blocks"`` (contiguous row blocks per shard, the former layout) is kept for benchmarks."""
         from ray.util.placement_group import placement_group, remove_placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        n = len(vectors)
+        if vectors is not None:
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            n, dim = vectors.shape
+        else:
+            n, dim = int(blocks[2]), None
         num_shards = max(1, min(num_shards, n))
-        self.n, self.dim, self.kind = n, vectors.shape[1], kind
+        self.n, self.dim, self.kind = n, dim, kind
         self.num_shards = num_shards
         self.pg = placement_group([{"CPU": shard_cpus}] * num_shards, strategy="SPREAD")
         try:
@@ -113,7 +135,11 @@ class ShardedKnnIndex:
             for i in range(num_shards)
         ]
         t0 = time.time()
-        if layout == "blocks":
+        if vectors is None:
+            refs = [s.build_from_blocks.remote(blocks[0], blocks[1], i, num_shards) for i, s in enumerate(self.shards)]
+            self.dim = ray.get(refs)[0][1]
+            refs = []
+        elif layout == "blocks":
             b = np.linspace(0, n, num_shards + 1).astype(np.int64)
             refs = [s.build.remote(vectors[b[i] : b[i + 1]], 0, 1, int(b[i])) for i, s in enumerate(self.shards)]
         else:
