@@ -83,7 +83,7 @@ def test_expected_settings_are_execution_only():
     marked = {s: {p for p, _ in _marked(getattr(job, s))} for s in STAGES}
     assert {"concurrency", "max_error_fraction", "detector.num_gpus", "detector.threads", "manifest"} <= marked["ingest"]
     assert {"concurrency", "num_gpus", "num_cpus", "threads", "batch_size", "input"} <= marked["embed"]
-    assert {"num_shards", "shard_cpus", "videos_per_task", "window_tasks", "input"} <= marked["correlate"]
+    assert {"num_shards", "shard_cpus", "videos_per_task", "tasks_in_flight", "input"} <= marked["correlate"]
     assert {"cpus_per_worker", "max_failures", "input", "crops"} <= marked["pretrain"]
     assert {"num_actors", "batch_size", "finetune.num_threads", "model", "dataset"} <= marked["evaluate"]
     assert "num_workers" not in marked["pretrain"]  # the global batch, hence the result, depends on it

@@ -46,7 +46,13 @@ class CorrelateConfig(StrictModel):
     ivf_nprobe: int = Field(8, ge=1)
     shard_cpus: float = ExecutionField(1.0, gt=0, description="CPUs reserved per index shard actor")
     videos_per_task: int = ExecutionField(8, ge=1, description="videos handled by one level 1-2 Ray task")
-    window_tasks: int = ExecutionField(4, ge=1, description="Ray tasks the level-3 windows are spread over")
+    windows_per_task: int = Field(
+        32, ge=1, description="consecutive level-3 windows searched by one Ray task (one links file per task)"
+    )
+    block_videos: int = Field(
+        256, ge=1, description="videos whose level-2 identity vectors share one block file (level 3 and the merge read blocks)"
+    )
+    tasks_in_flight: int = ExecutionField(32, ge=1, description="Ray tasks the driver keeps submitted at once per step")
     ground_truth: Optional[str] = Field(
         None, description="Parquet with image_id, identity_id: adds a quality table (CION and baselines)"
     )
