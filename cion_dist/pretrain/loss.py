@@ -11,10 +11,10 @@ plus the ``K(K-1)`` cross-entropies between instance ``i`` of the teacher and in
 (``P`` rows each), summed and divided by ``K(K-1) + 1``; the total is the mean over the ``2 (V-1)`` view pairs.
 With ``K = 1`` it is exactly DINO's loss.
 
-``loss_and_health`` also returns what tells learning from collapse (``docs/`` has the reading; see
-``cion_dist.pretrain.health``): the teacher's mean per-image entropy, the entropy of its batch-mean distribution,
-the KL between teacher and student (the loss less the teacher entropy it contains, weighted as the loss weights
-its cross-entropies, so it is exactly the weighted mean of per-row KLs and never negative) and the centre's norm.
+``loss_and_health`` also returns what tells learning from collapse (read by ``cion_dist.pretrain.health``): the
+teacher's mean per-image entropy, the entropy of its batch-mean distribution, the KL between teacher and student
+(the loss less the teacher entropy it contains, weighted as the loss weights its cross-entropies, so it is exactly
+the weighted mean of per-row KLs and never negative) and the centre's norm.
 """
 
 from __future__ import annotations
