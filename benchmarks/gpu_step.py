@@ -11,6 +11,9 @@ local crops of 128 x 64, batch 120 images, DINO head with 65536 prototypes, bf16
   CUDA, gloo on CPU): what a Ray Train worker runs; skipped with a message where DeepSpeed is not installed;
 - ``ds2+compile``: ZeRO 2 with compiled backbones (and channels-last for ResNets).
 
+After each model's rows, the pieces the step changed are timed beside the way they were done before (EMA,
+the student's log-softmax, crops to the device; ``pieces``).
+
 Each configuration runs ``--warmup`` steps, then ``--steps`` timed steps (each ends with the host reading the
 step's metrics, as the drivers do); the figure is the median. FLOPs are counted once per model with
 ``torch.utils.flop_counter`` on one eager plain step (teacher forward, student forward and backward: the same
@@ -21,6 +24,7 @@ Imports torch (and DeepSpeed if present) and the project's pure modules only: no
 
     python benchmarks/gpu_step.py --peak-tflops 989          # the GPU run (about 6 minutes on an H200)
     python benchmarks/gpu_step.py --tiny                     # CPU, seconds: tiny nets, fp32, eager compile backend
+    python benchmarks/gpu_step.py --pieces-only --batch 24   # CPU: the step's pieces before/after at full widths
 """
 
 from __future__ import annotations
@@ -198,6 +202,95 @@ def free(device) -> None:
         pass
 
 
+# ---------------------------------------------------------------- the step's pieces, before and after
+
+
+def median_ms(fn: Callable[[], object], device, reps: int) -> float:
+    fn()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def peak_mib(fn: Callable[[], object], device) -> float:
+    if device.type != "cuda":
+        return float("nan")
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    sync(device)
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def pieces(args, backbone: str, device, dtype, reps: int) -> list[tuple]:
+    """Each piece the step changed, timed beside the way it was done before, on this model's sizes:
+    - EMA: a mul_ + add_ pair per parameter vs one ``torch._foreach_lerp_`` over the parameter list;
+    - student log-softmax: an fp32 copy of the half-precision logits, then the temperature, then log-softmax
+      vs log-softmax accumulating in fp32 from the half-precision logits (forward and backward);
+    - crops to the device: one copy and normalisation per view and the wrapper's concatenation vs one per
+      resolution (uint8 numpy views, as the feed delivers them)."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    from cion_dist.pretrain.augment import normalize
+    from cion_dist.pretrain.step import build_networks, device_batches
+
+    dtype = torch.bfloat16  # the pieces as a bf16 run meets them (CPU too: the casts only show in half precision)
+    cfg = pretrain_config(args, backbone)
+    student, teacher = build_networks(cfg, 0)
+    student.to(device, dtype)  # a DeepSpeed bf16 student: the EMA casts its weights to the fp32 teacher's
+    teacher.to(device)
+    t_params, s_params = list(teacher.parameters()), list(student.parameters())
+
+    @torch.no_grad()
+    def ema_loop():
+        for t, s in zip(t_params, s_params):
+            t.mul_(0.996).add_(s.detach().to(t.dtype), alpha=0.004)
+
+    @torch.no_grad()
+    def ema_foreach():
+        from cion_dist.pretrain.ema import _lerp_
+
+        _lerp_(t_params, s_params, 0.996)
+
+    rows = [("EMA over %d tensors" % len(t_params), median_ms(ema_loop, device, reps),
+             median_ms(ema_foreach, device, reps), float("nan"), float("nan"))]
+    del student, teacher, t_params, s_params
+    n_rows = args.batch * (2 + args.local_crops)
+    logits = torch.randn(n_rows, args.out_dim, device=device, dtype=dtype, requires_grad=True)
+
+    def lsm_cast():
+        F.log_softmax(logits.float() / 0.1, dim=-1).sum().backward()
+
+    def lsm_fused():
+        F.log_softmax(logits / 0.1, dim=-1, dtype=torch.float32).sum().backward()
+
+    rows.append((f"student log-softmax {n_rows} x {args.out_dim}", median_ms(lsm_cast, device, reps),
+                 median_ms(lsm_fused, device, reps), peak_mib(lsm_cast, device), peak_mib(lsm_fused, device)))
+    del logits
+    rng = np.random.default_rng(0)
+    shapes = [args.global_size] * 2 + [args.local_size] * args.local_crops
+    views = [rng.integers(0, 256, (args.batch, 3, *hw), dtype=np.uint8) for hw in shapes]
+
+    def per_view():
+        crops = [normalize(torch.from_numpy(np.array(v, copy=True)).to(device, non_blocking=True), dtype)
+                 for v in views]
+        return [torch.cat(crops[:2]), torch.cat(crops[2:])]  # the multi-crop wrapper's concatenation
+
+    def per_resolution():
+        return [torch.cat([c]) for c in device_batches(views, device, dtype)]
+
+    rows.append((f"crops to device ({len(views)} views)", median_ms(per_view, device, reps),
+                 median_ms(per_resolution, device, reps), peak_mib(per_view, device), peak_mib(per_resolution, device)))
+    return rows
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="vit_small,resnet50_ibn_a")
@@ -216,6 +309,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--compile-backend", default="inductor")
     ap.add_argument("--budget-s", type=float, default=450, help="skip configurations started after this many seconds")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument("--no-pieces", action="store_true", help="skip the before/after timing of the step's pieces")
+    ap.add_argument("--pieces-only", action="store_true", help="only the pieces (e.g. at full sizes on a CPU)")
     ap.add_argument("--tiny", action="store_true", help="CPU smoke size: tiny nets, 64x32 crops, eager compile")
     args = ap.parse_args(argv)
     if args.tiny:
@@ -231,7 +326,7 @@ def main(argv=None) -> list[dict]:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cudnn.benchmark = True
-    configs = args.configs.split(",")
+    configs = [] if args.pieces_only else args.configs.split(",")
     ds_missing = init_single_rank(device) if any(c.startswith("ds") for c in configs) else None
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
     print(f"{name}, torch {torch.__version__}, {dtype}; batch {args.batch} images (K={args.k}), 2 global "
@@ -243,9 +338,9 @@ def main(argv=None) -> list[dict]:
           f"{'vs plain':>9}{'loss':>9}{'build+warm s':>13}", flush=True)
     rows = []
     for backbone in args.models.split(","):
-        views = make_views(args, device)
+        views = make_views(args, device) if configs else []
         cfg0 = pretrain_config(args, backbone)
-        flops = count_flops(plain_loop(args, cfg0, views, device, dtype, compiled=False))
+        flops = count_flops(plain_loop(args, cfg0, views, device, dtype, compiled=False)) if configs else 0
         free(device)
         base_ips = None
         for config in configs:
@@ -276,12 +371,19 @@ def main(argv=None) -> list[dict]:
                    "loss": loss, "build_warm_s": warm_s, "flops_per_step": flops}
             rows.append(row)
             vs = f"{row['vs_plain']:.2f}" if row["vs_plain"] else "-"
-            print(f"{backbone:<16}{config:<15}{ips:>10.1f}{med * 1e3:>9.1f}{tflops:>9.2f}"
+            print(f"{backbone:<16}{config:<15}{ips:>10.1f}{med * 1e3:>9.1f}{tflops:>9.3g}"
                   f"{mfu:>7.1%}{peak:>10.2f}{vs:>9}{loss:>9.3f}{warm_s:>13.1f}", flush=True)
             del step
             free(device)
-        print(f"{backbone}: {flops / 1e12:.3f} TFLOP per step (torch.utils.flop_counter, one eager plain step)",
-              flush=True)
+        if configs:
+            print(f"{backbone}: {flops / 1e12:.3f} TFLOP per step (torch.utils.flop_counter, one eager plain step)",
+                  flush=True)
+        if not args.no_pieces:
+            print(f"  {'piece':<40}{'before ms':>10}{'after ms':>10}{'speed-up':>9}{'before MiB':>11}{'after MiB':>10}")
+            for piece, before, after, mb0, mb1 in pieces(args, backbone, device, dtype, reps=max(10, args.steps)):
+                print(f"  {piece:<40}{before:>10.2f}{after:>10.2f}{before / after:>9.2f}{mb0:>11.0f}{mb1:>10.0f}",
+                      flush=True)
+            free(device)
     print(f"total {time.perf_counter() - t_start:.0f} s; images/s counts images (each {2 + args.local_crops} crops)",
           flush=True)
     if args.json:
