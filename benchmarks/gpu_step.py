@@ -22,7 +22,7 @@ model FLOPs for every row); MFU = FLOPs / median step time / ``--peak-tflops`` (
 
 Imports torch (and DeepSpeed if present) and the project's pure modules only: no Ray, FAISS, decord or MLflow.
 
-    python benchmarks/gpu_step.py --peak-tflops 989          # the GPU run (about 6 minutes on an H200)
+    benchmarks/gpu_step.sh OUT_DIR 989                       # the GPU run, one script, budgeted under 8 minutes
     python benchmarks/gpu_step.py --tiny                     # CPU, seconds: tiny nets, fp32, eager compile backend
     python benchmarks/gpu_step.py --pieces-only --batch 24   # CPU: the step's pieces before/after at full widths
 """
