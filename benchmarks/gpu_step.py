@@ -261,7 +261,9 @@ def pieces(args, backbone: str, device, dtype, reps: int) -> list[tuple]:
 
     rows = [("EMA over %d tensors" % len(t_params), median_ms(ema_loop, device, reps),
              median_ms(ema_foreach, device, reps), float("nan"), float("nan"))]
-    del student, teacher, t_params, s_params
+    t_params.clear()  # free the models before the next piece
+    s_params.clear()
+    del student, teacher
     n_rows = args.batch * (2 + args.local_crops)
     logits = torch.randn(n_rows, args.out_dim, device=device, dtype=dtype, requires_grad=True)
 
@@ -273,7 +275,7 @@ def pieces(args, backbone: str, device, dtype, reps: int) -> list[tuple]:
 
     rows.append((f"student log-softmax {n_rows} x {args.out_dim}", median_ms(lsm_cast, device, reps),
                  median_ms(lsm_fused, device, reps), peak_mib(lsm_cast, device), peak_mib(lsm_fused, device)))
-    del logits
+    logits = None  # noqa: F841 - free it before the next piece
     rng = np.random.default_rng(0)
     shapes = [args.global_size] * 2 + [args.local_size] * args.local_crops
     views = [rng.integers(0, 256, (args.batch, 3, *hw), dtype=np.uint8) for hw in shapes]

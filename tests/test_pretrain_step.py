@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 
@@ -45,7 +44,7 @@ def test_health_kl_is_loss_less_teacher_entropy_and_matches_a_row_by_row_kl():
     assert torch.equal(loss, fn(s, t, k))
     tp = torch.softmax((t - fn.center) / 0.5, -1).view(2, p, k, d)
     ls = torch.log_softmax(s / 0.1, -1).view(ncrops, p, k, d)
-    kls, weights = [], []
+    kls = []
     for a in range(2):  # the loss's own weighting: 1/k for the same image, 1 for another image of the identity
         for v in range(ncrops):
             if v == a:
@@ -155,7 +154,8 @@ def test_in_process_train_runs_without_ray_faiss_decord_mlflow_or_deepspeed():
     lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in out.splitlines() if " " in ln}
     res = eval(lines["RESULT"])  # noqa: S307 - our own subprocess's repr
     assert res["steps"] == 4 and res["finite"] and res["embed"] == 64
-    assert {"loss", "teacher_entropy", "batch_entropy", "kl", "center_norm", "lr", "wd", "momentum", "K"} <= set(res["keys"])
+    keys = {"loss", "teacher_entropy", "batch_entropy", "kl", "center_norm", "lr", "wd", "momentum", "K"}
+    assert keys <= set(res["keys"])
     assert res["lr0"] == pytest.approx(0.16 * 8 / 256) and res["epochs"] == [0, 0, 1, 1]  # 2 epochs of 2 steps
     assert res["verdict"] == LEARNING
     assert lines["FLAT"] == UNIFORM  # a teacher at temperature 5 cannot sharpen
