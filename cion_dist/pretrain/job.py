@@ -88,6 +88,7 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cion_dist.pretrain import hooks
     from cion_dist.pretrain.train_loop import train_loop_per_worker
     from cion_dist.raycluster import ensure_ray
 
@@ -107,6 +108,7 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
             "labels": labels,
             "table_ref": table_ref,
             "mlflow": tracking,
+            "hooks": hooks.current(),  # measurement / fault drills installed by benchmarks and tests; none in production
         },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -120,7 +122,10 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if result.error is None and (result.metrics or {}).get("fatal_error"):
+        raise DataError(result.metrics["fatal_error"])  # the workers stopped on it; no retry could help
+    return result
 
 
 def export_teacher(result, job: Job, out: StageOutput) -> tuple[str, dict[str, bytes]]:
@@ -236,6 +241,10 @@ def run(job: Job) -> PretrainResult:
         "epochs": cfg.epochs,
         "resumed_from_step": metrics.get("resumed_from_step"),
         "plots": plots,
+        "health_verdict": metrics.get("health_verdict"),  # cion_dist.pretrain.health: learning or which collapse
+        "health": f"{metrics.get('health_verdict')}: {metrics.get('health_reason')}",
     }
+    log.log(logging.INFO if summary["health_verdict"] == "learning" else logging.WARNING, "pretrain health: %s",
+            summary["health"])
     rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
     return PretrainResult.from_record(st.finalize(rows, summary))
