@@ -148,12 +148,20 @@ def _write_shard(group: pa.Table, out_uri: str, storage: Storage) -> pa.Table:
 
 
 def _unwrap(e: BaseException) -> Optional[CionError]:
-    seen = set()
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        if isinstance(e, CionError):
-            return e
-        e = e.__cause__ or getattr(e, "cause", None) or e.__context__
+    """The data error a Ray (Data) task raised, out of the exceptions Ray wraps it in."""
+    todo, seen = [e], set()
+    while todo:
+        x = todo.pop(0)
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, CionError):
+            return x
+        todo += [x.__cause__, getattr(x, "cause", None), x.__context__]
+    marker = "cion_dist.errors.DataError: "
+    text = str(e)
+    if marker in text:  # the remote traceback's text is all that crossed the process boundary
+        return DataError(text.split(marker, 1)[1].splitlines()[0])
     return None
 
 
