@@ -2,7 +2,9 @@
 
 Inputs: the correlate output (``image_id, identity_id``; rows with ``identity_id < 0`` were dropped as noise) and
 the ingest crops (``image_id, jpeg``), found through the correlate run's lineage (correlate -> embed -> ingest) or
-named by ``pretrain.crops``. Output folder ``<output>/pretrain/<run_id>/``: ``train/`` (Ray Train checkpoints with
+named by ``pretrain.crops``. Before training they are joined, by Ray tasks, into the identity-sharded labelled set
+``<output>/labelled/<run_id>/`` (``cion_dist.pretrain.labelled``), which the workers stream by shard
+(``cion_dist.pretrain.stream``). Output folder ``<output>/pretrain/<run_id>/``: ``train/`` (Ray Train checkpoints with
 DeepSpeed shards; a rerun of the same run id resumes from the newest), ``model/`` (the teacher backbone as
 ``backbone.safetensors`` + ``backbone.json``), ``_SUCCESS.json``. MLflow: resolved config as params, per-step
 metrics from rank 0, the input datasets (``stage_run``), the ``model/`` folder as artifacts, registered as a new version of
