@@ -6,7 +6,7 @@ The input path alone: a synthetic corpus of tiny JPEGs written as real per-video
 train loop takes ``--steps`` P x K multi-crop batches and no model step. Each (implementation, size) runs in its own
 driver process. Figures: driver peak RSS (the driver process), per-worker peak RSS (largest training worker),
 object-store peak (sampled every 0.2 s), time to first step (from the driver's start, the labelled set included),
-input images/s after the first step, the time to build the labelled set. Memory exponents are fitted as
+input images/s from the first step to the last (the rate the Ray Data producers sustain), the time to build the labelled set. Memory exponents are fitted as
 log(memory) against log(crops) over the sizes each implementation ran.
 
     python benchmarks/scale_pretrain.py [--sizes 1e4,1e5,1e6] [--baseline-max 1e5] [--steps 6] [--workers 2]
@@ -85,14 +85,14 @@ def make_corpus(root: str, n: int) -> str:
 
 
 class StorePeak(threading.Thread):
-    def __init__(self):
+    def __init__(self, address: str):
         super().__init__(daemon=True)
-        self.peak, self.stop = 0, False
+        self.address, self.peak, self.stop = address, 0, False
 
     def run(self):
         from ray._private.internal_api import get_memory_info_reply, get_state_from_address
 
-        state = get_state_from_address()
+        state = get_state_from_address(self.address)
         while not self.stop:
             try:
                 used = get_memory_info_reply(state).store_stats.object_store_bytes_used
@@ -160,10 +160,10 @@ def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: st
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t_start = time.time()
-    ray.init(num_cpus=workers + 2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=2 * 1024**3, _temp_dir=os.path.join(work, "ray"))
+    ctx = ray.init(num_cpus=workers + 2, include_dashboard=False, log_to_driver=False,
+                   object_store_memory=2 * 1024**3, _temp_dir=os.path.join(work, "ray"))
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    peak = StorePeak()
+    peak = StorePeak(ctx.address_info["address"])
     peak.start()
     from cion_dist.storage.fs import Storage
     from cion_dist.storage.stage_io import StageOutput
@@ -246,7 +246,8 @@ def main() -> None:
     ap.add_argument("--baseline-max", type=float, default=1e5, help="largest size the baseline is run at")
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--steps", type=int, default=40, help="steps per worker (enough that prefetch does not hide "
+                    "the producers' rate)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cion-scale-pretrain"))
     ap.add_argument("--one", nargs=2, metavar=("IMPL", "CORRELATE_URI"), help=argparse.SUPPRESS)
@@ -265,12 +266,12 @@ def main() -> None:
         for impl in ("old", "new"):
             if impl == "old" and n > args.baseline_max:
                 continue
-            env = dict(os.environ, PYTHONPATH=(base if impl == "old" else str(ROOT)) + os.pathsep +
-                       os.environ.get("PYTHONPATH", ""))
+            # the baseline runs from its own folder: Ray workers put the driver's working directory on their path
+            env = dict(os.environ, PYTHONPATH=base if impl == "old" else str(ROOT))
             cmd = [sys.executable, __file__, "--one", impl, corr, "--workers", str(args.workers),
                    "--steps", str(args.steps), "--batch", str(args.batch), "--work", args.work]
             t = time.time()
-            proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base if impl == "old" else ROOT)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
                 tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]

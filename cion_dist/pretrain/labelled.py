@@ -36,6 +36,8 @@ STAGE = "labelled"
 INDEX_DIR = "index"
 SCHEMA = pa.schema([("image_id", pa.string()), ("identity_id", pa.int64()), ("jpeg", pa.large_binary())])
 PARTS_PER_SCAN_TASK = 32
+SMALL_SET_IMAGES = 50_000  # up to this many images the exchange runs as plain tasks (a few MB to a few hundred each)
+MAP_TASKS_SMALL = 8
 
 
 # ---------------------------------------------------------------- pure pieces
@@ -137,6 +139,46 @@ def join_and_tag(batch: dict, identity_ids: np.ndarray, shards: np.ndarray, stor
     return t.append_column("shard", pa.array(shards[pos], pa.int64()))
 
 
+def _exchange_with_ray_data(units, ids, shard_of, shards, out, storage) -> list[dict]:
+    import ray
+
+    ds = ray.data.from_items(units, override_num_blocks=len(units))
+    ds = ds.map_batches(join_and_tag, batch_size=1, batch_format="numpy", num_cpus=1,
+                        fn_kwargs={"identity_ids": ids, "shards": shard_of, "storage": storage})
+    ds = ds.groupby("shard", num_partitions=min(shards, 64))
+    ds = ds.map_groups(_write_shard, batch_format="pyarrow", num_cpus=1, fn_kwargs={"out_uri": out.uri, "storage": storage})
+    return ds.take_all()
+
+
+def _join_split(units: list[dict], ids, shard_of, shards: int, storage: Storage):
+    t = join_and_tag({"corr": [u["corr"] for u in units], "ingest": [u["ingest"] for u in units]}, ids, shard_of,
+                     storage)
+    shard = t["shard"].to_numpy()
+    parts = [t.filter(pa.array(shard == s)) for s in range(shards)]
+    return parts if shards > 1 else parts[0]
+
+
+def _write_parts(out_uri: str, storage: Storage, shard: int, *parts: pa.Table) -> dict:
+    t = pa.concat_tables(parts)
+    if t.num_rows == 0:
+        return {"shard": shard, "rows": 0}
+    return _write_shard(t, out_uri, storage).to_pylist()[0]
+
+
+def _exchange_with_tasks(units, ids, shard_of, shards, out, storage) -> list[dict]:
+    """Small sets: a few join tasks each return one table per shard, one task per shard writes it (the same
+    exchange without Ray Data's shuffle actors, whose start-up dominates below ``SMALL_SET_IMAGES``)."""
+    import ray
+
+    m = max(1, min(len(units), MAP_TASKS_SMALL))
+    chunks = [units[i::m] for i in range(m)]
+    join = ray.remote(num_cpus=1, num_returns=shards)(_join_split)
+    refs = [join.remote(c, ids, shard_of, shards, storage) for c in chunks]
+    refs = [r if isinstance(r, list) else [r] for r in refs]
+    write = ray.remote(num_cpus=1)(_write_parts)
+    return ray.get([write.remote(out.uri, storage, s, *[r[s] for r in refs]) for s in range(shards)])
+
+
 def _write_shard(group: pa.Table, out_uri: str, storage: Storage) -> pa.Table:
     shard = int(group["shard"][0].as_py())
     t = sort_shard(group.drop_columns(["shard"]))
@@ -214,8 +256,6 @@ def join_units(corr_parts: list[dict], ingest_parts: list[dict]) -> list[dict]:
 def build(corr: StageOutput, crops: StageOutput, output: str, run_id: str, *, world: int, shard_images: int,
           min_ids_per_shard: int, seed: int, config: dict) -> StageOutput:
     """Write (or find complete) the labelled set of ``corr`` x ``crops``; returns its stage output."""
-    import ray
-
     out = StageOutput.create(output, STAGE, run_id, corr.storage)
     if out.is_complete():
         return out
@@ -226,15 +266,12 @@ def build(corr: StageOutput, crops: StageOutput, output: str, run_id: str, *, wo
     shards = num_shards(int(counts.sum()), len(ids), world, shard_images, min_ids_per_shard)
     shard_of = deal_shards(counts, shards, seed)
     units = join_units(corr_parts, ingest_parts)
-    ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(join_and_tag, batch_size=1, batch_format="numpy", num_cpus=1,
-                        fn_kwargs={"identity_ids": ids, "shards": shard_of, "storage": corr.storage})
-    ds = ds.groupby("shard", num_partitions=min(shards, 64))
-    ds = ds.map_groups(_write_shard, batch_format="pyarrow", num_cpus=1,
-                       fn_kwargs={"out_uri": out.uri, "storage": corr.storage})
     try:
-        written = ds.take_all()
-    except Exception as e:  # noqa: BLE001 - a task's DataError arrives wrapped by Ray Data
+        if int(counts.sum()) <= SMALL_SET_IMAGES:
+            written = _exchange_with_tasks(units, ids, shard_of, shards, out, corr.storage)
+        else:
+            written = _exchange_with_ray_data(units, ids, shard_of, shards, out, corr.storage)
+    except Exception as e:  # noqa: BLE001 - a task's DataError arrives wrapped by Ray
         raise (_unwrap(e) or e) from None
     rows = {int(r["shard"]): int(r["rows"]) for r in written}
     expect = np.bincount(shard_of, weights=counts, minlength=shards).astype(np.int64)
