@@ -56,6 +56,7 @@ def write_labelled_corpus(output: str, identities: int = 8, per_identity: int = 
     embed.write_unit("all", pa.table({"image_id": image_ids, "embedding": [[0.0, 1.0]] * n}))
     embed.finalize(stage="embed", rows={"embeddings": n}, inputs=[input_record(ingest)])
     corr = StageOutput.create(output, "correlate", "correlate-test", st)
-    corr.write_unit("all", pa.table({"image_id": image_ids, "identity_id": pa.array(ids, pa.int64())}))
+    corr.write_unit("all", pa.table({"image_id": image_ids, "identity_id": pa.array(ids, pa.int64()),
+                                     "video_id": [s.split("-")[0] for s in image_ids]}))
     corr.finalize(stage="correlate", rows={"images": n}, inputs=[input_record(embed)])
     return {"ingest": ingest.uri, "embed": embed.uri, "correlate": corr.uri, "images": n - noise_rows}

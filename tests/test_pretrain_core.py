@@ -11,11 +11,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cion_dist.errors import ConfigError, DataError
+from cion_dist.errors import DataError
 from cion_dist.pretrain.augment import MultiCropSpec, crop_batch, normalize, random_resized_crop
 from cion_dist.pretrain.loss import IdentityDINOLoss
 from cion_dist.pretrain.memory import module_bytes, tensor_breakdown
-from cion_dist.pretrain.sampler import PKSampler, epoch_plan
 from cion_dist.pretrain.schedules import Schedules, at, cosine_schedule, instances_for_epoch
 
 
@@ -96,46 +95,6 @@ def test_schedules():
         2, 2, 4, 4, 6, 8, 8, 8]
     with pytest.raises(ValueError):
         instances_for_epoch(0, [1, 2], [2])
-
-
-def _labels():
-    # 7 identities, sizes 1..7 (identity 0 has fewer than K images)
-    return np.repeat(np.arange(7), np.arange(1, 8))
-
-
-def test_sampler_layout_replacement_and_determinism():
-    labels = _labels()
-    plan = epoch_plan(labels, k=3, ids_per_batch=2, seed=5, epoch=0)
-    assert plan.shape[1] == 6 and len(plan) >= 5
-    for batch in plan:
-        groups = labels[batch].reshape(2, 3)
-        assert (groups == groups[:, :1]).all()  # K consecutive rows per identity
-        assert groups[0, 0] != groups[1, 0]  # different identities in one batch
-    # with one identity per batch every group is consumed: every image of an identity with >= K images appears,
-    # identity 0 (one image) is drawn K times with replacement
-    single = epoch_plan(labels, k=3, ids_per_batch=1, seed=5, epoch=0)
-    assert set(np.flatnonzero(labels >= 2).tolist()) <= set(single.ravel().tolist())
-    assert len(single) == sum(math.ceil(max(n, 3) / 3) for n in range(1, 8))
-    assert [0, 0, 0] in single.tolist()
-    np.testing.assert_array_equal(plan, epoch_plan(labels, 3, 2, 5, 0))
-    assert not np.array_equal(plan, epoch_plan(labels, 3, 2, 5, 1))
-
-
-def test_sampler_ranks_split_each_global_batch_and_resume():
-    labels = np.repeat(np.arange(12), 4)
-    ranks = [PKSampler(labels, batch_per_rank=4, world_size=2, rank=r, seed=1) for r in range(2)]
-    k = 2
-    steps = ranks[0].steps(0, k)
-    assert steps == ranks[1].steps(0, k) > 0
-    a, b = list(ranks[0].batches(0, k)), list(ranks[1].batches(0, k))
-    for x, y in zip(a, b):
-        assert len(x) == 4 and not set(labels[x]) & set(labels[y])  # ranks hold disjoint identities
-    resumed = list(ranks[0].batches(0, k, start=2))
-    assert len(resumed) == steps - 2 and all(np.array_equal(u, v) for u, v in zip(resumed, a[2:]))
-    with pytest.raises(ConfigError, match="not divisible by K=3"):
-        ranks[0].steps(0, 3)
-    with pytest.raises(DataError, match="cannot fill one batch"):
-        PKSampler(labels[:8], batch_per_rank=8, world_size=2).steps(0, 2)
 
 
 def _jpeg(w=64, h=160, seed=0):

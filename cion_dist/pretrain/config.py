@@ -36,7 +36,10 @@ class PretrainConfig(StrictModel):
     augment_in: Literal["ray_data", "worker"] = Field(
         "ray_data", description="ray_data: multi-crop runs in Ray Data tasks on CPU workers; worker: inline"
     )
-    prefetch_batches: int = ExecutionField(2, ge=0)
+    prefetch_batches: int = ExecutionField(2, ge=0, description="batches each worker holds ahead of its step")
+    shard_images: int = Field(
+        4096, ge=1, description="images per identity shard of the labelled set: what one Ray Data task holds"
+    )
     # loss
     student_temp: float = Field(0.1, gt=0, description="softmax temperature of the student (0 divides by zero)")
     teacher_temp: float = Field(0.04, gt=0, description="softmax temperature of the teacher (sharpening; > 0)")

@@ -2,7 +2,9 @@
 
 Inputs: the correlate output (``image_id, identity_id``; rows with ``identity_id < 0`` were dropped as noise) and
 the ingest crops (``image_id, jpeg``), found through the correlate run's lineage (correlate -> embed -> ingest) or
-named by ``pretrain.crops``. Output folder ``<output>/pretrain/<run_id>/``: ``train/`` (Ray Train checkpoints with
+named by ``pretrain.crops``. Before training they are joined, by Ray tasks, into the identity-sharded labelled set
+``<output>/labelled/<run_id>/`` (``cion_dist.pretrain.labelled``), which the workers stream by shard
+(``cion_dist.pretrain.stream``). Output folder ``<output>/pretrain/<run_id>/``: ``train/`` (Ray Train checkpoints with
 DeepSpeed shards; a rerun of the same run id resumes from the newest), ``model/`` (the teacher backbone as
 ``backbone.safetensors`` + ``backbone.json``), ``_SUCCESS.json``. MLflow: resolved config as params, per-step
 metrics from rank 0, the input datasets (``stage_run``), the ``model/`` folder as artifacts, registered as a new version of
@@ -17,15 +19,14 @@ import os
 import tempfile
 from typing import Optional
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import torch
 
 from cion_dist.config.job import Job
 from cion_dist.errors import DataError
 from cion_dist.models.export import backbone_state, export_files
 from cion_dist.stage import PretrainResult, StageRun
+from cion_dist.stage.runid import derive_run_id
 from cion_dist.storage.fs import Storage, is_s3, join, write_bytes_atomic
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
@@ -61,41 +62,64 @@ def find_crops(corr: StageOutput, explicit: Optional[str], storage: Storage) -> 
     raise DataError(f"cannot find the ingest crops behind {corr.uri} through its inputs; set pretrain.crops")
 
 
-def labelled_crops(corr: StageOutput, crops: StageOutput) -> pa.Table:
-    """``image_id, identity_id, jpeg`` for every kept image (identity_id >= 0), sorted by identity."""
-    ids = corr.read(columns=["image_id", "identity_id"])
-    ids = ids.filter(pc.greater_equal(ids["identity_id"], 0))
-    if ids.num_rows == 0:
-        raise DataError(f"{corr.uri}: no image has an identity (identity_id >= 0)")
-    imgs = crops.read(columns=["image_id", "jpeg"])
-    joined = ids.join(imgs, "image_id", join_type="inner")
-    if joined.num_rows != ids.num_rows:
-        have = set(imgs["image_id"].to_pylist())
-        missing = [i for i in ids["image_id"].to_pylist() if i not in have]
-        raise DataError(
-            f"{len(missing)} images of {corr.uri} have no crop in {crops.uri} (e.g. image_id {missing[:3]})"
-        )
-    joined = joined.sort_by([("identity_id", "ascending"), ("image_id", "ascending")])
-    return joined.select(["image_id", "identity_id", "jpeg"]).combine_chunks()
+def labelled_set(job: Job, corr: StageOutput, crops: StageOutput) -> StageOutput:
+    """The identity-sharded labelled set of ``corr`` x ``crops`` (``cion_dist.pretrain.labelled``), written by Ray
+    tasks under ``<output>/labelled/<run_id>/`` unless a complete one exists; the driver reads key columns only."""
+    from cion_dist.pretrain import labelled
+    from cion_dist.pretrain.stream import min_ids_per_shard
+    from cion_dist.raycluster import ensure_ray
+
+    cfg = job.pretrain
+    seed = cfg.seed if cfg.seed is not None else job.seed
+    layout = {"world": cfg.num_workers, "shard_images": cfg.shard_images, "min_ids_per_shard": min_ids_per_shard(cfg),
+              "seed": seed}
+    digest = f"{input_record(corr)['digest']}:{input_record(crops)['digest']}"
+    run_id = derive_run_id(labelled.STAGE, layout, digest)
+    ensure_ray(job.ray)
+    return labelled.build(corr, crops, job.output, run_id, config=layout, **layout)
 
 
 # ---------------------------------------------------------------- training
 
 
-def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optional[dict] = None):
-    """Run the Ray Train job over the labelled crops; returns the ``ray.train.Result``."""
+def run_plan(job: Job, data: StageOutput):
+    """Shards per rank and every epoch's length; data errors (too few identities for a batch) raised here, on
+    the driver, before any worker starts."""
+    from cion_dist.pretrain.labelled import read_index, shard_files
+    from cion_dist.pretrain.stream import RunPlan
+
+    cfg = job.pretrain
+    seed = cfg.seed if cfg.seed is not None else job.seed
+    plan = RunPlan.build(read_index(data), shard_files(data), cfg.num_workers, cfg.batch_size_per_worker, seed,
+                         cfg.epochs, cfg.gradual_epochs, cfg.gradual_instances)
+    plan.check()
+    return plan
+
+
+def fit(job: Job, data, storage_path: str, name: str, tracking: Optional[dict] = None):
+    """Run the Ray Train job over a labelled set (its ``StageOutput``, or an in-memory ``image_id, identity_id,
+    jpeg`` table written to one under ``storage_path`` first); returns the ``ray.train.Result``."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cion_dist.pretrain import hooks
+    from cion_dist.pretrain.augment import MultiCropSpec
+    from cion_dist.pretrain.stream import DATASET, feed_for_table, ingest_config, make_cursor, work_items
     from cion_dist.pretrain.train_loop import train_loop_per_worker
     from cion_dist.raycluster import ensure_ray
 
     cfg = job.pretrain
+    seed = cfg.seed if cfg.seed is not None else job.seed
     ensure_ray(job.ray)
-    table_ref = ray.put(table)
-    labels = table["identity_id"].to_numpy()
+    if isinstance(data, pa.Table):
+        data = feed_for_table(data, output=join(storage_path, "data"), world=cfg.num_workers,
+                              batch=cfg.batch_size_per_worker, seed=seed, cfg=cfg)
+    plan = run_plan(job, data)
+    epoch_steps = [plan.epoch_steps(e) for e in range(cfg.epochs)]
+    cursor = make_cursor()
+    items, bounds = work_items(plan, cfg.epochs)
+    spec = MultiCropSpec(tuple(cfg.image_size), tuple(cfg.local_size), cfg.local_crops)
     fs = None
     path = storage_path
     if is_s3(storage_path):
@@ -104,12 +128,18 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
         train_loop_per_worker,
         train_loop_config={
             "pretrain": cfg.model_dump(mode="json"),
-            "seed": cfg.seed if cfg.seed is not None else job.seed,
-            "labels": labels,
-            "table_ref": table_ref,
+            "seed": seed,
+            "epoch_steps": epoch_steps,
+            "epoch_k": plan.ks,
+            "cursor": cursor,
             "mlflow": tracking,
             "hooks": hooks.current(),  # measurement / fault drills installed by benchmarks and tests; none in production
         },
+        # the trainer's dataset is the run's (epoch, shard) work list; the ingest config gives each rank its own
+        # items, mapped to one stream of multi-crop batches over that rank's shards only
+        datasets={DATASET: items},
+        dataset_config=ingest_config(plan, bounds, spec=spec, augment=cfg.augment_in == "ray_data", cursor=cursor,
+                                     storage=data.storage),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
@@ -122,7 +152,10 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        ray.kill(cursor)
     if result.error is None and (result.metrics or {}).get("fatal_error"):
         raise DataError(result.metrics["fatal_error"])  # the workers stopped on it; no retry could help
     return result
@@ -206,10 +239,13 @@ def run(job: Job) -> PretrainResult:
         return PretrainResult.from_record(done, skipped=True)
     out = st.out
 
-    table = labelled_crops(corr, crops)
-    n_ids = len(np.unique(table["identity_id"].to_numpy()))
+    data = labelled_set(job, corr, crops)
+    counts = data.success()["rows"]
+    n_images, n_ids = int(counts["images"]), int(counts["identities"])
+    run_plan(job, data)  # data errors stop the stage here, before MLflow and Ray Train start
     storage_path = cfg.storage_path or join(out.uri, "train")
-    params = {"seed": job.seed, "images": table.num_rows, "identities": n_ids, "storage_path": storage_path}
+    params = {"seed": job.seed, "images": n_images, "identities": n_ids, "storage_path": storage_path,
+              "labelled": data.uri}
     with st.tracking(params=params) as run_:
         mlrun = run_.mlrun
         tracking, plots = None, []
@@ -217,7 +253,7 @@ def run(job: Job) -> PretrainResult:
             import mlflow
 
             tracking = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": mlrun.info.run_id}
-        result = fit(job, table, storage_path, st.run_id, tracking)
+        result = fit(job, data, storage_path, st.run_id, tracking)
         if result.error is not None:
             raise result.error
         metrics = dict(result.metrics or {})
@@ -241,10 +277,11 @@ def run(job: Job) -> PretrainResult:
         "epochs": cfg.epochs,
         "resumed_from_step": metrics.get("resumed_from_step"),
         "plots": plots,
+        "labelled": data.uri,
         "health_verdict": metrics.get("health_verdict"),  # cion_dist.pretrain.health: learning or which collapse
         "health": f"{metrics.get('health_verdict')}: {metrics.get('health_reason')}",
     }
     log.log(logging.INFO if summary["health_verdict"] == "learning" else logging.WARNING, "pretrain health: %s",
             summary["health"])
-    rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
+    rows = {"images": n_images, "identities": n_ids, "steps": summary["steps"]}
     return PretrainResult.from_record(st.finalize(rows, summary))

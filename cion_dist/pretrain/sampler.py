@@ -1,82 +1,108 @@
-"""P x K identity batches (METHOD.md 5.3), deterministic from (seed, epoch) so a resumed run replays them.
+"""P x K identity batches as vectorised numpy plans, deterministic from (seed, epoch, K, shard).
 
-Each epoch every identity's images are shuffled and cut into groups of K: an identity with fewer than K images
-draws K with replacement; one with more is padded with random repeats of its own images up to a multiple of K,
-so every image is seen once per epoch. A global batch takes one group from each of ``P * world_size`` identities
-chosen at random among those with groups left; the epoch ends when fewer identities than that remain. Rank ``r``
-receives the ``r``-th contiguous run of ``P`` groups of every global batch, so each rank batch is
-``[id_1 x K, id_2 x K, ...]``: the layout ``IdentityDINOLoss`` expects.
+Groups. Each epoch every identity's images are shuffled and cut into groups of K, padded as the reference sampler
+pads (docs/pretrain_data.md): an identity with fewer than K images draws K with replacement (one group); one with
+``n >= K`` gets ``n % K`` extra distinct images of its own and yields ``(n + n % K) // K`` groups (the rows left
+over, fewer than K, rest this epoch). So with K = 8 an identity of 13 images gives 2 groups, not 3.
+
+Layout. A batch is P groups of P different identities, ``[id_1 x K, id_2 x K, ...]``: the layout
+``IdentityDINOLoss`` expects. The number of batches is the largest ``T`` with ``sum_i min(g_i, T) >= P * T``
+(``steps_for``): the most batches of P distinct identities the groups allow. The groups of the identities, in a
+random order and each identity's groups one after another, fill a ``T x P`` grid column by column (position ``q``
+goes to batch ``q mod T``), so an identity's groups land in different batches; batches are then shuffled. Only an
+identity with more than ``T`` groups, and fewer than P groups at the end, are left out, so an epoch sees nearly
+every image (the reference, drawing P identities at random until fewer than P remain, sees ~98% on 4,000
+identities and far fewer on a rank's share of a small corpus, where its last draws find too few identities).
+
+Cost: one sort of the rows and a few passes over the groups, ``O(N log N)``; the length ``T`` follows from the
+per-identity counts alone, so every rank knows every shard's step count without planning it.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
-
 import numpy as np
 
-from cion_dist.errors import ConfigError, DataError
+from cion_dist.errors import ConfigError
+
+
+def identity_groups(counts: np.ndarray, k: int) -> np.ndarray:
+    """Groups of K per identity under the reference padding: 1 below K, else ``(n + n % K) // K``."""
+    n = np.asarray(counts, dtype=np.int64)
+    return np.where(n < k, 1, (n + n % k) // k)
+
+
+def steps_for(groups: np.ndarray, p: int) -> int:
+    """The largest ``T`` with ``sum(min(groups, T)) >= p * T`` (0 when fewer than ``p`` identities)."""
+    g = np.sort(np.asarray(groups, dtype=np.int64))
+    if p < 1:
+        raise ConfigError(f"identities per batch must be >= 1 (got {p})")
+    if len(g) < p:
+        return 0
+    csum = np.concatenate([[0], np.cumsum(g)])
+
+    def ok(t: int) -> bool:
+        below = int(np.searchsorted(g, t, side="left"))  # groups < t
+        return int(csum[below]) + t * (len(g) - below) >= p * t
+
+    lo, hi = 0, int(csum[-1]) // p  # f(t) = sum min(g, t) - p t is concave with f(0) = 0: {t: f(t) >= 0} = [0, T]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if ok(mid):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def ids_per_batch(batch: int, k: int) -> int:
+    if k < 1 or batch % k:
+        raise ConfigError(f"batch_size_per_worker={batch} is not divisible by K={k}")
+    return batch // k
+
+
+def plan_seed(seed: int, epoch: int, k: int, shard: int = 0) -> np.random.SeedSequence:
+    return np.random.SeedSequence([int(seed), int(epoch), int(k), int(shard)])
+
+
+def counts_plan(counts: np.ndarray, k: int, p: int, rng: np.random.Generator) -> np.ndarray:
+    """Batches over rows grouped by identity (identity ``i`` holds rows ``[start_i, start_i + counts_i)``):
+    ``[T, p * k]`` row indices, ``T = steps_for(identity_groups(counts, k), p)``."""
+    n = np.asarray(counts, dtype=np.int64)
+    n_ids = len(n)
+    g = identity_groups(n, k)
+    t = steps_for(g, p)
+    if t == 0:
+        return np.zeros((0, p * k), dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(n)[:-1]])
+    rows_total = int(n.sum())
+    ident = np.repeat(np.arange(n_ids), n)
+    # two independent shuffles of every identity's rows: the images, and the pick of the n % K padding repeats
+    shuffled = np.argsort(ident + rng.random(rows_total), kind="stable")
+    extras = np.argsort(ident + rng.random(rows_total), kind="stable")
+    # the grid: identities in random order, each one's first min(g, T) groups in a row; position q -> batch q mod T
+    used = np.minimum(g, t)
+    order = rng.permutation(n_ids)
+    slot_ident = np.repeat(order, used[order])[: t * p]
+    block_start = np.concatenate([[0], np.cumsum(used[order])[:-1]])
+    slot_group = np.arange(t * p) - np.repeat(block_start, used[order])[: t * p]
+    # element c of group j of identity i is padded position l = j*K + c of that identity's image list
+    l = slot_group[:, None] * k + np.arange(k)[None, :]
+    ni = n[slot_ident][:, None]
+    base = starts[slot_ident][:, None]
+    real = shuffled[base + np.minimum(l, ni - 1)]
+    pad = extras[base + np.clip(l - ni, 0, None) % np.maximum(ni, 1)]
+    drawn = base + np.floor(rng.random(l.shape) * ni).astype(np.int64)  # fewer than K: with replacement
+    rows = np.where(ni < k, drawn, np.where(l < ni, real, pad))
+    grid = rows.reshape(p, t, k).transpose(1, 0, 2)  # [batch, identity slot, K]
+    grid = grid[rng.permutation(t)]
+    grid = np.take_along_axis(grid, rng.permuted(np.tile(np.arange(p), (t, 1)), axis=1)[:, :, None], axis=1)
+    return grid.reshape(t, p * k).astype(np.int64)
 
 
 def epoch_plan(labels: np.ndarray, k: int, ids_per_batch: int, seed: int, epoch: int) -> np.ndarray:
-    """Row indices of every global batch of one epoch: ``[steps, ids_per_batch * k]``."""
+    """Row indices of every batch of one epoch for rows labelled in any order: ``[steps, ids_per_batch * k]``."""
     labels = np.asarray(labels)
-    rng = np.random.default_rng([int(seed), int(epoch), int(k)])
     order = np.argsort(labels, kind="stable")
-    ids, starts = np.unique(labels[order], return_index=True)
-    groups: list[list[np.ndarray]] = []
-    for s, e in zip(starts, list(starts[1:]) + [len(labels)]):
-        idx = rng.permutation(order[s:e])
-        if len(idx) < k:
-            idx = rng.choice(idx, size=k, replace=True)
-        elif len(idx) % k:
-            idx = np.concatenate([idx, rng.choice(idx, size=k - len(idx) % k, replace=False)])
-        groups.append(list(idx.reshape(-1, k)))
-    avail = [g for g in range(len(groups))]
-    batches = []
-    while len(avail) >= ids_per_batch:
-        pick = rng.choice(len(avail), size=ids_per_batch, replace=False)
-        chosen = [avail[i] for i in pick]
-        batches.append(np.concatenate([groups[g].pop() for g in chosen]))
-        avail = [g for g in avail if groups[g]]
-    if not batches:
-        return np.zeros((0, ids_per_batch * k), dtype=np.int64)
-    return np.stack(batches).astype(np.int64)
-
-
-class PKSampler:
-    """Per-rank batches of ``batch_per_rank`` row indices (``batch_per_rank / K`` identities x K images).
-
-    The batch size stays fixed while K grows, as in the reference (per-GPU batch divisible by every K used).
-    ``batches(epoch, k, start)`` resumes mid-epoch by skipping the ``start`` batches already trained on.
-    """
-
-    def __init__(self, labels: np.ndarray, batch_per_rank: int, world_size: int = 1, rank: int = 0, seed: int = 0):
-        self.labels = np.asarray(labels)
-        self.batch_per_rank = int(batch_per_rank)
-        self.world_size = int(world_size)
-        self.rank = int(rank)
-        self.seed = int(seed)
-        self._cache: dict[tuple[int, int], np.ndarray] = {}
-        self.num_ids = len(np.unique(self.labels))
-
-    def ids_per_rank(self, k: int) -> int:
-        if k < 1 or self.batch_per_rank % k:
-            raise ConfigError(f"batch_size_per_worker={self.batch_per_rank} is not divisible by K={k}")
-        return self.batch_per_rank // k
-
-    def _plan(self, epoch: int, k: int) -> np.ndarray:
-        key = (epoch, k)
-        if key not in self._cache:
-            ids = self.ids_per_rank(k) * self.world_size
-            if self.num_ids < ids:
-                raise DataError(f"{self.num_ids} identities cannot fill one batch of {ids} identities (K={k})")
-            self._cache = {key: epoch_plan(self.labels, k, ids, self.seed, epoch)}
-        return self._cache[key]
-
-    def steps(self, epoch: int, k: int) -> int:
-        return len(self._plan(epoch, k))
-
-    def batches(self, epoch: int, k: int, start: int = 0) -> Iterator[np.ndarray]:
-        w = self.batch_per_rank
-        for batch in self._plan(epoch, k)[start:]:
-            yield batch[self.rank * w : (self.rank + 1) * w]
+    _, counts = np.unique(labels[order], return_counts=True)
+    rng = np.random.default_rng(plan_seed(seed, epoch, k))
+    return order[counts_plan(counts, k, ids_per_batch, rng)]

@@ -55,3 +55,21 @@ class Schedules:
 
     def values(self, step: int) -> dict[str, float]:
         return {"lr": at(self.lr, step), "wd": at(self.wd, step), "momentum": at(self.momentum, step)}
+
+
+def for_epochs(epoch_steps: Sequence[int], *, lr: float, min_lr: float, warmup_epochs: int, weight_decay: float,
+               weight_decay_end: float, momentum_teacher: float) -> Schedules:
+    """Schedules over the run's real steps, read at the running global step.
+
+    The reference reads ``len(loader) * epoch + it`` from arrays sized by the first loader, so when K grows and
+    its loader shortens, the index jumps back (lr and momentum move backwards at each milestone) and the cosine
+    never reaches its end. Here every epoch's length is known before training (it follows from the per-identity
+    counts, ``cion_dist.pretrain.stream.RunPlan``), so the arrays have one entry per step that will run: warm-up
+    covers exactly the first ``warmup_epochs`` epochs, the cosine ends at the last step, and a resumed run reads
+    the same entry from its saved global step.
+    """
+    total = int(sum(epoch_steps))
+    warm = int(sum(epoch_steps[:warmup_epochs]))
+    return Schedules.build(epochs=total, steps_per_epoch=1, lr=lr, min_lr=min_lr, warmup_epochs=warm,
+                           weight_decay=weight_decay, weight_decay_end=weight_decay_end,
+                           momentum_teacher=momentum_teacher)

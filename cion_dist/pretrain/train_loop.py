@@ -36,14 +36,12 @@ from cion_dist.pretrain.config import PretrainConfig
 from cion_dist.pretrain.ema import full_state, load_full_state
 from cion_dist.pretrain.engine import (  # noqa: F401 - re-exported for the benchmarks and tests
     _disable_cpu_shm_comm, bucket_numel, deepspeed_config, deepspeed_parts, place_teacher, resolve_precision)
-from cion_dist.pretrain.feed import iterate_steps
 from cion_dist.pretrain.health import HealthLog, health_verdict
 from cion_dist.pretrain.hooks import LoopView
-from cion_dist.pretrain.sampler import PKSampler
-from cion_dist.pretrain.schedules import instances_for_epoch
+from cion_dist.pretrain.schedules import for_epochs
 from cion_dist.pretrain.step import (  # noqa: F401 - build_networks, param_groups re-exported
-    NonFiniteLoss, build_networks, build_schedules, check_finite, metric_values, param_groups,
-    train_step)
+    NonFiniteLoss, build_networks, check_finite, metric_values, param_groups, train_step)
+from cion_dist.pretrain.stream import DATASET, worker_batches
 
 DS_TAG = "ds"
 TEACHER_FILE = "teacher.pt"
@@ -165,14 +163,13 @@ def train_loop_per_worker(config: dict) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if use_cuda else torch.device("cpu")
     deepspeed.init_distributed(dist_backend="nccl" if use_cuda else "gloo")
 
-    labels = np.asarray(config["labels"])
-    table_ref = config["table_ref"]
     spec = MultiCropSpec(tuple(cfg.image_size), tuple(cfg.local_size), cfg.local_crops)
-    sampler = PKSampler(labels, cfg.batch_size_per_worker, world, rank, seed)
-    k0 = instances_for_epoch(0, cfg.gradual_epochs, cfg.gradual_instances)
-    steps0 = sampler.steps(0, k0)
+    epoch_steps = [int(n) for n in config["epoch_steps"]]  # the same on every rank, fixed by the driver's plan
+    ks = [int(k) for k in config["epoch_k"]]
     global_batch = cfg.batch_size_per_worker * world
-    sched = build_schedules(cfg, steps0, global_batch)
+    sched = for_epochs(epoch_steps, lr=cfg.lr * global_batch / 256.0, min_lr=cfg.min_lr,
+                       warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay,
+                       weight_decay_end=cfg.weight_decay_end, momentum_teacher=cfg.momentum_teacher)
 
     parts, _teacher_engine = deepspeed_parts(cfg, world, seed, device)  # keep the teacher's engine referenced
     engine, teacher, loss_fn = parts.engine, parts.teacher, parts.loss_fn
@@ -219,14 +216,19 @@ def train_loop_per_worker(config: dict) -> None:
     if "fatal" in state:
         report_fatal(state["fatal"])
         return
+    shard = ray.train.get_dataset_shard(DATASET)
+    stream = worker_batches(shard, config.get("cursor"), rank, state["epoch"], state["step_in_epoch"], spec,
+                            cfg.augment_in == "ray_data", cfg.prefetch_batches)
     for epoch in range(state["epoch"], cfg.epochs):
-        k = instances_for_epoch(epoch, cfg.gradual_epochs, cfg.gradual_instances)
+        k = ks[epoch]
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
-        batches = list(sampler.batches(epoch, k, start))
-        n_steps = start + len(batches)
+        n_steps = epoch_steps[epoch]
         t_prev = time.perf_counter()
-        for step_in_epoch, views in iterate_steps(table_ref, batches, start, spec, seed, epoch, rank,
-                                                  cfg.augment_in, cfg.prefetch_batches):
+        for step_in_epoch in range(start, n_steps):
+            got_epoch, got_step, views, _ = next(stream)
+            if (got_epoch, got_step) != (epoch, step_in_epoch):
+                raise RuntimeError(f"rank {rank} expected batch ({epoch}, {step_in_epoch}), the stream gave "
+                                   f"({got_epoch}, {got_step})")
             t_data = time.perf_counter()
             gs = state["global_step"]
             hp = sched.values(gs)
