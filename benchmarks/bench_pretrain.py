@@ -6,7 +6,7 @@ to drawn figures when the folder is absent. Prints, per configuration: images/s 
 first), the fraction of step time spent waiting for the multi-crop batches (made in Ray Data tasks, or inline
 with --augment worker), peak RSS of the larger worker, the loss curve's ends, and the student's model state per
 worker (weights, gradients and optimizer state): measured, as the distinct tensor storages the worker holds
-between steps less the teacher's (``cion_dist.pretrain.memory``), beside ZeRO's accounting (fp32 weights + grads +
+between steps less the teacher's (``cion_dist.pretrain.hooks.MemoryProbe``), beside ZeRO's accounting (fp32 weights + grads +
 2 AdamW moments, divided as the stage partitions them). Peak RSS includes the full student built on every rank
 before DeepSpeed partitions it and the teacher (a replica under ZeRO 0-2, partitioned under ZeRO-3); end RSS is
 the steady state.
@@ -31,7 +31,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-PARTS = ("weights", "master", "optimizer", "other")  # cion_dist.pretrain.train_loop.model_state_parts + the rest
+PARTS = ("weights", "master", "optimizer", "other")  # cion_dist.pretrain.memory.model_state_parts + the rest
 MOT = Path(os.environ.get("CION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mot17_mini" / "train"
 
 
@@ -107,6 +107,7 @@ def main() -> None:
 
     import cion_dist.config  # noqa: F401
     from cion_dist.config.job import Job
+    from cion_dist.pretrain import hooks
     from cion_dist.pretrain.job import fit
 
     table = mot17_crops() if MOT.exists() else drawn_crops()
@@ -132,7 +133,8 @@ def main() -> None:
         t0 = time.time()
         ckpt_dir = os.path.join(tempfile.gettempdir(), f"cion-bench-pretrain-z{token}-{int(t0)}")
         try:
-            res = fit(job, table, ckpt_dir, f"bench-z{token}")
+            with hooks.installed(hooks.MemoryProbe()):
+                res = fit(job, table, ckpt_dir, f"bench-z{token}")
         finally:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         if res.error is not None:

@@ -40,7 +40,8 @@ def _worker(config: dict) -> None:
     import cion_dist.config  # noqa: F401
     from cion_dist.pretrain import ema
     from cion_dist.pretrain.config import PretrainConfig
-    from cion_dist.pretrain.train_loop import _disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups
+    from cion_dist.pretrain.engine import _disable_cpu_shm_comm, deepspeed_config
+    from cion_dist.pretrain.step import build_networks, param_groups
 
     _disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="gloo")

@@ -1,8 +1,9 @@
 """Pretraining on a real local Ray cluster: 2 CPU workers, DeepSpeed ZeRO 0/2/3, S3 checkpoints, MLflow.
 
 Two stage runs are shared by several tests (each Ray Train fit costs tens of seconds):
-- ZeRO-2 with checkpoints on loopback S3 and a fault drill (rank 0's process dies once at step 5), so Ray Train
-  restarts the worker group from the newest committed checkpoint;
+- ZeRO-2 with checkpoints on loopback S3 and a fault drill (``hooks.FaultDrill``: rank 0's process dies once at
+  step 5), so Ray Train restarts the worker group from the newest committed checkpoint; ``hooks.MemoryProbe``
+  reports the workers' memory;
 - ZeRO-3 (the teacher partitioned too) with the multi-crop running in Ray Data tasks, same data and seed, and
   its own fault drill in the last epoch (rank 0 dies at step 8), checkpoints on local storage.
 Both must trace the same loss curve: resume is exact and ZeRO-3 partitioning changes nothing numerically.
@@ -20,6 +21,7 @@ import pytest
 import torch
 
 from cion_dist.config.job import Job
+from cion_dist.pretrain import hooks
 from cion_dist.storage.fs import Storage
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -81,8 +83,10 @@ def zero2_run(ray_module, s3_endpoint, corpus, tmp_path_factory):
     s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
     tmp = tmp_path_factory.mktemp("mlflow2")
     job = _job(corpus, tmp, zero_stage=2, augment_in="worker", storage_path=f"s3://{bucket}/train",
-               checkpoint_every_steps=2, fail_at_step=5, max_failures=1)
-    return job, run(job), f"s3://{bucket}/train"
+               checkpoint_every_steps=2, max_failures=1)
+    with hooks.installed(hooks.FaultDrill(at_step=5), hooks.MemoryProbe()):
+        res = run(job)
+    return job, res, f"s3://{bucket}/train"
 
 
 @pytest.fixture(scope="module")
@@ -91,8 +95,9 @@ def zero3_run(ray_module, corpus, tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("mlflow3")
     job = _job(corpus, tmp, zero_stage=3, augment_in="ray_data", model_name="cion-z3", checkpoint_every_steps=2,
-               fail_at_step=8, max_failures=1)
-    return job, run(job)
+               max_failures=1)
+    with hooks.installed(hooks.FaultDrill(at_step=8)):
+        return job, run(job)
 
 
 def _history(job, run_id, key):
@@ -184,6 +189,30 @@ def test_zero3_with_ray_data_augmentation_traces_the_same_loss_curve(zero2_run, 
     assert res2.summary["resumed_from_step"] >= 3
     np.testing.assert_allclose(l3, l2, rtol=1e-4)
     assert res3.summary["model_uri"] == "models:/cion-z3/1"
+
+
+def test_health_verdict_is_in_the_summary_and_health_is_logged_per_step(zero2_run):
+    job, res, _ = zero2_run
+    assert res.summary["health_verdict"] in ("learning", "collapsing to one prototype", "uniform (not sharpening)")
+    assert res.summary["health"].startswith(res.summary["health_verdict"] + ": ") and "teacher entropy" in res.summary["health"]
+    for key in ("teacher_entropy", "batch_entropy", "kl", "center_norm"):
+        vals, steps = _history(job, res.mlflow_run_id, key)
+        assert steps == list(range(1, 10)) and all(np.isfinite(vals)), key
+    kl, _ = _history(job, res.mlflow_run_id, "kl")
+    ent, _ = _history(job, res.mlflow_run_id, "teacher_entropy")
+    assert min(kl) >= -1e-4 and 0 < max(ent) <= np.log(TINY["out_dim"]) + 1e-4
+
+
+def test_non_finite_loss_stops_the_run_at_once_without_retries(ray_module, corpus, tmp_path):
+    from cion_dist.errors import DataError
+    from cion_dist.pretrain.job import run
+
+    # lr 1e30 blows the weights up in the first step: the second step's loss is NaN. With max_failures 2 a worker
+    # exception would be retried twice and end as a WorkerGroupError; the workers instead report the marker
+    job = _job(corpus, tmp_path, zero_stage=2, augment_in="worker", lr=1e30, max_failures=2, model_name="cion-nan")
+    with pytest.raises(DataError, match=r"diverged at global step 2: non-finite loss.*lr=") as info:
+        run(job)
+    assert "lower pretrain.lr" in str(info.value)
 
 
 # ---------------------------------------------------------------- teacher EMA under ZeRO 0 / 2 / 3

@@ -75,7 +75,6 @@ class PretrainConfig(StrictModel):
     checkpoint_every_steps: int = Field(0, ge=0, description="0 = once per epoch")
     keep_checkpoints: int = Field(2, ge=1)
     max_failures: int = Field(2, ge=0)
-    fail_at_step: Optional[int] = Field(None, description="fault drill: rank 0 dies once at this global step")
     seed: Optional[int] = Field(None, description="None = the job seed")
     model_name: str = Field("cion-backbone", description="MLflow registered model name")
     register_model: bool = True

@@ -77,6 +77,18 @@ def settle_gloo_gather(group) -> None:
         dist.barrier(group=group)
 
 
+def _lerp_(targets: list[torch.Tensor], sources: list[torch.Tensor], momentum: float) -> None:
+    """``t <- t + (1 - m) (s - t)`` (= ``m t + (1 - m) s``) over lists, grouped by device and dtype so every
+    group is one multi-tensor kernel; a source of another precision (a bf16 student) is cast once."""
+    groups: dict[tuple, tuple[list, list]] = {}
+    for t, s in zip(targets, sources):
+        ts, ss = groups.setdefault((t.device, t.dtype), ([], []))
+        ts.append(t)
+        ss.append(s.detach() if (s.device, s.dtype) == (t.device, t.dtype) else s.detach().to(t.device, t.dtype))
+    for ts, ss in groups.values():
+        torch._foreach_lerp_(ts, ss, 1.0 - momentum)
+
+
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, bucket_numel: int = 4_000_000) -> None:
     """``teacher <- momentum * teacher + (1 - momentum) * student`` over parameters (buffers are the teacher's own).
@@ -85,17 +97,19 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, bucket_n
     split every parameter the same way (the same shape over the same group), so each rank's shards line up.
     """
     pairs = paired_parameters(teacher, student)
+    shards_t, shards_s = [], []
     for name, (t, s) in zip((n for n, _ in teacher.named_parameters()), pairs):
         if is_zero3_param(t):
             if not is_zero3_param(s) or t.ds_tensor.numel() != s.ds_tensor.numel():
                 raise ValueError(f"teacher parameter {name} is partitioned but its student counterpart is not alike")
-            shard = t.ds_tensor
-            shard.mul_(momentum).add_(s.ds_tensor.detach().to(device=shard.device, dtype=shard.dtype), alpha=1.0 - momentum)
+            shards_t.append(t.ds_tensor)
+            shards_s.append(s.ds_tensor)
+    if shards_t:
+        _lerp_(shards_t, shards_s, momentum)
     replicated = [(t, s) for t, s in pairs if not is_zero3_param(t)]
     for bucket in _buckets(replicated, bucket_numel):
         with gathered([s for _, s in bucket]):
-            for t, s in bucket:
-                t.mul_(momentum).add_(s.detach().to(device=t.device, dtype=t.dtype), alpha=1.0 - momentum)
+            _lerp_([t for t, _ in bucket], [s for _, s in bucket], momentum)
 
 
 @torch.no_grad()

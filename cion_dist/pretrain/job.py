@@ -89,6 +89,7 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    from cion_dist.pretrain import hooks
     from cion_dist.pretrain.train_loop import train_loop_per_worker
     from cion_dist.raycluster import ensure_ray
 
@@ -108,6 +109,7 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
             "labels": labels,
             "table_ref": table_ref,
             "mlflow": tracking,
+            "hooks": hooks.current(),  # measurement / fault drills installed by benchmarks and tests; none in production
         },
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -121,7 +123,10 @@ def fit(job: Job, table: pa.Table, storage_path: str, name: str, tracking: Optio
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
         ),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    if result.error is None and (result.metrics or {}).get("fatal_error"):
+        raise DataError(result.metrics["fatal_error"])  # the workers stopped on it; no retry could help
+    return result
 
 
 def export_teacher(result, job: Job, out: StageOutput) -> tuple[str, dict[str, bytes]]:
@@ -222,7 +227,11 @@ def run(job: Job) -> StageResult:
         "epochs": cfg.epochs,
         "resumed_from_step": metrics.get("resumed_from_step"),
         "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
+        "health_verdict": metrics.get("health_verdict"),  # cion_dist.pretrain.health: learning or which collapse
+        "health": f"{metrics.get('health_verdict')}: {metrics.get('health_reason')}",
     }
+    log.log(logging.INFO if summary["health_verdict"] == "learning" else logging.WARNING, "pretrain health: %s",
+            summary["health"])
     rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
     record = out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
     if summary["mlflow_run_id"]:

@@ -10,6 +10,11 @@ For teacher view ``a`` and student view ``b != a`` the loss is the cross-entropy
 plus the ``K(K-1)`` cross-entropies between instance ``i`` of the teacher and instance ``j != i`` of the student
 (``P`` rows each), summed and divided by ``K(K-1) + 1``; the total is the mean over the ``2 (V-1)`` view pairs.
 With ``K = 1`` it is exactly DINO's loss.
+
+``loss_and_health`` also returns what tells learning from collapse (read by ``cion_dist.pretrain.health``): the
+teacher's mean per-image entropy, the entropy of its batch-mean distribution, the KL between teacher and student
+(the loss less the teacher entropy it contains, weighted as the loss weights its cross-entropies, so it is exactly
+the weighted mean of per-row KLs and never negative) and the centre's norm.
 """
 
 from __future__ import annotations
@@ -32,6 +37,16 @@ class IdentityDINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))
 
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int) -> torch.Tensor:
+        return self.loss_and_health(student_out, teacher_out, k, health=False)[0]
+
+    def loss_and_health(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int,
+                        health: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(loss, health)``; ``health`` holds detached 0-d tensors (no host sync), empty with ``health=False``.
+
+        Half-precision outputs are not copied to fp32 first: the teacher's are promoted by the fp32 centre, the
+        student's log-softmax accumulates in fp32 straight from its half-precision input (at the head's 65536
+        prototypes each saved fp32 copy of the student's ``[V * B, D]`` logits is hundreds of MB).
+        """
         n_t = self.n_global
         b = teacher_out.shape[0] // n_t
         if b * n_t != teacher_out.shape[0] or student_out.shape[0] != b * self.ncrops:
@@ -43,16 +58,33 @@ class IdentityDINOLoss(nn.Module):
             raise ValueError(f"batch of {b} images is not a whole number of identities of K={k} images")
         p = b // k
         d = teacher_out.shape[1]
+        t_logits = ((teacher_out.detach() - self.center) / self.teacher_temp).float()
         # [views, P, K, D]
-        t = F.softmax((teacher_out.float() - self.center) / self.teacher_temp, dim=-1).detach().view(n_t, p, k, d)
-        s = F.log_softmax(student_out.float() / self.student_temp, dim=-1).view(self.ncrops, p, k, d)
+        t = F.softmax(t_logits, dim=-1).view(n_t, p, k, d)
+        s = F.log_softmax(student_out / self.student_temp, dim=-1, dtype=torch.float32).view(self.ncrops, p, k, d)
         # ce[a, b, i, j] = mean over identities n of -sum_d t[a, n, i] * s[b, n, j]
         ce = -torch.einsum("anid,bnjd->abij", t, s) / p
         diag = ce.diagonal(dim1=-2, dim2=-1).sum(-1)  # sum_i ce[a, b, i, i]
         per_pair = (diag / k + (ce.sum((-2, -1)) - diag)) / (k * (k - 1) + 1)  # [n_t, V]
         keep = torch.ones_like(per_pair, dtype=torch.bool)
         keep[torch.arange(n_t), torch.arange(n_t)] = False  # a student view never learns from itself
-        return per_pair[keep].mean()
+        loss = per_pair[keep].mean()
+        if not health:
+            return loss, {}
+        with torch.no_grad():
+            t_flat = t.view(n_t * b, d)
+            row_entropy = -(t_flat * F.log_softmax(t_logits, dim=-1)).sum(-1)  # [n_t * B]
+            # the loss's weights over teacher rows: pair (i, j) of identity n counts 1/k on the diagonal, 1 off it
+            ent_i = row_entropy.view(n_t, p, k).mean(1)  # [n_t, K]: mean over identities
+            weighted = ent_i.sum(-1) * (1.0 / k + k - 1) / (k * (k - 1) + 1)  # [n_t], same for every student view
+            mean_t = t_flat.mean(0)
+            out = {
+                "teacher_entropy": row_entropy.mean(),
+                "batch_entropy": -(mean_t * mean_t.clamp_min(1e-30).log()).sum(),
+                "kl": loss.detach() - weighted.mean(),
+                "center_norm": self.center.norm(),
+            }
+        return loss, out
 
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:

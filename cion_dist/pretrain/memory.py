@@ -5,6 +5,9 @@ gradients, optimizer moments, the teacher) and sums their distinct storages once
 buffer count once, then files each storage under the first named part that uses it. Called between steps, when
 no activations are alive, the student side of it (everything but the excluded teacher) is the model state that
 ZeRO partitions: weights, fp32 master copies, optimizer moments, gradients and communication buckets.
+
+Measurement only: ``cion_dist.pretrain.hooks.MemoryProbe`` calls these from the benchmarks and tests; the
+training path never walks the heap.
 """
 
 from __future__ import annotations
@@ -60,6 +63,25 @@ def tensor_breakdown(parts: Mapping[str, Iterable[torch.Tensor]], exclude: Itera
     for ptr, nbytes in storages.items():
         out[owner.get(ptr, "other")] += nbytes
     return out
+
+
+def is_zero3_param(p: torch.Tensor) -> bool:
+    return hasattr(p, "ds_id") and hasattr(p, "ds_numel")
+
+
+def model_state_parts(engine) -> dict[str, list[torch.Tensor]]:
+    """A DeepSpeed engine's student tensors by kind, for ``tensor_breakdown``: the module's weights (this rank's
+    partitions under ZeRO-3), the optimizer's moments, and the tensors the optimizer steps where they are not the
+    weights (ZeRO's fp32 master partitions, read from DeepSpeed's attributes). Gradients and communication
+    buckets fall under "other"."""
+    weights = [p.ds_tensor if is_zero3_param(p) else p for p in engine.module.parameters()]
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    moments = [v for st in inner.state.values() for v in st.values() if torch.is_tensor(v)]
+    stepped = [p for group in inner.param_groups for p in group["params"]]
+    # ZeRO-1/2 and ZeRO-3 keep their fp32 partitions here; ZeRO-3 hands them to the optimizer only inside step
+    for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
+        stepped += [t for t in getattr(engine.optimizer, attr, None) or [] if torch.is_tensor(t)]
+    return {"weights": weights, "optimizer": moments, "master": stepped}
 
 
 def peak_rss_mb() -> float:
