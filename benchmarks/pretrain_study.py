@@ -405,21 +405,22 @@ def parse_args(argv=None):
     # pretraining
     p.add_argument("--backbone", default="resnet_tiny")
     p.add_argument("--widths", type=int, nargs="*", default=[16, 32, 64, 128], help="resnet_tiny stage widths")
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=250)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--instances", type=int, nargs="+", default=[2, 4], help="K per half of training (identity arms)")
-    p.add_argument("--height", type=int, default=128)
-    p.add_argument("--width", type=int, default=64)
-    p.add_argument("--local-crops", type=int, default=4)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=32)
+    p.add_argument("--local-crops", type=int, default=2)
     p.add_argument("--out-dim", type=int, default=1024)
     p.add_argument("--hidden-dim", type=int, default=512)
     p.add_argument("--bottleneck-dim", type=int, default=128)
-    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr", type=float, default=0.02, help="peak lr per 256 images")
     # evaluation
-    p.add_argument("--finetune-iterations", type=int, default=100)
+    p.add_argument("--finetune-iterations", type=int, default=60)
     p.add_argument("--mot17", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
                                                    "mot17_mini", "train"))
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (0: torch's default); 1 is several times faster on a loaded 2-core machine")
     return p.parse_args(argv)
 
 
@@ -451,7 +452,9 @@ def main(argv=None) -> dict:
         args.embedder = osnet if os.path.exists(osnet) else "handcrafted"
     args.window = args.window or args.videos
     args.stride = args.stride or max(1, args.window // 2)
-    x = embed_for_correlation(images, args.embedder)
+    cache = os.path.join(work, f"features-{os.path.basename(args.embedder)}-every{args.every_n}.npy")
+    x = np.load(cache) if os.path.exists(cache) else embed_for_correlation(images, args.embedder)
+    np.save(cache, x)
     corr1 = correlate(x, crops, truth, args.window, args.stride)
     timings["embed+correlate"] = time.time() - t
     mot17 = None
