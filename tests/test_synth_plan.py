@@ -111,3 +111,54 @@ def test_market_names_round_trip_and_reject_garbage():
     assert parse_market_filename(market_filename(-1, 1, 5, 1)) == (-1, 1, 1, 5, 1)
     with pytest.raises(DataError, match="abc.jpg"):
         parse_market_filename("abc.jpg")
+
+
+def test_texture_look_alikes_share_every_rows_colours_but_not_the_texture():
+    from dataclasses import replace
+
+    from cion_dist.synth.appearance import ROW_BALANCED
+
+    people = sample_appearances(40, np.random.default_rng(3), hard_negative_fraction=0.5, texture_look_alikes=True,
+                                details=True)
+    by_id = {p.identity_id: p for p in people}
+    pairs = [(p, by_id[p.similar_to]) for p in people if p.similar_to and by_id[p.similar_to].pattern in ROW_BALANCED]
+    assert len(pairs) >= 8
+    checked = 0
+    for a, b in pairs:
+        assert a.pattern in ROW_BALANCED and a.pattern != b.pattern
+        # same body details, so only the torso texture differs
+        a0, b0 = (replace(x, badge="none", bag="none", hair_style="short", skin=a.skin, hair=a.hair, shoes=a.shoes)
+                  for x in (a, b))
+        sa, sb = draw_person(a0, 0), draw_person(b0, 0)
+        torso = (slice(int(0.24 * 192), int(0.46 * 192)), slice(int(0.36 * 96), int(0.64 * 96)))
+        ta, tb = sa[torso][..., :3], sb[torso][..., :3]
+        rows_a, rows_b = ta.mean(axis=1), tb.mean(axis=1)  # per-row colour content
+        contrast = np.abs(np.subtract(a.upper, a.upper2)).max()
+        if contrast < 40:
+            continue
+        assert np.abs(rows_a.mean(0) - rows_b.mean(0)).max() < 0.25 * contrast + 10
+        assert np.abs(ta - tb).mean() > 0.1 * contrast  # pixel by pixel the textures differ
+        checked += 1
+    assert checked >= 4
+
+
+def test_details_and_benchmark_style_change_pixels():
+    from dataclasses import replace
+
+    from cion_dist.synth.appearance import sample_cameras
+    from cion_dist.synth.market import BenchmarkStyle, _person_frame
+    from cion_dist.synth.render import SpriteBank
+
+    app = sample_appearances(1, np.random.default_rng(1), details=True)[0]
+    plain = replace(app, badge="none", bag="none", hair_style="short")
+    for change in ({"badge": "square"}, {"bag": "backpack"}, {"hair_style": "long"}):
+        assert np.abs(draw_person(replace(plain, **change), 0) - draw_person(plain, 0)).max() > 20, change
+    people = sample_appearances(3, np.random.default_rng(2))
+    cam = sample_cameras(1, np.random.default_rng(0))[0]
+    bg = np.full((192, 320, 3), 120, np.uint8)
+    bank = SpriteBank(people)
+    noise = SensorNoise(np.random.default_rng(0), 320, 192, amplitude=1)
+    base, box = _person_frame(bank, 1, cam, bg, np.random.default_rng(5), noise)
+    hard, box2 = _person_frame(bank, 1, cam, bg, np.random.default_rng(5), noise,
+                               BenchmarkStyle(light_jitter=0.3, far=0.5, occlusion=1.0), others=(2, 3))
+    assert box != box2 or np.abs(hard.astype(int) - base.astype(int)).max() > 30

@@ -81,9 +81,11 @@ def summary_rows(results: list[StageResult], baseline: Optional[EvaluateResult])
         ("  baseline: FINCH", get("correlate", "quality", "finch", "pairwise_f")),
         ("pretraining steps", get("pretrain", "steps")),
         ("pretraining loss first -> last", f"{get('pretrain', 'first_loss')} -> {get('pretrain', 'final_loss')}"),
+        ("pretraining health", get("pretrain", "health_verdict")),
         ("mAP / Rank-1 before pretraining (random init)",
          f"{_fmt(baseline.mAP)} / {_fmt(baseline.rank1)}" if baseline else "-"),
         ("mAP / Rank-1 after pretraining", f"{get('evaluate', 'mAP')} / {get('evaluate', 'rank1')}"),
+        ("benchmark queries (held-out identities x cameras)", get("evaluate", "num_queries")),
         ("promotion", f"{get('promote', 'decision')} ({version})"),
     ]
 

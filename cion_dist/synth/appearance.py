@@ -2,18 +2,26 @@
 
 Each identity gets clothing colours and a torso pattern; a fraction of identities copy another identity's outfit
 with a small colour shift and a different pattern, so the corpus holds hard negatives (similar but different
-people). Each camera gets a horizon, a perspective scale and a lighting transform (per-channel gain and offset)
+people). With ``texture_look_alikes`` the copy keeps the colour content of every row of the torso (vertical stripes,
+two halves and checks all hold both colours on each row), so a colour histogram over horizontal stripes cannot tell
+the two apart; with ``details`` people also carry a chest badge (shape and colour), a bag and a hair style, small
+parts that only a model looking at shape sees. Each camera gets a horizon, a perspective scale and a lighting transform (per-channel gain and offset)
 applied to everything it sees. All draws come from the ``numpy.random.Generator`` passed in.
 """
 
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 PATTERNS = ("solid", "hstripes", "vstripes", "twotone")
+# patterns whose every torso row holds both colours half and half: per-row colour statistics cannot separate them
+ROW_BALANCED = ("vstripes", "twotone", "checks")
+BADGES = ("none", "circle", "square", "triangle", "bar")
+BAGS = ("none", "shoulder", "backpack")
+HAIR = ("short", "long", "cap")
 
 RGB = tuple  # (r, g, b) floats in 0..255
 
@@ -32,6 +40,11 @@ class Appearance:
     pattern: str
     stripes: int  # stripe pairs across the torso for the striped patterns
     similar_to: int = 0  # identity whose outfit this one imitates (0: none)
+    badge: str = "none"  # chest badge shape (BADGES)
+    badge_colour: RGB = (255.0, 255.0, 255.0)
+    bag: str = "none"  # BAGS
+    bag_colour: RGB = (60.0, 40.0, 30.0)
+    hair_style: str = "short"  # HAIR
 
     def upper_mean(self) -> np.ndarray:
         """Mean colour of the torso before lighting: every pattern splits the torso half and half."""
@@ -45,7 +58,11 @@ class Appearance:
             "pattern": self.pattern,
             "stripes": self.stripes,
             "similar_to": self.similar_to,
-            **{f"{k}_{c}": float(getattr(self, k)[i]) for k in ("skin", "hair", "upper", "upper2", "lower", "shoes")
+            "badge": self.badge,
+            "bag": self.bag,
+            "hair_style": self.hair_style,
+            **{f"{k}_{c}": float(getattr(self, k)[i])
+               for k in ("skin", "hair", "upper", "upper2", "lower", "shoes", "badge_colour", "bag_colour")
                for i, c in enumerate("rgb")},
         }
 
@@ -99,12 +116,35 @@ def _outfit_vector(a: Appearance) -> np.ndarray:
     return np.concatenate([a.upper_mean(), np.asarray(a.lower)])
 
 
+def _details(rng: np.random.Generator) -> dict:
+    return {
+        "badge": BADGES[int(rng.integers(len(BADGES)))],
+        "badge_colour": random_colour(rng),
+        "bag": BAGS[int(rng.integers(len(BAGS)))],
+        "bag_colour": _hsv(rng.random(), rng.uniform(0.2, 0.8), rng.uniform(0.15, 0.7)),
+        "hair_style": HAIR[int(rng.integers(len(HAIR)))],
+    }
+
+
+def _texture_look_alike(pid: int, base: Appearance, skin: RGB, hair: RGB, shoes: RGB,
+                        rng: np.random.Generator) -> Appearance:
+    """A copy of ``base``'s colours (small shifts) in another row-balanced pattern, with its own details."""
+    others = [p for p in ROW_BALANCED if p != base.pattern]
+    upper2 = base.upper2 if base.pattern != "solid" else _jitter(base.upper, rng, 60.0)
+    return Appearance(pid, skin, hair, _jitter(base.upper, rng, 8.0), _jitter(upper2, rng, 8.0),
+                      _jitter(base.lower, rng, 8.0), shoes, others[int(rng.integers(len(others)))],
+                      int(rng.integers(3, 6)), similar_to=base.identity_id, **_details(rng))
+
+
 def sample_appearances(n: int, rng: np.random.Generator, first_id: int = 1, hard_negative_fraction: float = 0.25,
-                       min_distance: float = 70.0) -> list[Appearance]:
+                       min_distance: float = 70.0, texture_look_alikes: bool = False,
+                       details: bool = False) -> list[Appearance]:
     """``n`` identities numbered from ``first_id``; about ``hard_negative_fraction`` of them imitate another one.
 
     Independent identities are kept at least ``min_distance`` apart (RGB distance of torso-mean and trouser colours)
-    from every identity drawn before them, as far as a bounded number of draws allows.
+    from every identity drawn before them, as far as a bounded number of draws allows. ``texture_look_alikes`` and
+    ``details`` (see the module docstring) draw from the same generator after the standard draws of each person,
+    so the standard corpus of a seed is unchanged when both are off.
     """
     people: list[Appearance] = []
     for k in range(n):
@@ -114,6 +154,9 @@ def sample_appearances(n: int, rng: np.random.Generator, first_id: int = 1, hard
         shoes = _hsv(rng.random(), rng.uniform(0.0, 0.5), rng.uniform(0.05, 0.5))
         if people and rng.random() < hard_negative_fraction:
             base = people[int(rng.integers(len(people)))]
+            if texture_look_alikes:
+                people.append(_texture_look_alike(pid, base, skin, hair, shoes, rng))
+                continue
             others = [p for p in PATTERNS if p != base.pattern]
             pattern = others[int(rng.integers(len(others)))]
             upper = _jitter(base.upper, rng, 14.0)
@@ -131,6 +174,10 @@ def sample_appearances(n: int, rng: np.random.Generator, first_id: int = 1, hard
                 best, best_d = cand, d
             if d >= min_distance:
                 break
+        if texture_look_alikes and best.pattern not in ROW_BALANCED and rng.random() < 0.5:
+            best = replace(best, pattern=ROW_BALANCED[int(rng.integers(len(ROW_BALANCED)))])
+        if details:
+            best = replace(best, **_details(rng))
         people.append(best)
     return people
 

@@ -21,6 +21,15 @@ class SynthConfig(StrictModel):
         8, ge=0, description="held-out identities for the Market-1501-layout benchmark (queries need cameras >= 2)"
     )
     benchmark_images_per_camera: int = Field(4, ge=1, description="crops per held-out identity and camera")
+    # difficulty (defaults: the standard corpus)
+    look_alike_fraction: float = Field(0.25, ge=0, le=1, description="identities that imitate another one's outfit")
+    texture_look_alikes: bool = Field(
+        False, description="look-alikes keep every torso row's colours (only texture differs): colour alone cannot tell"
+    )
+    details: bool = Field(False, description="chest badges, bags and hair styles that tell people apart by shape")
+    benchmark_light_jitter: float = Field(0.0, ge=0, lt=1, description="per-crop brightness change 1 +- this")
+    benchmark_far: float = Field(0.0, ge=0, lt=1, description="benchmark people reach this far towards the horizon")
+    benchmark_occlusion: float = Field(0.0, ge=0, le=1, description="share of benchmark crops partly hidden")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -34,7 +34,7 @@ from cion_dist.synth.appearance import Appearance, Camera, sample_appearances, s
 from cion_dist.synth.clip import BoxRecord, render_clip
 from cion_dist.synth.config import SynthConfig
 from cion_dist.synth.encode import Mp4Writer, video_codec
-from cion_dist.synth.market import benchmark_files
+from cion_dist.synth.market import BenchmarkStyle, benchmark_files
 from cion_dist.synth.render import SensorNoise, SpriteBank, camera_background, lit_background
 from cion_dist.synth.scenario import Walk, assign_identities, plan_walks
 
@@ -67,8 +67,10 @@ class CorpusPlan:
 
 def plan_corpus(cfg: SynthConfig) -> CorpusPlan:
     """Everything random about the corpus except pixel noise, decided up front from the seed."""
-    people = sample_appearances(cfg.identities, _rng(cfg.seed, 1), first_id=1)
-    held_out = sample_appearances(cfg.benchmark_identities, _rng(cfg.seed, 7), first_id=cfg.identities + 1)
+    look = dict(hard_negative_fraction=cfg.look_alike_fraction, texture_look_alikes=cfg.texture_look_alikes,
+                details=cfg.details)
+    people = sample_appearances(cfg.identities, _rng(cfg.seed, 1), first_id=1, **look)
+    held_out = sample_appearances(cfg.benchmark_identities, _rng(cfg.seed, 7), first_id=cfg.identities + 1, **look)
     cameras = sample_cameras(cfg.cameras, _rng(cfg.seed, 2))
     clip_cams = [i % cfg.cameras for i in range(cfg.videos)]
     cast = assign_identities([p.identity_id for p in people], clip_cams, cfg.people_per_video, _rng(cfg.seed, 4))
@@ -196,8 +198,9 @@ def generate_corpus(cfg: SynthConfig, storage: Storage | None = None) -> dict:
         "start_time": pa.array([c.start_time for c in ordered], pa.float64()),
     })
     market = join(out, "market")
+    style = BenchmarkStyle(cfg.benchmark_light_jitter, cfg.benchmark_far, cfg.benchmark_occlusion)
     files = benchmark_files(plan.held_out, plan.cameras, backgrounds, cfg.benchmark_images_per_camera,
-                            _rng(cfg.seed, 8))
+                            _rng(cfg.seed, 8), style)
     _write_many(storage, market, files)
     write_table_atomic(join(out, "gt", "gt.parquet"), gt, storage)
     write_table_atomic(join(out, "gt", "identities.parquet"), _identity_table(plan), storage)

@@ -43,7 +43,29 @@ def _torso_fill(app: Appearance, th: int, tw: int) -> np.ndarray:
         patch[:, band] = c2
     elif app.pattern == "twotone":
         patch[:, tw // 2:] = c2
+    elif app.pattern == "checks":  # an even number of columns: every row is half one colour, half the other
+        cols = (np.arange(tw) * (2 * app.stripes) // tw) % 2
+        cell = max(1, tw // (2 * app.stripes))
+        rows = (np.arange(th) // cell) % 2
+        patch[(rows[:, None] ^ cols[None, :]) == 1] = c2
     return patch
+
+
+def _badge(rgb: np.ndarray, app: Appearance, w: int, h: int) -> None:
+    """A small shape on the chest (same place on every pose); drawn into the colour only (the torso is opaque)."""
+    if app.badge == "none":
+        return
+    col = tuple(int(round(c)) for c in app.badge_colour)
+    cx, cy, r = int(0.5 * w), int(0.30 * h), max(2, int(0.09 * w))
+    if app.badge == "circle":
+        cv2.circle(rgb, (cx, cy), r, col, -1, cv2.LINE_AA)
+    elif app.badge == "square":
+        cv2.rectangle(rgb, (cx - r, cy - r), (cx + r, cy + r), col, -1)
+    elif app.badge == "triangle":
+        pts = np.array([[cx, cy - r], [cx - r, cy + r], [cx + r, cy + r]], np.int32)
+        cv2.fillPoly(rgb, [pts], col, cv2.LINE_AA)
+    elif app.badge == "bar":
+        cv2.rectangle(rgb, (int(0.26 * w), cy - r // 3), (int(0.74 * w), cy + r // 3), col, -1)
 
 
 def draw_person(app: Appearance, pose: int, height: int = SPRITE_H) -> np.ndarray:
@@ -97,8 +119,24 @@ def draw_person(app: Appearance, pose: int, height: int = SPRITE_H) -> np.ndarra
     cv2.rectangle(alpha, _pt(0.44, 0.13, w, h), _pt(0.56, 0.17, w, h), 255, -1)
     centre = _pt(*HEAD_CENTRE, w, h)
     axes = (int(HEAD_AXES[0] * w), int(HEAD_AXES[1] * h))
+    if app.hair_style == "long":  # hair down the back of the neck, drawn behind the face
+        ellipse((centre[0] - int(0.07 * w), centre[1] + int(0.05 * h)), (axes[0], int(axes[1] * 1.3)), app.hair)
     ellipse(centre, axes, app.skin)
     ellipse((centre[0] - int(0.02 * w), centre[1] - int(0.01 * h)), axes, app.hair, 140, 360)
+    if app.hair_style == "cap":  # a brim in the badge colour
+        ellipse((centre[0] + int(0.04 * w), centre[1] - int(0.04 * h)), (int(axes[0] * 1.25), max(1, axes[1] // 3)),
+                app.badge_colour, 180, 360)
+    _badge(rgb, app, w, h)
+    if app.bag == "shoulder":  # strap across the torso, bag at the far hip
+        bag_col = tuple(int(round(c)) for c in app.bag_colour)
+        cv2.line(rgb, _pt(0.30, 0.17, w, h), _pt(0.70, 0.50, w, h), bag_col, max(2, int(0.05 * w)), cv2.LINE_AA)
+        ellipse(_pt(0.74, 0.53, w, h), (int(0.13 * w), int(0.05 * h)), app.bag_colour)
+    elif app.bag == "backpack":  # a block on the back (left of a person facing right), straps over the shoulder
+        bag_col = tuple(int(round(c)) for c in app.bag_colour)
+        (bx0, by0), (bx1, by1) = _pt(0.06, 0.20, w, h), _pt(0.30, 0.46, w, h)
+        cv2.rectangle(rgb, (bx0, by0), (bx1, by1), bag_col, -1)
+        cv2.rectangle(alpha, (bx0, by0), (bx1, by1), 255, -1)
+        cv2.line(rgb, _pt(0.30, 0.18, w, h), _pt(0.36, 0.42, w, h), bag_col, max(2, int(0.04 * w)), cv2.LINE_AA)
     out = np.dstack([rgb.astype(np.float32), alpha.astype(np.float32) / 255.0])
     # rgb was drawn over black, so it already is colour premultiplied by coverage
     return cv2.resize(out, (w // s, h // s), interpolation=cv2.INTER_AREA)
