@@ -24,15 +24,44 @@ class BackgroundConfig(StrictModel):
     split_aspect: float = Field(2.8, ge=0, description="h / w of one person when cutting wide blobs; 0 = no cutting")
 
 
+class TileConfig(StrictModel):
+    """Sliced inference (neural detectors): overlapping tiles plus the whole frame, merged by NMS."""
+
+    grid: tuple[int, int] = Field((1, 1), description="tiles across, down; (1, 1) = whole frame only")
+    overlap: float = Field(0.25, ge=0, lt=0.9, description="share of a tile its neighbour also covers")
+    full_frame: bool = Field(True, description="also run the whole frame (people taller than a tile)")
+    edge_margin: float = Field(0.01, ge=0, lt=0.5, description="tile boxes this close to an inner tile edge "
+                               "(share of the tile size) are people cut by the tile and dropped")
+
+    @property
+    def enabled(self) -> bool:
+        return self.grid[0] * self.grid[1] > 1
+
+    @model_validator(mode="after")
+    def _positive(self) -> "TileConfig":
+        if min(self.grid) < 1:
+            raise ValueError(f"tiles.grid must be two positive integers, got {list(self.grid)}")
+        return self
+
+
 class DetectorConfig(StrictModel):
     kind: Literal["background", "yolox", "torchvision"] = "background"
     model_uri: Optional[str] = Field(None, description="ONNX / weights file (path or s3://) for neural detectors")
     score_threshold: float = Field(0.35, ge=0, le=1)
     nms_threshold: float = Field(0.45, ge=0, le=1)
-    input_size: int = 416
+    input_size: Optional[int] = Field(None, ge=32, description="square input for models with dynamic spatial axes; "
+                                      "a model's fixed size wins (with a warning); None = the model's, else 640")
+    batch_size: int = Field(8, ge=1, description="images per model call where the model's batch axis is dynamic")
+    tiles: TileConfig = TileConfig()
     num_gpus: float = Field(0, ge=0)
     threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per clip task")
     background: BackgroundConfig = BackgroundConfig()
+
+    @model_validator(mode="after")
+    def _tiles_need_stateless(self) -> "DetectorConfig":
+        if self.kind == "background" and self.tiles.enabled:
+            raise ValueError("detector.tiles: the background detector models whole frames and cannot be tiled")
+        return self
 
 
 class TrackerConfig(StrictModel):
