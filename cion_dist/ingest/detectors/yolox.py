@@ -92,10 +92,15 @@ class YoloxDetector:
                    cfg.num_gpus, cfg.threads, cfg.batch_size)
 
     def detect(self, frames: Sequence[np.ndarray]) -> Detections:
-        if len(frames) == 0:
-            return []
-        prepared = [letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), self.size) for rgb in frames]
-        raw = run_batched(self.session, self.spec, np.stack([t for t, _ in prepared]), self.batch_size)
-        return [decode_head(raw[i], self.grid, self.stride, scale, self.score_threshold, self.nms_threshold,
-                            rgb.shape[1], rgb.shape[0])
-                for i, ((_, scale), rgb) in enumerate(zip(prepared, frames))]
+        """Images go through in model calls of ``batch_size`` (1 for a fixed batch axis); only one call's
+        letterboxed tensors exist at a time, so a chunk of many frames (or tiles) stays small in memory."""
+        step = self.spec.max_batch or self.batch_size
+        out: Detections = []
+        for start in range(0, len(frames), step):
+            group = frames[start : start + step]
+            prepared = [letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), self.size) for rgb in group]
+            raw = run_batched(self.session, self.spec, np.stack([t for t, _ in prepared]), step)
+            out.extend(decode_head(raw[i], self.grid, self.stride, scale, self.score_threshold,
+                                   self.nms_threshold, rgb.shape[1], rgb.shape[0])
+                       for i, ((_, scale), rgb) in enumerate(zip(prepared, group)))
+        return out
