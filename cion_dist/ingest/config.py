@@ -80,6 +80,28 @@ class TrackerConfig(StrictModel):
         return self
 
 
+class GateConfig(StrictModel):
+    """Crop quality gate (``cion_dist/ingest/gate.py``): which tracked detections become crops."""
+
+    enabled: bool = True
+    action: Literal["drop", "flag"] = Field("drop", description="drop failing crops, or keep them and only count")
+    min_height: int = Field(40, ge=1, description="crops shorter than this (source pixels) are tiny")
+    border_margin: float = Field(0.005, ge=0, lt=0.5, description="boxes this close to a frame edge (share of the "
+                                 "frame's width / height) are cut by the border; 0 = no check")
+    min_aspect: float = Field(1.5, gt=0, description="height / width below this is not an upright person")
+    max_aspect: float = Field(5.0, gt=0, description="height / width above this is not a whole person")
+    two_person_aspect: float = Field(1.1, ge=0, description="height / width below this: two people side by side")
+    max_overlap: float = Field(0.5, gt=0, le=1, description="share of a box another detection may cover")
+    overlap_min_score: float = Field(0.3, ge=0, le=1, description="detections below this score cover nothing")
+    min_sharpness: float = Field(8.0, ge=0, description="variance of the Laplacian at 128 px high; 0 = no check")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GateConfig":
+        if self.min_aspect > self.max_aspect:
+            raise ValueError("gate.min_aspect must not exceed gate.max_aspect")
+        return self
+
+
 class IngestConfig(StrictModel):
     manifest: str = Field("", description="manifest Parquet URI; empty = <output>/corpus/manifest.parquet")
     sample_fps: Optional[float] = Field(None, gt=0, description="decode at this rate; None = every_n")
@@ -92,5 +114,6 @@ class IngestConfig(StrictModel):
     jpeg_quality: int = Field(90, ge=10, le=100)
     detector: DetectorConfig = DetectorConfig()
     tracker: TrackerConfig = TrackerConfig()
+    gate: GateConfig = GateConfig()
     concurrency: int = Field(2, ge=1)
     max_error_fraction: float = Field(0.2, ge=0, le=1)

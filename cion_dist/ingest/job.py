@@ -94,6 +94,8 @@ def run(job: Job) -> StageResult:
             "manifest_uri": manifest_uri,
             "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
         }
+        gate = gate_summary(done)
+        summary.update(gate)
         rows = {"crops": crops, "tracklets": tracklets, "clips": len(video_ids), "errors": len(errors)}
         log.info("ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
                  len(video_ids), len(done), frames, crops, tracklets, len(errors), summary["frames_per_s"])
@@ -101,7 +103,8 @@ def run(job: Job) -> StageResult:
             import mlflow
 
             mlflow.log_metrics({**{k: float(v) for k, v in rows.items()}, "frames_decoded": frames,
-                                "frames_per_s": summary["frames_per_s"]})
+                                "frames_per_s": summary["frames_per_s"],
+                                **{k: float(v) for k, v in gate.items() if not isinstance(v, dict)}})
         record = out.finalize(stage="ingest", rows=rows, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
         if mlrun is not None:
             from cion_dist.tracking.lineage import log_output
@@ -131,6 +134,21 @@ def run_clips(job: Job, manifest: pa.Table, manifest_uri: str, pending: set, out
     else:
         ds = ds.map(ingest_row, fn_kwargs=kwargs, compute=ray.data.TaskPoolStrategy(size=size), num_cpus=1)
     return sorted(ds.take_all(), key=lambda s: s["video_id"])
+
+
+def gate_summary(done: list[dict]) -> dict:
+    """The quality gate's figures over the clips ingested in this run (logged, and kept in the summary)."""
+    from cion_dist.ingest.gate import GateTally
+
+    import json
+
+    figures = GateTally.merged(json.loads(s["gate"]) for s in done if s.get("gate")).summary()
+    dropped = {k[len("gate_dropped_"):]: v for k, v in figures.items() if k.startswith("gate_dropped_") and v}
+    log.info("ingest gate: %d of %d tracked crops kept (%.1f%%), dropped %s; kept crops touching an edge %.1f%%, "
+             "height/width histogram %s", figures["gate_kept"], figures["gate_considered"],
+             100 * figures["gate_kept_fraction"], dropped or "none", 100 * figures["gate_kept_edge_touch_fraction"],
+             figures["gate_kept_aspect_histogram"])
+    return figures
 
 
 def write_errors(out: StageOutput, errors: list[dict]) -> None:

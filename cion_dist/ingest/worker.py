@@ -10,6 +10,7 @@ comes back as an error row instead of failing the job.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
@@ -22,13 +23,14 @@ from cion_dist.storage.stage_io import StageOutput
 
 log = logging.getLogger(__name__)
 
-STATS_FIELDS = ("video_id", "uri", "status", "reason", "frames", "detections", "crops", "tracklets", "seconds")
+STATS_FIELDS = ("video_id", "uri", "status", "reason", "frames", "detections", "crops", "tracklets", "seconds", "gate")
 
 
 def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: int = 0, detections: int = 0,
-              crops: int = 0, tracklets: int = 0, seconds: float = 0.0) -> dict[str, Any]:
+              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, gate: str = "") -> dict[str, Any]:
+    """``gate``: the clip's quality-gate tally as JSON (``GateTally.to_dict``), empty when the clip was not run."""
     return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "frames": frames,
-            "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds}
+            "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds, "gate": gate}
 
 
 class ClipWorker:
@@ -62,7 +64,8 @@ class ClipWorker:
         self.out.write_unit(video_id, res.table)
         tracklets = len(set(res.table.column("tracklet_id").to_pylist()))
         return stats_row(video_id, uri, "done", frames=res.frames, detections=res.detections,
-                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0)
+                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0,
+                         gate=json.dumps(res.gate))
 
 
 def ingest_row(row: dict[str, Any], cfg, storage: Storage, out_uri: str, manifest_uri: str) -> dict[str, Any]:
