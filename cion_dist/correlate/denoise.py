@@ -10,12 +10,13 @@ split), and re-check the radius. Every removed image keeps a reason code (``REAS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 
 from cion_dist.correlate.geometry import distance_to, group_sums, l2_normalise
+from cion_dist.correlate.switches import SwitchSplit, switch_segments
 from cion_dist.correlate.unionfind import UnionFind
 
 KEPT = 0
@@ -108,20 +109,43 @@ def pairs_under(c: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.nda
     return i[ok], j[ok], dm[i, j][ok].astype(np.float32)
 
 
-def denoise_tracklets(x: np.ndarray, tracklet: np.ndarray, r: float, min_tracklet: int) -> tuple[np.ndarray, np.ndarray]:
-    """Level 1. Returns (group per image: the tracklet's index in ``np.unique(tracklet)`` or -1, reason code)."""
+def denoise_tracklets(x: np.ndarray, tracklet: np.ndarray, r: float, min_tracklet: int,
+                      frame: Optional[np.ndarray] = None, split_threshold: Optional[float] = None,
+                      min_segment: int = 4, cuts: Optional[list] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Level 1. Returns (group per image: the tracklet's index in ``np.unique(tracklet)`` or -1, reason code).
+
+    With ``frame`` and ``split_threshold``, each tracklet is first cut where its appearance switches along time
+    (``switches.switch_segments``); each piece is then its own tracklet (group numbers continue past the
+    tracklets' count) and ``cuts`` (when given) receives ``(tracklet, frame where the piece starts, distance)``.
+    """
     x = np.asarray(x, dtype=np.float32)
     keys, inv = np.unique(np.asarray(tracklet), return_inverse=True)
     group = np.full(len(x), -1, dtype=np.int64)
     reason = np.full(len(x), KEPT, dtype=np.int8)
+    pieces = []
     for t in range(len(keys)):
         idx = np.flatnonzero(inv == t)
+        if split_threshold is not None and frame is not None and len(idx) >= 2 * min_segment:
+            idx = idx[np.argsort(frame[idx], kind="stable")]
+            seg, made = switch_segments(x[idx], split_threshold, min_segment)
+            if cuts is not None:
+                cuts += [(keys[t], frame[idx[c]], dist) for c, dist in made]
+            pieces += [(t, idx[seg == s]) for s in range(int(seg.max()) + 1)]
+        else:
+            pieces.append((t, idx))
+    extra = len(keys)
+    seen = set()
+    for t, idx in pieces:
+        g = t if t not in seen else extra
+        if t in seen:
+            extra += 1
+        seen.add(t)
         keep = shrink_to_radius(x[idx], r)
         reason[idx[~keep]] = TRACKLET_OUTLIER
         if keep.sum() < min_tracklet:
             reason[idx[keep]] = TRACKLET_TOO_SMALL
         else:
-            group[idx[keep]] = t
+            group[idx[keep]] = g
     return group, reason
 
 
@@ -130,6 +154,7 @@ class VideoResult:
     group: np.ndarray  # local identity per image (0..n_groups-1), -1 = removed
     reason: np.ndarray  # reason code per image (REASONS)
     n_groups: int
+    cuts: list = field(default_factory=list)  # switch splits: (tracklet, frame where a piece starts, distance)
 
 
 def _compact(group: np.ndarray) -> tuple[np.ndarray, int]:
@@ -147,16 +172,19 @@ def _frame_tags(group: np.ndarray, n: int, frame: Optional[np.ndarray]) -> Optio
 
 
 def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_tracklet: int,
-                  frame: Optional[np.ndarray] = None) -> VideoResult:
+                  frame: Optional[np.ndarray] = None, split: SwitchSplit = SwitchSplit()) -> VideoResult:
     """Levels 1 and 2 over the images of one video (rows of x, any order).
 
     ``frame`` (optional, the image's frame index) adds the tracker's strongest cue: one person is never twice in
     the same frame, so tracklets that share a frame are never merged and an image is never moved into a tracklet
-    that already has an image of its frame.
+    that already has an image of its frame. It also gives the time order in which tracklets are cut where their
+    appearance switches (``split``, before the radius check; the cuts are returned).
     """
     x = np.asarray(x, dtype=np.float32)
     frame = None if frame is None else np.asarray(frame)
-    group, reason = denoise_tracklets(x, tracklet, r, min_tracklet)
+    cuts: list = []
+    group, reason = denoise_tracklets(x, tracklet, r, min_tracklet, frame,
+                                      split.factor * d if split.enabled else None, split.min_segment, cuts)
     group, n = _compact(group)
 
     # merge tracklets of the same person (centroids closer than d)
@@ -209,4 +237,4 @@ def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_t
         group[idx[~keep]] = -1
         reason[idx[~keep]] = VIDEO_RADIUS
     group, n = _compact(group)
-    return VideoResult(group=group, reason=reason, n_groups=n)
+    return VideoResult(group=group, reason=reason, n_groups=n, cuts=cuts)
