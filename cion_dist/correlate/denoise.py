@@ -53,7 +53,7 @@ def shrink_to_radius(x: np.ndarray, r: float) -> np.ndarray:
 
 
 def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
-                  tags: Optional[Sequence[frozenset]] = None) -> np.ndarray:
+                  tags: Optional[Sequence[frozenset]] = None, linkage: Optional[np.ndarray] = None) -> np.ndarray:
     """Union nodes along candidate links, nearest first, keeping only merges that stay discriminable.
 
     A link (a, b) joins their current sets only if (1) the two sets' centroids (normalised sums of member vectors)
@@ -65,10 +65,13 @@ def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.n
     similarity of two sets is the dot product of their sums of unit member vectors over ``|A| |B|``, so (2) costs
     O(dim) per link. Deterministic for a fixed input. ``tags`` (one set per node) adds cannot-links: two sets
     merge only if their tags are disjoint (frames, so two people seen in the same frame stay apart; or videos, so
-    level 3 never undoes level 2).
+    level 3 never undoes level 2). ``linkage`` (a float array, one per link, filled in place) receives, for each
+    link that joined two sets, the average-linkage distance of that merge, NaN for the others (the merge audit).
     Returns a component label per node (numbered by smallest node id).
     """
     n = len(sums)
+    if linkage is not None:
+        linkage[:] = np.nan
     uf = UnionFind(n)
     acc = np.array(sums, dtype=np.float64, copy=True)
     unit = acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)  # running sums of unit members
@@ -85,10 +88,13 @@ def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.n
         cos = float(ca @ cb) / max(np.linalg.norm(ca) * np.linalg.norm(cb), 1e-12)
         if 1.0 - cos >= d:
             continue
-        if 1.0 - float(unit[ra] @ unit[rb]) / (size[ra] * size[rb]) >= d:
+        avg = 1.0 - float(unit[ra] @ unit[rb]) / (size[ra] * size[rb])
+        if avg >= d:
             continue
         if held is not None and not held[ra].isdisjoint(held[rb]):
             continue
+        if linkage is not None:
+            linkage[e] = avg
         root = uf.union(ra, rb)
         acc[root] = ca + cb
         unit[root] = unit[ra] + unit[rb]

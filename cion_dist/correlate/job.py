@@ -28,6 +28,7 @@ from cion_dist.correlate.distributed import (calibrate_on_sample, radius_recheck
 from cion_dist.correlate.geometry import l2_normalise
 from cion_dist.correlate.inputs import EmbeddingSet, load_ground_truth
 from cion_dist.correlate.linking import merged_identity, number_identities, plan_windows
+from cion_dist.correlate.merge_audit import audit_merges, final_identity_of_labels, format_audit
 from cion_dist.pipeline.result import StageResult
 from cion_dist.pipeline.runid import derive_run_id
 from cion_dist.raycluster import ensure_ray
@@ -134,7 +135,8 @@ def run(job: Job) -> StageResult:
         windows = [(0, len(catalog.videos))] if cfg.whole_corpus else plan_windows(len(catalog.videos), cfg.window_videos, cfg.stride_videos)
         src, dst, dist, windows_reused = run_level3_links(out, l2_normalise(sums), node_video, node_bounds, windows, cfg, d)
         tags = [frozenset([v]) for v in node_video.tolist()] if cfg.exclusive_videos else None
-        node_label = guarded_merge(sums, src, dst, dist, d, tags) if n_nodes else np.zeros(0, dtype=np.int64)
+        linkage = np.full(len(src), np.nan)
+        node_label = guarded_merge(sums, src, dst, dist, d, tags, linkage) if n_nodes else np.zeros(0, dtype=np.int64)
         ident = merged_identity(node_of, node_label)
         drop = radius_recheck(catalog, storage, ident, node_of, r, cfg.videos_per_task)
         ident[drop] = -1
@@ -143,6 +145,9 @@ def run(job: Job) -> StageResult:
         timings["level3_s"] = round(time.time() - t, 3)
 
         write_outputs(out, catalog, final.identity, final.reason, cfg.videos_per_task)
+        audit = audit_merges(node_label, node_video, src, dist, linkage, d,
+                             final_identity_of_labels(node_label, node_of, final.identity))
+        log.info("%s", format_audit(audit))
         summary = {
             "radius": r, "link_distance": d, "calibrated": th["calibrated"],
             "windows": len(windows), "links": int(len(src)),
@@ -150,6 +155,7 @@ def run(job: Job) -> StageResult:
             "video_order": catalog.order_source,
             "counts": _level_counts(catalog, final.reason, node_of, final),
             "timings": timings,
+            "merge_audit": audit,
         }
         for key in ("radius_stats", "link_stats"):
             if key in th:
@@ -168,7 +174,8 @@ def run(job: Job) -> StageResult:
 
             c = summary["counts"]
             mlflow.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
-                                "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
+                                "identities_out": c["level3"]["identities_out"], "links": summary["links"],
+                                "identities_multi_video": audit["identities_multi_video"]})
             for m, s in summary.get("quality", {}).items():
                 mlflow.log_metrics({f"{m}.{k}": float(v) for k, v in s.items()})
             mlflow.log_dict(summary, "correlate_summary.json")
