@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from cion_dist.config.job import Job
+from cion_dist.errors import ConfigError
 from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
 from cion_dist.evaluate.features import extract_local, extract_ray
 from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
@@ -80,14 +81,19 @@ def run(job: Job) -> StageResult:
     if job.mlflow.enabled:
         configure(job)
     model = resolve_model(cfg.model, experiment=job.mlflow.experiment, storage=storage,
-                          architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled)
+                          architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled,
+                          onnx={"height": cfg.height, "width": cfg.width, "mean": cfg.mean, "std": cfg.std,
+                                "batch_size": cfg.batch_size})
+    if model.embedder is not None and cfg.protocol == "finetune":
+        raise ConfigError(f"evaluate.protocol=finetune needs a torch backbone; {model.uri} is an ONNX model "
+                          "(use protocol: frozen)")
     run_id = derive_run_id(STAGE, cfg, f"{digest}:{model.uri}:{model.weights_digest}", job.run_id)
     out = StageOutput.create(job.output, STAGE, run_id, storage)
     if out.is_complete():
         return StageResult.from_record(STAGE, model.uri, out.success())
 
     t0 = time.time()
-    net, extra = model.module, {}
+    net, extra = (model.module if model.embedder is None else model.embedder), {}
     if cfg.protocol == "finetune":
         from cion_dist.evaluate.finetune import finetune
 
