@@ -128,6 +128,33 @@ def submit(
     submit_job(job, job_file, overrides or [], address=address, wait=wait)
 
 
+# --- footage: manifests from real video folders, contact sheets of a run ---------------------------------------
+
+
+@app.command()
+def manifest(
+    root: str = typer.Argument(..., help="folder or s3:// prefix holding the videos"),
+    out: str = typer.Option(..., "--out", help="manifest Parquet URI to write (errors go beside it)"),
+    source_pattern: Optional[str] = typer.Option(None, help="regex with a (?P<source>...) group over the path "
+                                                 "below ROOT; default: the parent folder's name"),
+    time_pattern: Optional[str] = typer.Option(None, help="regex with a (?P<time>...) group over the file name"),
+    time_format: Optional[str] = typer.Option(None, help="strptime format of the time group (UTC), e.g. %Y%m%d_%H%M%S"),
+    segment_s: Optional[float] = typer.Option(None, help="cut each video into clips of at most this many seconds"),
+    files_per_task: int = typer.Option(8, help="files probed by one Ray task"),
+) -> None:
+    """Probe every video under ROOT (Ray tasks) and write a manifest ingest can read.
+
+    start_time is seconds since the Unix epoch (UTC): from --time-pattern, else the container's creation_time.
+    """
+    from cion_dist.config.base import StorageConfig
+    from cion_dist.ingest.manifest_builder import ManifestSpec, build_manifest
+    from cion_dist.storage import Storage
+
+    spec = ManifestSpec(root=root, out=out, source_pattern=source_pattern, time_pattern=time_pattern,
+                        time_format=time_format, segment_s=segment_s, files_per_task=files_per_task)
+    typer.echo(json.dumps(build_manifest(spec, Storage(StorageConfig())), indent=2))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)

@@ -78,8 +78,18 @@ def tracklets_to_table(video_id: str, tracklets: list[Tracklet], crops: dict, fp
     return pa.table(cols, schema=CROPS)
 
 
-def ingest_clip(video_id: str, uri: str, cfg, storage: Optional[Storage] = None, detector=None) -> ClipResult:
-    """Decode, detect and track one clip; raises ``DataError`` for a missing, empty or undecodable clip."""
+def frame_range(num_frames: int, fps: float, start_s: Optional[float], end_s: Optional[float]) -> tuple[int, int]:
+    """Source frames ``[lo, hi)`` of a manifest segment (seconds into the file); the whole clip without one."""
+    lo = 0 if start_s is None or fps <= 0 else min(num_frames, max(0, int(round(start_s * fps))))
+    hi = num_frames if end_s is None or fps <= 0 else min(num_frames, max(lo, int(round(end_s * fps))))
+    return lo, hi
+
+
+def ingest_clip(video_id: str, uri: str, cfg, storage: Optional[Storage] = None, detector=None,
+                start_s: Optional[float] = None, end_s: Optional[float] = None) -> ClipResult:
+    """Decode, detect and track one clip (or the ``[start_s, end_s)`` segment of it, seconds into the file: only
+    that range is decoded; frame indices stay those of the file); raises ``DataError`` for a missing, empty or
+    undecodable clip."""
     t0 = time.perf_counter()
     timings = {"read": 0.0, "decode": 0.0, "detect": 0.0, "track": 0.0, "crop": 0.0}
     data = read_bytes(uri, storage)
@@ -88,7 +98,8 @@ def ingest_clip(video_id: str, uri: str, cfg, storage: Optional[Storage] = None,
     clip = open_clip(data, cfg.resize_width, name=f"{video_id} ({uri})")
     del data
     timings["decode"] += time.perf_counter() - t
-    indices = sample_indices(clip.num_frames, clip.fps, cfg.sample_fps, cfg.every_n, cfg.max_frames)
+    lo, hi = frame_range(clip.num_frames, clip.fps, start_s, end_s)
+    indices = lo + sample_indices(hi - lo, clip.fps, cfg.sample_fps, cfg.every_n, cfg.max_frames)
     detector = detector or make_detector(cfg.detector, storage)
     tracker = ByteTracker.from_config(cfg.tracker)
     use_appearance = cfg.tracker.appearance_weight > 0

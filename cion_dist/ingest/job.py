@@ -123,7 +123,8 @@ def run_clips(job: Job, manifest: pa.Table, manifest_uri: str, pending: set, out
     import ray
 
     cfg = job.ingest
-    rows = [r for r in manifest.select(["video_id", "uri"]).to_pylist() if r["video_id"] in pending]
+    cols = ["video_id", "uri"] + [c for c in ("start_s", "end_s") if c in manifest.column_names]  # segments
+    rows = [r for r in manifest.select(cols).to_pylist() if r["video_id"] in pending]
     rows.sort(key=lambda r: r["video_id"])
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     kwargs = {"cfg": cfg, "storage": storage, "out_uri": out.uri, "manifest_uri": manifest_uri}

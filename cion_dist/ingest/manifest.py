@@ -19,7 +19,7 @@ def _manifest_files(uri: str, storage: Storage) -> list[str]:
     if not fs.exists(path):
         raise DataError(f"manifest not found: {uri} (run the synth stage or set ingest.manifest)")
     if fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        found = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not p.endswith(".errors.parquet"))
         if not found:
             raise DataError(f"manifest folder {uri} holds no Parquet files")
         return [("s3://" + p) if is_s3(uri) else p for p in found]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Optional
 
 from cion_dist.errors import DataError
 from cion_dist.ingest.clip import ingest_clip
@@ -31,6 +31,11 @@ def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: in
     """``gate``: the clip's quality-gate tally as JSON (``GateTally.to_dict``), empty when the clip was not run."""
     return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "frames": frames,
             "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds, "gate": gate}
+
+
+def _seconds(v) -> Optional[float]:
+    """A manifest segment bound (seconds) or None where the manifest has none (column absent or null)."""
+    return None if v is None or (isinstance(v, float) and v != v) else float(v)
 
 
 class ClipWorker:
@@ -57,7 +62,8 @@ class ClipWorker:
             return stats_row(video_id, uri, "skipped")
         t0 = time.perf_counter()
         try:
-            res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip())
+            res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip(),
+                              _seconds(row.get("start_s")), _seconds(row.get("end_s")))
         except DataError as e:
             log.warning("ingest: skipping clip %s: %s", video_id, e)
             return stats_row(video_id, uri, "error", reason=str(e), seconds=time.perf_counter() - t0)
