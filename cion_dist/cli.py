@@ -155,6 +155,21 @@ def manifest(
     typer.echo(json.dumps(build_manifest(spec, Storage(StorageConfig())), indent=2))
 
 
+@app.command()
+def inspect(
+    run_uri: str = typer.Argument(..., help="an ingest or correlate run folder (local or s3://)"),
+    out: str = typer.Option("./cion-inspect", "--out", help="folder for index.html and its PNG contact sheets"),
+    groups: int = typer.Option(24, help="tracklets or identities shown"),
+    per_group: int = typer.Option(12, help="crops per tracklet, identity or removal reason"),
+) -> None:
+    """Contact sheets of a run: tracklets (ingest); identities, risky merges first, and removed images (correlate)."""
+    from cion_dist.config.base import StorageConfig
+    from cion_dist.inspect.inspect_run import inspect_run
+    from cion_dist.storage import Storage
+
+    typer.echo(json.dumps(inspect_run(run_uri, out, Storage(StorageConfig()), groups, per_group), indent=2))
+
+
 def main() -> None:
     try:
         app(standalone_mode=False)
