@@ -21,7 +21,12 @@ import cv2
 import numpy as np
 
 from cion_dist.ingest.config import DetectorConfig
-from cion_dist.ingest.detection_eval import DetectionCounts, match_frame, matched_ground_truth, recall_by_height
+from cion_dist.ingest.detection_eval import (
+    DetectionCounts,
+    match_frame,
+    matched_ground_truth,
+    recall_by_height,
+)
 from cion_dist.ingest.detectors import make_detector
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from cion_dist.correlate.denoise import denoise_video
 from cion_dist.correlate.geometry import l2_normalise

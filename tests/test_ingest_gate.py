@@ -8,7 +8,13 @@ import pytest
 import cion_dist.config  # noqa: F401  (job model first: stage configs import it)
 from cion_dist.ingest.clip import tracklets_to_table
 from cion_dist.ingest.config import GateConfig
-from cion_dist.ingest.gate import REASONS, GateTally, assess, covered_fraction, sharpness
+from cion_dist.ingest.gate import (
+    REASONS,
+    GateTally,
+    assess,
+    covered_fraction,
+    sharpness,
+)
 from cion_dist.ingest.tracker import Tracklet
 
 W, H = 640, 360

@@ -12,8 +12,16 @@ import pytest
 from cion_dist.config import job_from_dict
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.ingest.manifest import load_manifest
-from cion_dist.ingest.manifest_builder import (ManifestSpec, build_manifest, epoch_seconds, errors_uri,
-                                               manifest_rows, segments, source_for, video_id_for)
+from cion_dist.ingest.manifest_builder import (
+    ManifestSpec,
+    build_manifest,
+    epoch_seconds,
+    errors_uri,
+    manifest_rows,
+    segments,
+    source_for,
+    video_id_for,
+)
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput, read_table
 

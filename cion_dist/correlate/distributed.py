@@ -9,6 +9,9 @@ rerun reads the files that exist and schedules only the missing units.
 
 from __future__ import annotations
 
+import logging
+from typing import Optional
+
 import numpy as np
 import pyarrow as pa
 import ray
@@ -18,8 +21,11 @@ from cion_dist.correlate.denoise import LEVEL_OF_REASON, REASONS, denoise_video
 from cion_dist.correlate.geometry import group_sums
 from cion_dist.correlate.knn_index import ShardedKnnIndex, drop_self
 from cion_dist.correlate.linking import identity_rows, links_from_knn, radius_removals
+from cion_dist.correlate.switches import SwitchSplit
 from cion_dist.errors import DataError
 from cion_dist.storage.stage_io import StageOutput, read_table
+
+log = logging.getLogger(__name__)
 
 VIDEOS_DIR = "videos"
 NODES_DIR = "nodes"
@@ -68,22 +74,26 @@ def calibrate_on_sample(catalog: VideoCatalog, storage, sample: int, seed: int, 
 
 
 @ray.remote
-def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_tracklet: int) -> list:
+def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_tracklet: int,
+                    split: SwitchSplit = SwitchSplit()) -> list:
     """Levels 1-2 for a few videos (read here); writes one unit per video and returns (rank, group, reason, sums)."""
     from cion_dist.correlate.catalog import load_videos
 
     results = []
     for rank, video, data in load_videos(items, out.storage):
-        res = denoise_video(data.x, data.tracklet_key, r, d, min_tracklet, data.frame)
+        res = denoise_video(data.x, data.tracklet_key, r, d, min_tracklet, data.frame, split=split)
+        if res.cuts:
+            log.info("correlate: %s: %d tracklets cut where their appearance switches", video,
+                     len({c[0] for c in res.cuts}))
         sums = group_sums(data.x, res.group, res.n_groups)
         out.write_unit(video, _nodes_table(sums), subdir=NODES_DIR)
         out.write_unit(video, _video_table(data.image_id, res.group, res.reason), subdir=VIDEOS_DIR)
-        results.append((rank, res.group, res.reason, sums))
+        results.append((rank, res.group, res.reason, sums, len(res.cuts)))
     return results
 
 
 def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, min_tracklet: int,
-                 videos_per_task: int):
+                 videos_per_task: int, split: SwitchSplit = SwitchSplit(), cuts: Optional[list] = None):
     """Per-image (local group, reason) and per-video level-2 identity sums, resuming from units already written.
 
     Returns ``(group, reason, sums, done_before)``: ``group``/``reason`` follow the catalogue's image numbering
@@ -106,10 +116,12 @@ def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, mi
                 reused += 1
                 continue
         todo.append(vi)
-    refs = [_denoise_videos.remote(out, catalog.items(todo[c : c + videos_per_task]), r, d, min_tracklet)
+    refs = [_denoise_videos.remote(out, catalog.items(todo[c : c + videos_per_task]), r, d, min_tracklet, split)
             for c in range(0, len(todo), videos_per_task)]
     for batch in ray.get(refs):
-        for vi, g, rs, s in batch:
+        for vi, g, rs, s, n_cuts in batch:
+            if cuts is not None:
+                cuts.append(n_cuts)
             lo, hi = bounds[vi], bounds[vi + 1]
             group[lo:hi] = g
             reason[lo:hi] = rs

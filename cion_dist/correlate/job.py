@@ -123,8 +123,9 @@ def run(job: Job) -> StageResult:
     with stage_run(job, STAGE, params={"correlate": dumps_config(cfg), "radius": r, "link_distance": d},
                    inputs=tuple(inputs)) as mlrun:
         t = time.time()
+        cuts: list = []
         group, reason, video_sums, videos_reused = run_levels12(out, catalog, r, d, cfg.min_tracklet,
-                                                                cfg.videos_per_task)
+                                                                cfg.videos_per_task, cfg.switch_split.spec(), cuts)
         timings["levels12_s"] = round(time.time() - t, 3)
 
         t = time.time()
@@ -156,6 +157,7 @@ def run(job: Job) -> StageResult:
             "counts": _level_counts(catalog, final.reason, node_of, final),
             "timings": timings,
             "merge_audit": audit,
+            "switch_cuts_now": int(sum(cuts)),  # tracklet cuts in the videos denoised by this run (not resumed)
         }
         for key in ("radius_stats", "link_stats"):
             if key in th:

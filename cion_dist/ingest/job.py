@@ -139,9 +139,9 @@ def run_clips(job: Job, manifest: pa.Table, manifest_uri: str, pending: set, out
 
 def gate_summary(done: list[dict]) -> dict:
     """The quality gate's figures over the clips ingested in this run (logged, and kept in the summary)."""
-    from cion_dist.ingest.gate import GateTally
-
     import json
+
+    from cion_dist.ingest.gate import GateTally
 
     figures = GateTally.merged(json.loads(s["gate"]) for s in done if s.get("gate")).summary()
     dropped = {k[len("gate_dropped_"):]: v for k, v in figures.items() if k.startswith("gate_dropped_") and v}

@@ -17,7 +17,12 @@ import numpy as np
 from cion_dist.errors import ConfigError
 from cion_dist.ingest.boxes import clip_boxes, nms
 from cion_dist.ingest.detectors.base import Detections, empty_detection
-from cion_dist.ingest.detectors.onnx_model import fetch_model, open_session, resolve_input, run_batched
+from cion_dist.ingest.detectors.onnx_model import (
+    fetch_model,
+    open_session,
+    resolve_input,
+    run_batched,
+)
 
 PERSON_CLASS = 0
 STRIDES = (8, 16, 32)
