@@ -28,10 +28,11 @@ import calendar
 import io
 import logging
 import math
+import os
 import posixpath
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -243,6 +244,8 @@ def build_manifest(spec: ManifestSpec, storage: Optional[Storage] = None) -> dic
 
     st = storage or Storage()
     t0 = time.perf_counter()
+    if not is_s3(spec.root):  # listed files come back absolute: the root must be too for relative paths
+        spec = replace(spec, root=os.path.abspath(spec.root))
     files = list_videos(spec.root, st, spec.extensions)
     if not files:
         raise DataError(f"manifest root {spec.root} holds no video files ({', '.join(spec.extensions)})")
