@@ -184,6 +184,48 @@ def _user_message(e: CionError) -> str:
     return str(inner if inner is not None else e)
 
 
+# --- footage: manifests from real video folders, contact sheets of a run ---------------------------------------
+
+
+@app.command()
+def manifest(
+    root: str = typer.Argument(..., help="folder or s3:// prefix holding the videos"),
+    out: str = typer.Option(..., "--out", help="manifest Parquet URI to write (errors go beside it)"),
+    source_pattern: Optional[str] = typer.Option(None, help="regex with a (?P<source>...) group over the path "
+                                                 "below ROOT; default: the parent folder's name"),
+    time_pattern: Optional[str] = typer.Option(None, help="regex with a (?P<time>...) group over the file name"),
+    time_format: Optional[str] = typer.Option(None, help="strptime format of the time group (UTC), e.g. %Y%m%d_%H%M%S"),
+    segment_s: Optional[float] = typer.Option(None, help="cut each video into clips of at most this many seconds"),
+    files_per_task: int = typer.Option(8, help="files probed by one Ray task"),
+) -> None:
+    """Probe every video under ROOT (Ray tasks) and write a manifest ingest can read.
+
+    start_time is seconds since the Unix epoch (UTC): from --time-pattern, else the container's creation_time.
+    """
+    from cion_dist.config.base import StorageConfig
+    from cion_dist.ingest.manifest_builder import ManifestSpec, build_manifest
+    from cion_dist.storage import Storage
+
+    spec = ManifestSpec(root=root, out=out, source_pattern=source_pattern, time_pattern=time_pattern,
+                        time_format=time_format, segment_s=segment_s, files_per_task=files_per_task)
+    typer.echo(json.dumps(build_manifest(spec, Storage(StorageConfig())), indent=2))
+
+
+@app.command()
+def inspect(
+    run_uri: str = typer.Argument(..., help="an ingest or correlate run folder (local or s3://)"),
+    out: str = typer.Option("./cion-inspect", "--out", help="folder for index.html and its PNG contact sheets"),
+    groups: int = typer.Option(24, help="tracklets or identities shown"),
+    per_group: int = typer.Option(12, help="crops per tracklet, identity or removal reason"),
+) -> None:
+    """Contact sheets of a run: tracklets (ingest); identities, risky merges first, and removed images (correlate)."""
+    from cion_dist.config.base import StorageConfig
+    from cion_dist.inspect.inspect_run import inspect_run
+    from cion_dist.storage import Storage
+
+    typer.echo(json.dumps(inspect_run(run_uri, out, Storage(StorageConfig()), groups, per_group), indent=2))
+
+
 def main() -> None:
     import signal
 

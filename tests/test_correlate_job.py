@@ -53,6 +53,12 @@ def test_correlate_beats_tracklets_and_writes_contract(tmp_path, ray_local, capl
     assert c["level3"]["identities_out"] == res.rows["identities"]
     assert c["level2"]["identities_out"] >= c["level3"]["identities_out"]
     assert 0 < res.summary["radius"] <= res.summary["link_distance"] < 1.0
+    audit = res.summary["merge_audit"]  # people seen in several videos: their weakest links, closest first
+    rows = audit["closest_to_threshold"]
+    assert audit["identities_multi_video"] >= 5 and rows
+    assert all(0 < r["margin"] <= res.summary["link_distance"] and r["videos"] >= 2 for r in rows)
+    assert [r["margin"] for r in rows] == sorted(r["margin"] for r in rows)
+    assert {r["identity"] for r in rows if r["identity"] >= 0} <= set(ident[ident >= 0].tolist())
 
     # a rerun finds the completed output and does nothing
     again = run(_job(tmp_path, input=embed_uri, ground_truth=gt))

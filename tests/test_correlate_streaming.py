@@ -12,6 +12,7 @@ from cion_dist.correlate.catalog import scan_embeddings
 from cion_dist.correlate.denoise import REASONS
 from cion_dist.correlate.job import run
 from cion_dist.correlate.reference import correlate_in_process
+from cion_dist.correlate.switches import SwitchSplit
 from cion_dist.storage.stage_io import StageOutput, write_table_atomic
 from correlate_fixtures import make_corpus
 
@@ -80,3 +81,28 @@ def test_video_order_comes_from_the_manifest_through_lineage(tmp_path):
     # without a reachable manifest, the video id decides
     plain = _write(str(tmp_path), c.table(), "per_video", "e2")
     assert scan_embeddings(plain).videos.tolist() == ["v000", "v001", "v002", "v003"]
+
+
+def test_stage_equals_reference_with_switch_splitting(tmp_path, ray_local):
+    """With frame indices, level 1 cuts tracklets where the tracker switched people (make_corpus's mixes land
+    after the tracklet's own images in frame order); the stage and the reference cut the same way."""
+    c = make_corpus(people=14, videos=6, people_per_video=4, seed=5, mix_prob=0.6, images=16)
+    frame = np.zeros(len(c.x), np.int64)
+    for v in np.unique(c.video):
+        rows = np.flatnonzero(c.video == v)
+        frame[rows] = np.arange(len(rows))  # rows of a video in time order
+    table = c.table().append_column("frame_index", pa.array(frame, pa.int64()))
+    out = _write(str(tmp_path), table, "per_video", "e-split")
+    r, d = 0.3, 0.5
+    job = job_from_dict({"stage": "correlate", "output": str(tmp_path), "mlflow": {"enabled": False},
+                         "correlate": {"input": out.uri, "radius": r, "link_distance": d, "window_videos": 4,
+                                       "stride_videos": 2, "num_shards": 1, "videos_per_task": 2}})
+    res = run(job)
+    got = StageOutput(res.uri).read().sort_by("image_id")
+    ref = correlate_in_process(c.x, c.video, c.tracklet, r, d, window=4, stride=2, frame=frame)
+    order = np.argsort(c.image_id)
+    assert got.column("identity_id").to_numpy().tolist() == ref.identity[order].tolist()
+    assert res.summary["switch_cuts"] > 0
+    off = correlate_in_process(c.x, c.video, c.tracklet, r, d, window=4, stride=2, frame=frame,
+                               split=SwitchSplit(enabled=False))
+    assert off.identity.tolist() != ref.identity.tolist()  # the cuts changed the result

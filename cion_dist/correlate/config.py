@@ -26,6 +26,19 @@ class CalibrationConfig(StrictModel):
     sample: int = Field(200_000, ge=100, description="at most this many images / tracklets are used")
 
 
+class SwitchSplitConfig(StrictModel):
+    """Level 1: cut a tracklet where its appearance switches along time (``cion_dist/correlate/switches.py``)."""
+
+    enabled: bool = True
+    factor: float = Field(1.0, gt=0, description="cut where the two sides' centroids are factor * d apart or more")
+    min_segment: int = Field(4, ge=2, description="images on each side of a cut, at least")
+
+    def spec(self):
+        from cion_dist.correlate.switches import SwitchSplit
+
+        return SwitchSplit(self.enabled, self.factor, self.min_segment)
+
+
 class CorrelateConfig(StrictModel):
     input: Optional[str] = InputField(None, description="embed run folder; None = newest complete embed run")
     radius: Optional[float] = Field(None, gt=0, le=2, description="intra-identity radius r (cosine distance); None = calibrate")
@@ -60,6 +73,7 @@ class CorrelateConfig(StrictModel):
         default_factory=lambda: ["tracklet", "dbscan", "finch"], description="baselines scored beside CION"
     )
     calibration: CalibrationConfig = CalibrationConfig()
+    switch_split: SwitchSplitConfig = SwitchSplitConfig()
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "CorrelateConfig":

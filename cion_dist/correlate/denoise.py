@@ -10,12 +10,13 @@ split), and re-check the radius. Every removed image keeps a reason code (``REAS
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
 
 from cion_dist.correlate.geometry import distance_to, group_sums, l2_normalise
+from cion_dist.correlate.switches import SwitchSplit, switch_segments
 from cion_dist.correlate.unionfind import UnionFind
 
 KEPT = 0
@@ -55,12 +56,18 @@ def shrink_to_radius(x: np.ndarray, r: float) -> np.ndarray:
 class MergeResult:
     label: np.ndarray  # component per node, numbered 0.. by smallest node id
     accepted: np.ndarray  # per input link: True where that link joined two sets
+    linkage: np.ndarray  # per input link: the average-linkage distance of the merge it made (NaN: none)
 
 
 def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
-                  tags: Optional[Sequence[frozenset] | np.ndarray] = None) -> np.ndarray:
-    """The component label per node of ``merge_links`` (see there)."""
-    return merge_links(sums, src, dst, dist, d, tags).label
+                  tags: Optional[Sequence[frozenset] | np.ndarray] = None,
+                  linkage: Optional[np.ndarray] = None) -> np.ndarray:
+    """The component label per node of ``merge_links`` (see there); ``linkage``, when given, is filled in place
+    with ``MergeResult.linkage``."""
+    res = merge_links(sums, src, dst, dist, d, tags)
+    if linkage is not None:
+        linkage[:] = res.linkage
+    return res.label
 
 
 def merge_links(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
@@ -82,11 +89,13 @@ def merge_links(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.nda
     Only nodes that some link under ``d`` touches get vectors: memory is ``2 * dim * 4`` bytes (float32 running
     sums and sums of unit members) per linked node, plus 24 bytes per node (union-find, sizes), plus a Python set
     per merged set when tags are given. ``accepted`` marks the links that joined two sets: per final set, the
-    largest accepted distance is its weakest link (``weakest_link``).
+    largest accepted distance is its weakest link (``weakest_link``); ``linkage`` holds, for each accepted link,
+    the average-linkage distance of that merge (NaN for the others): the margin the merge audit reports.
     """
     n = len(sums)
     src, dst, dist = np.asarray(src, np.int64), np.asarray(dst, np.int64), np.asarray(dist, np.float32)
     accepted = np.zeros(len(src), dtype=bool)
+    linkage = np.full(len(src), np.nan, dtype=np.float32)
     live = np.flatnonzero(dist < d)
     touched = np.unique(np.concatenate([src[live], dst[live]]))
     local = np.full(n, -1, dtype=np.int64)
@@ -114,12 +123,14 @@ def merge_links(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.nda
         cos = float(ca @ cb) / max(float(np.linalg.norm(ca)) * float(np.linalg.norm(cb)), 1e-12)
         if 1.0 - cos >= d:
             continue
-        if 1.0 - float(unit[ra] @ unit[rb]) / (size[ra] * size[rb]) >= d:
+        avg = 1.0 - float(unit[ra] @ unit[rb]) / (size[ra] * size[rb])
+        if avg >= d:
             continue
         if held is not None:
             ta, tb = tag_set(ra), tag_set(rb)
             if not ta.isdisjoint(tb):
                 continue
+        linkage[e] = avg
         root = uf.union(ra, rb)
         acc[root] = ca + cb
         unit[root] = unit[ra] + unit[rb]
@@ -136,7 +147,7 @@ def merge_links(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.nda
         np.minimum.at(smallest, roots, touched)
         rep[touched] = smallest[roots]
     _, label = np.unique(rep, return_inverse=True)
-    return MergeResult(label=label.astype(np.int64), accepted=accepted)
+    return MergeResult(label=label.astype(np.int64), accepted=accepted, linkage=linkage)
 
 
 def weakest_link(label: np.ndarray, src: np.ndarray, dist: np.ndarray, accepted: np.ndarray) -> np.ndarray:
@@ -162,20 +173,43 @@ def pairs_under(c: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.nda
     return i[ok], j[ok], dm[i, j][ok].astype(np.float32)
 
 
-def denoise_tracklets(x: np.ndarray, tracklet: np.ndarray, r: float, min_tracklet: int) -> tuple[np.ndarray, np.ndarray]:
-    """Level 1. Returns (group per image: the tracklet's index in ``np.unique(tracklet)`` or -1, reason code)."""
+def denoise_tracklets(x: np.ndarray, tracklet: np.ndarray, r: float, min_tracklet: int,
+                      frame: Optional[np.ndarray] = None, split_threshold: Optional[float] = None,
+                      min_segment: int = 4, cuts: Optional[list] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Level 1. Returns (group per image: the tracklet's index in ``np.unique(tracklet)`` or -1, reason code).
+
+    With ``frame`` and ``split_threshold``, each tracklet is first cut where its appearance switches along time
+    (``switches.switch_segments``); each piece is then its own tracklet (group numbers continue past the
+    tracklets' count) and ``cuts`` (when given) receives ``(tracklet, frame where the piece starts, distance)``.
+    """
     x = np.asarray(x, dtype=np.float32)
     keys, inv = np.unique(np.asarray(tracklet), return_inverse=True)
     group = np.full(len(x), -1, dtype=np.int64)
     reason = np.full(len(x), KEPT, dtype=np.int8)
+    pieces = []
     for t in range(len(keys)):
         idx = np.flatnonzero(inv == t)
+        if split_threshold is not None and frame is not None and len(idx) >= 2 * min_segment:
+            idx = idx[np.argsort(frame[idx], kind="stable")]
+            seg, made = switch_segments(x[idx], split_threshold, min_segment)
+            if cuts is not None:
+                cuts += [(keys[t], frame[idx[c]], dist) for c, dist in made]
+            pieces += [(t, idx[seg == s]) for s in range(int(seg.max()) + 1)]
+        else:
+            pieces.append((t, idx))
+    extra = len(keys)
+    seen = set()
+    for t, idx in pieces:
+        g = t if t not in seen else extra
+        if t in seen:
+            extra += 1
+        seen.add(t)
         keep = shrink_to_radius(x[idx], r)
         reason[idx[~keep]] = TRACKLET_OUTLIER
         if keep.sum() < min_tracklet:
             reason[idx[keep]] = TRACKLET_TOO_SMALL
         else:
-            group[idx[keep]] = t
+            group[idx[keep]] = g
     return group, reason
 
 
@@ -184,6 +218,7 @@ class VideoResult:
     group: np.ndarray  # local identity per image (0..n_groups-1), -1 = removed
     reason: np.ndarray  # reason code per image (REASONS)
     n_groups: int
+    cuts: list = field(default_factory=list)  # switch splits: (tracklet, frame where a piece starts, distance)
 
 
 def _compact(group: np.ndarray) -> tuple[np.ndarray, int]:
@@ -201,16 +236,19 @@ def _frame_tags(group: np.ndarray, n: int, frame: Optional[np.ndarray]) -> Optio
 
 
 def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_tracklet: int,
-                  frame: Optional[np.ndarray] = None) -> VideoResult:
+                  frame: Optional[np.ndarray] = None, split: SwitchSplit = SwitchSplit()) -> VideoResult:
     """Levels 1 and 2 over the images of one video (rows of x, any order).
 
     ``frame`` (optional, the image's frame index) adds the tracker's strongest cue: one person is never twice in
     the same frame, so tracklets that share a frame are never merged and an image is never moved into a tracklet
-    that already has an image of its frame.
+    that already has an image of its frame. It also gives the time order in which tracklets are cut where their
+    appearance switches (``split``, before the radius check; the cuts are returned).
     """
     x = np.asarray(x, dtype=np.float32)
     frame = None if frame is None else np.asarray(frame)
-    group, reason = denoise_tracklets(x, tracklet, r, min_tracklet)
+    cuts: list = []
+    group, reason = denoise_tracklets(x, tracklet, r, min_tracklet, frame,
+                                      split.factor * d if split.enabled else None, split.min_segment, cuts)
     group, n = _compact(group)
 
     # merge tracklets of the same person (centroids closer than d)
@@ -263,4 +301,4 @@ def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_t
         group[idx[~keep]] = -1
         reason[idx[~keep]] = VIDEO_RADIUS
     group, n = _compact(group)
-    return VideoResult(group=group, reason=reason, n_groups=n)
+    return VideoResult(group=group, reason=reason, n_groups=n, cuts=cuts)

@@ -21,6 +21,7 @@ per-identity integer arrays only: identity vectors stay in the block files and i
 
 from __future__ import annotations
 
+import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -32,13 +33,17 @@ from cion_dist.correlate.catalog import VideoCatalog
 from cion_dist.correlate.denoise import LEVEL_OF_REASON, REASONS, denoise_video, merge_links
 from cion_dist.correlate.geometry import group_sums, l2_normalise
 from cion_dist.correlate.linking import dedupe_links, identity_rows, links_from_knn, radius_removals
+from cion_dist.correlate.switches import SwitchSplit
 from cion_dist.correlate.tasks import bounded, list_files, missing_units
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import join, read_json, write_json_atomic
 from cion_dist.storage.stage_io import StageOutput, read_table
 
+log = logging.getLogger(__name__)
+
 VIDEOS_DIR = "videos"
 NODES_DIR = "nodes"
+_CUTS_KEY = "cion.switch_cuts"  # videos/ unit metadata: tracklet switch cuts made in that video
 BLOCKS_DIR = "blocks"
 WINDOWS_DIR = "windows"
 MERGE_DIR = "merge"
@@ -119,23 +124,30 @@ def save_calibration(out: StageOutput, record: dict) -> None:
 # ---------------------------------------------------------------- levels 1-2
 
 @ray.remote
-def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_tracklet: int) -> list:
-    """Levels 1-2 for a few videos (read here); writes one unit per video and returns (rank, group, reason, groups)."""
+def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_tracklet: int,
+                    split: SwitchSplit = SwitchSplit()) -> list:
+    """Levels 1-2 for a few videos (read here); writes one unit per video and returns
+    (rank, group, reason, groups, switch cuts)."""
     from cion_dist.correlate.catalog import load_videos
 
     results = []
     for rank, video, data in load_videos(items, out.storage):
-        res = denoise_video(data.x, data.tracklet_key, r, d, min_tracklet, data.frame)
+        res = denoise_video(data.x, data.tracklet_key, r, d, min_tracklet, data.frame, split=split)
+        if res.cuts:
+            log.info("correlate: %s: %d tracklets cut where their appearance switches", video,
+                     len({c[0] for c in res.cuts}))
         sums = group_sums(data.x, res.group, res.n_groups)
         out.write_unit(video, _sums_table(sums), subdir=NODES_DIR)
-        out.write_unit(video, _video_table(data.image_id, res.group, res.reason), subdir=VIDEOS_DIR)  # last: done
-        results.append((rank, res.group.astype(np.int32), res.reason, res.n_groups))
+        table = _video_table(data.image_id, res.group, res.reason)
+        table = table.replace_schema_metadata({_CUTS_KEY: str(len(res.cuts))})  # kept for a resumed summary
+        out.write_unit(video, table, subdir=VIDEOS_DIR)  # last: done
+        results.append((rank, res.group.astype(np.int32), res.reason, res.n_groups, len(res.cuts)))
     return results
 
 
 @ray.remote
 def _read_levels12(out: StageOutput, items: list, sizes: list) -> list:
-    """(rank, group, reason, groups) of videos whose units exist; None for a unit that does not match its video."""
+    """(rank, group, reason, groups, cuts) of videos whose units exist; None for a unit that does not match."""
     def one(item, n):
         rank, video, _ = item
         t = read_table(out.unit_uri(video, subdir=VIDEOS_DIR), out.storage, columns=["group", "reason"])
@@ -144,18 +156,20 @@ def _read_levels12(out: StageOutput, items: list, sizes: list) -> list:
             groups = pq.ParquetFile(f).metadata.num_rows
         g = t.column("group").to_numpy().astype(np.int32)
         if t.num_rows != n or (len(g) and int(g.max()) >= groups):
-            return rank, None, None, None
-        return rank, g, t.column("reason").to_numpy().astype(np.int8), int(groups)
+            return rank, None, None, None, 0
+        cuts = int((t.schema.metadata or {}).get(_CUTS_KEY.encode(), b"0"))
+        return rank, g, t.column("reason").to_numpy().astype(np.int8), int(groups), cuts
 
     with ThreadPoolExecutor(_READ_THREADS) as pool:
         return list(pool.map(one, items, sizes))
 
 
 def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, min_tracklet: int,
-                 videos_per_task: int, in_flight: int = 32):
+                 videos_per_task: int, in_flight: int = 32, split: SwitchSplit = SwitchSplit()):
     """Per-image (local group, reason) and per-video level-2 identity counts, resuming from units already written.
 
-    Returns ``(group, reason, groups_per_video, done_before)``: ``group`` (int32, local to each video) and
+    Returns ``(group, reason, groups_per_video, done_before, cuts_per_video)``: ``group`` (int32, local to each
+    video) and
     ``reason`` (int8) follow the catalogue's image numbering. Units present in both ``videos/`` and ``nodes/``
     (one listing each) are read back by tasks; the rest are computed.
     """
@@ -164,6 +178,7 @@ def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, mi
     group = np.full(catalog.n_images, -1, dtype=np.int32)
     reason = np.zeros(catalog.n_images, dtype=np.int8)
     groups = np.zeros(n_videos, dtype=np.int64)
+    cuts = np.zeros(n_videos, dtype=np.int32)  # tracklet switch cuts per video
     videos = catalog.videos.tolist()
     absent = np.zeros(n_videos, dtype=bool)
     absent[missing_units(out, videos, subdir=VIDEOS_DIR)] = True
@@ -174,13 +189,14 @@ def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, mi
 
     def take(batch):
         redo = []
-        for vi, g, rs, k in batch:
+        for vi, g, rs, k, n_cuts in batch:
             if g is None:
                 redo.append(vi)
                 continue
             group[bounds[vi] : bounds[vi + 1]] = g
             reason[bounds[vi] : bounds[vi + 1]] = rs
             groups[vi] = k
+            cuts[vi] = n_cuts
         return redo
 
     read_refs = (_read_levels12.remote(out, catalog.items(present[c : c + chunk]),
@@ -190,11 +206,11 @@ def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, mi
     for _, batch in bounded(read_refs, in_flight):
         redo += take(batch)
     todo = np.sort(np.concatenate([np.flatnonzero(absent), np.asarray(redo, dtype=np.int64)])).astype(np.int64)
-    refs = (_denoise_videos.remote(out, catalog.items(todo[c : c + videos_per_task]), r, d, min_tracklet)
+    refs = (_denoise_videos.remote(out, catalog.items(todo[c : c + videos_per_task]), r, d, min_tracklet, split)
             for c in range(0, len(todo), videos_per_task))
     for _, batch in bounded(refs, in_flight):
         take(batch)
-    return group, reason, groups, int(len(present) - len(redo))
+    return group, reason, groups, int(len(present) - len(redo)), cuts
 
 
 # ---------------------------------------------------------------- identity blocks
@@ -378,9 +394,12 @@ def _merge(out: StageOutput, link_uris: list, blocks: list, node_video: np.ndarr
     _, label = np.unique(label, return_inverse=True)
     accepted = np.zeros(len(src), dtype=bool)
     accepted[np.flatnonzero(live)] = res.accepted
+    linkage = np.full(len(src), np.nan, dtype=np.float32)  # average linkage of each accepted merge (merge audit)
+    linkage[np.flatnonzero(live)] = res.linkage
     out.write_unit("labels", pa.table({"node": pa.array(np.arange(n_nodes), pa.int64()),
                                        "label": pa.array(label, pa.int64())}), subdir=MERGE_DIR)
-    out.write_unit("links", pa.table({"src": src, "dst": dst, "dist": dist, "accepted": accepted}), subdir=MERGE_DIR)
+    out.write_unit("links", pa.table({"src": src, "dst": dst, "dist": dist, "accepted": accepted,
+                                      "linkage": linkage}), subdir=MERGE_DIR)
     return label.astype(np.int64)
 
 
@@ -395,6 +414,19 @@ def run_merge(out: StageOutput, blocks: list, node_video: np.ndarray, d: float, 
             return t.column("label").to_numpy().astype(np.int64)
     links = list_files(join(out.uri, WINDOWS_DIR), out.storage)
     return ray.get(_merge.remote(out, links, blocks, ray.put(node_video), n_nodes, d, exclusive))
+
+
+def accepted_links(out: StageOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(src, dist, average linkage) of the links the merge accepted: fewer than one per level-2 identity."""
+    import pyarrow.compute as pc
+
+    try:
+        t = read_table(out.unit_uri("links", subdir=MERGE_DIR), out.storage, columns=["src", "dist", "accepted", "linkage"])
+    except DataError:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
+    t = t.filter(pc.field("accepted"))
+    return (t.column("src").to_numpy().astype(np.int64), t.column("dist").to_numpy().astype(np.float32),
+            t.column("linkage").to_numpy().astype(np.float32))
 
 
 def merged_link_count(out: StageOutput) -> int:

@@ -28,11 +28,12 @@ from cion_dist.config.job import Job
 from cion_dist.correlate import baselines, quality
 from cion_dist.correlate.catalog import VideoCatalog, load_all, scan_embeddings
 from cion_dist.correlate.denoise import IDENTITY_RADIUS, LEVEL_OF_REASON, REASONS
-from cion_dist.correlate.distributed import (calibrate_on_sample, merged_link_count, radius_recheck,
+from cion_dist.correlate.distributed import (accepted_links, calibrate_on_sample, merged_link_count, radius_recheck,
                                              run_level3_links, run_levels12, run_merge, save_calibration,
                                              saved_calibration, write_blocks, write_outputs)
 from cion_dist.correlate.inputs import EmbeddingSet, load_ground_truth
 from cion_dist.correlate.linking import merged_identity, number_identities, plan_windows
+from cion_dist.correlate.merge_audit import audit_merges, final_identity_of_labels, format_audit
 from cion_dist.raycluster import ensure_ray
 from cion_dist.stage import CorrelateResult, StageRun
 from cion_dist.storage.fs import Storage, join, write_json_atomic
@@ -174,8 +175,8 @@ def run(job: Job) -> CorrelateResult:
 
     with st.tracking(params={"radius": r, "link_distance": d}):
         t = time.time()
-        group, reason, groups_per_video, videos_reused = run_levels12(out, catalog, r, d, cfg.min_tracklet,
-                                                                      cfg.videos_per_task, cfg.tasks_in_flight)
+        group, reason, groups_per_video, videos_reused, cuts = run_levels12(
+            out, catalog, r, d, cfg.min_tracklet, cfg.videos_per_task, cfg.tasks_in_flight, cfg.switch_split.spec())
         timings["levels12_s"] = round(time.time() - t, 3)
 
         t = time.time()
@@ -189,7 +190,6 @@ def run(job: Job) -> CorrelateResult:
                       else np.zeros(0, dtype=np.int64))
         n_links = merged_link_count(out)
         ident = merged_identity(node_of, node_label)
-        del node_label
         drop, recheck_reused = radius_recheck(out, catalog, ident, node_of, r, cfg.videos_per_task, cfg.tasks_in_flight)
         ident[drop] = -1
         reason[drop] = IDENTITY_RADIUS
@@ -198,6 +198,11 @@ def run(job: Job) -> CorrelateResult:
         timings["level3_s"] = round(time.time() - t, 3)
 
         write_outputs(out, catalog, final.identity, final.reason, cfg.videos_per_task)
+        acc_src, acc_dist, acc_linkage = accepted_links(out)
+        audit = audit_merges(node_label, node_video, acc_src, acc_dist, acc_linkage, d,
+                             final_identity_of_labels(node_label, node_of, final.identity))
+        del node_label
+        log.info("%s", format_audit(audit))
         summary = {
             "radius": r, "link_distance": d, "calibrated": th["calibrated"],
             "windows": len(windows), "links": n_links, "link_files": n_link_files,
@@ -206,6 +211,8 @@ def run(job: Job) -> CorrelateResult:
             "video_order": catalog.order_source,
             "counts": _level_counts(catalog, final.reason, node_of, final),
             "timings": timings,
+            "merge_audit": audit,
+            "switch_cuts": int(cuts.sum()),  # tracklets cut where their appearance switches (level 1)
         }
         for key in ("radius_stats", "link_stats"):
             if key in th:
@@ -221,7 +228,8 @@ def run(job: Job) -> CorrelateResult:
             timings["quality_s"] = round(time.time() - t, 3)
         c = summary["counts"]
         st.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
-                        "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
+                        "identities_out": c["level3"]["identities_out"], "links": summary["links"],
+                        "identities_multi_video": audit["identities_multi_video"]})
         for m, s in summary.get("quality", {}).items():
             st.log_metrics({f"{m}.{k}": v for k, v in s.items()})
         summary["notes"] = summary_notes(summary)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Protocol
+from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -61,11 +61,36 @@ class HandcraftedEmbedder:
         return out if len(out) else np.zeros((0, self.dim), dtype=np.float32)
 
 
-class OnnxEmbedder:
-    """An ONNX re-ID model (input RGB ImageNet-normalised NCHW, output [n, d]) run by onnxruntime."""
+def _triple(value, key: str, where: str) -> tuple[float, float, float]:
+    vals = [float(v) for v in (value.replace("[", "").replace("]", "").split(",") if isinstance(value, str) else value)]
+    if len(vals) != 3:
+        raise ConfigError(f"{where}: {key} must be three numbers (RGB, 0-1 scale), got {value!r}")
+    return tuple(vals)
 
-    def __init__(self, path: str, height: int = 256, width: int = 128, batch_size: int = 64, threads: Optional[int] = None, use_gpu: bool = False):
+
+def normalisation(session, mean, std, where: str) -> tuple[tuple, tuple]:
+    """(mean, std) for the model's RGB 0-1 input: given values, else the model's ``mean`` / ``std`` metadata
+    (comma-separated or JSON lists), else ImageNet's."""
+    meta = session.get_modelmeta().custom_metadata_map or {}
+    mean = mean if mean is not None else meta.get("mean")
+    std = std if std is not None else meta.get("std")
+    return (_triple(mean, "mean", where) if mean is not None else tuple(IMAGENET_MEAN.tolist()),
+            _triple(std, "std", where) if std is not None else tuple(IMAGENET_STD.tolist()))
+
+
+class OnnxEmbedder:
+    """An ONNX re-ID model (input RGB NCHW normalised by mean/std, output [n, d]) run by onnxruntime.
+
+    Input size: fixed axes of the model win; dynamic ones take ``height`` / ``width``. Normalisation: ``mean`` /
+    ``std`` given, else the model's metadata, else ImageNet (what OSNet and torchvision backbones use). The embed
+    stage and the evaluate stage (``evaluate.model=<file>.onnx``) both run re-ID ONNX models through this class.
+    """
+
+    def __init__(self, path: str, height: int = 256, width: int = 128, batch_size: int = 64, threads: Optional[int] = None,
+                 use_gpu: bool = False, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
         import onnxruntime as ort
+
+        self._args = (path, height, width, batch_size, threads, use_gpu, mean, std)
 
         opts = ort.SessionOptions()
         if threads:
@@ -89,15 +114,20 @@ class OnnxEmbedder:
         self.width = shape[3] if len(shape) == 4 and isinstance(shape[3], int) else width
         self.batch_size = batch_size
         self.providers = self.session.get_providers()
+        self.mean, self.std = normalisation(self.session, mean, std, path)
+        self.name = f"onnx:{os.path.basename(path)}"
         out_shape = self.session.get_outputs()[0].shape
         if len(out_shape) == 2 and isinstance(out_shape[1], int):
             self.dim = int(out_shape[1])
         else:
             self.dim = int(self._run(np.zeros((1, self.height, self.width, 3), np.uint8)).shape[1])
-        self.name = f"onnx:{os.path.basename(path)}"
+
+    def __reduce__(self):
+        """Pickles as its arguments: an onnxruntime session cannot travel, so a Ray actor rebuilds it."""
+        return (type(self), self._args)
 
     def _run(self, ims) -> np.ndarray:
-        x = to_imagenet_nchw(resize_batch(ims, self.height, self.width))
+        x = to_imagenet_nchw(resize_batch(ims, self.height, self.width), self.mean, self.std)
         (y,) = self.session.run(None, {self.input_name: x})[:1]
         return l2_normalise(np.asarray(y).reshape(len(x), -1))
 

@@ -27,7 +27,11 @@ class EvaluateConfig(StrictModel):
     dataset: str = InputField("", description="re-ID dataset root (Market-1501 layout); empty = <output>/corpus/market")
     dataset_format: Literal["auto", "market", "msmt17", "list"] = "auto"
     keep_distractors: bool = Field(True, description="Market pid 0000 stays in the gallery as negatives")
-    model: Optional[str] = InputField(None, description="checkpoint path, models:/name@alias, or None = newest pretrain")
+    model: Optional[str] = InputField(None, description="checkpoint path, models:/name@alias, an ONNX re-ID model (*.onnx), "
+                                 "or None = newest pretrain")
+    mean: Optional[tuple[float, float, float]] = Field(None, description="ONNX models: input mean (RGB, 0-1); "
+                                                       "None = the model's metadata, else ImageNet")
+    std: Optional[tuple[float, float, float]] = Field(None, description="ONNX models: input std, as mean")
     architecture: Optional[str] = Field(None, description="backbone name for a bare checkpoint without backbone.json")
     protocol: Literal["frozen", "finetune"] = "frozen"
     finetune: FinetuneConfig = FinetuneConfig()

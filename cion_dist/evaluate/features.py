@@ -66,6 +66,19 @@ def load_images(uris: Sequence[str], storage: Optional[Storage] = None, threads:
         return list(pool.map(one, uris))
 
 
+def embed_images(embedder, images: Sequence[np.ndarray], flip: bool = True) -> np.ndarray:
+    """Features from an embed-stage embedder (RGB uint8 crops in, its own resize and normalisation); with
+    ``flip`` the mean of the image's and its mirror's features."""
+    f = embedder(images)
+    if flip:
+        f = (f + embedder([np.ascontiguousarray(im[:, ::-1]) for im in images])) / 2
+    return np.asarray(f, dtype=np.float32)
+
+
+def is_embedder(model) -> bool:
+    return not isinstance(model, torch.nn.Module) and callable(model)
+
+
 @torch.no_grad()
 def embed_tensor(model: torch.nn.Module, x: torch.Tensor, flip: bool = True) -> np.ndarray:
     """Features of a preprocessed batch; with ``flip`` the mean of the image's and its mirror's features."""
@@ -80,14 +93,17 @@ def embed_tensor(model: torch.nn.Module, x: torch.Tensor, flip: bool = True) -> 
 def extract_local(model: torch.nn.Module, uris: Sequence[str], storage: Optional[Storage] = None, *,
                   batch_size: int = 64, flip: bool = True, height: int = 256, width: int = 128,
                   device: str = "auto", threads: int = 2) -> np.ndarray:
-    """In-process extraction, ``[N, D]`` float32 in the order of ``uris``."""
-    model = model.to(resolve_device(device)).eval()
+    """In-process extraction, ``[N, D]`` float32 in the order of ``uris``; ``model`` is a torch module or an
+    embed-stage embedder (``is_embedder``)."""
+    onnx = is_embedder(model)
+    if not onnx:
+        model = model.to(resolve_device(device)).eval()
     feats = []
     for s in range(0, len(uris), batch_size):
         imgs = load_images(uris[s : s + batch_size], storage, threads)
-        feats.append(embed_tensor(model, to_tensor(imgs, height, width), flip))
+        feats.append(embed_images(model, imgs, flip) if onnx else embed_tensor(model, to_tensor(imgs, height, width), flip))
     if not feats:
-        return np.zeros((0, int(getattr(model, "embed_dim", 0))), dtype=np.float32)
+        return np.zeros((0, int(getattr(model, "embed_dim", getattr(model, "dim", 0)))), dtype=np.float32)
     return np.concatenate(feats).astype(np.float32, copy=False)
 
 
@@ -100,12 +116,16 @@ class _EmbedActor:
         torch.set_num_threads(1)
         if isinstance(model, ray.ObjectRef):
             model = ray.get(model)
-        self.model = model.to(resolve_device(device)).eval()
+        self.embedder = is_embedder(model)
+        self.model = model if self.embedder else model.to(resolve_device(device)).eval()
         self.storage, self.flip, self.height, self.width = storage, flip, height, width
 
     def __call__(self, batch: dict) -> dict:
         imgs = load_images(list(batch["uri"]), self.storage, threads=2)
-        feats = embed_tensor(self.model, to_tensor(imgs, self.height, self.width), self.flip)
+        if self.embedder:
+            feats = embed_images(self.model, imgs, self.flip)
+        else:
+            feats = embed_tensor(self.model, to_tensor(imgs, self.height, self.width), self.flip)
         return {"idx": np.asarray(batch["idx"]), "feat": feats}
 
 
@@ -117,7 +137,7 @@ def extract_ray(model: torch.nn.Module, uris: Sequence[str], storage: Optional[S
 
     st = storage or Storage()
     gpus = 1 if resolve_device(device).type == "cuda" else 0
-    model_ref = ray.put(model.cpu().eval())
+    model_ref = ray.put(model if is_embedder(model) else model.cpu().eval())  # an embedder pickles as its arguments
     ds = ray.data.from_items([{"idx": i, "uri": u} for i, u in enumerate(uris)])
     out = ds.map_batches(
         _EmbedActor,
@@ -133,7 +153,7 @@ def extract_ray(model: torch.nn.Module, uris: Sequence[str], storage: Optional[S
         idx_parts.append(batch["idx"])
         feat_parts.append(np.stack(list(batch["feat"])) if batch["feat"].dtype == object else batch["feat"])
     if not idx_parts:
-        return np.zeros((0, int(getattr(model, "embed_dim", 0))), dtype=np.float32)
+        return np.zeros((0, int(getattr(model, "embed_dim", getattr(model, "dim", 0)))), dtype=np.float32)
     idx = np.concatenate(idx_parts)
     feats = np.concatenate(feat_parts).astype(np.float32, copy=False)
     if len(idx) != len(uris) or not np.array_equal(np.sort(idx), np.arange(len(uris))):

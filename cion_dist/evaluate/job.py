@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from cion_dist.config.job import Job
-from cion_dist.errors import DataError
+from cion_dist.errors import ConfigError, DataError
 from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
 from cion_dist.evaluate.features import extract_local, extract_ray
 from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
@@ -78,7 +78,12 @@ def run(job: Job) -> EvaluateResult:
     if job.mlflow.enabled:
         configure(job)
     model = resolve_model(cfg.model, experiment=job.mlflow.experiment, storage=storage,
-                          architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled)
+                          architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled,
+                          onnx={"height": cfg.height, "width": cfg.width, "mean": cfg.mean, "std": cfg.std,
+                                "batch_size": cfg.batch_size})
+    if model.embedder is not None and cfg.protocol == "finetune":
+        raise ConfigError(f"evaluate.protocol=finetune needs a torch backbone; {model.uri} is an ONNX model "
+                          "(use protocol: frozen)")
     dataset_rec = {"uri": root, "digest": digest, "stage": "dataset"}
     st = StageRun(job, STAGE, cfg, [dataset_rec, model.record()], storage=storage,
                   input_digest=f"{digest}:{model.uri}:{model.weights_digest}")
@@ -87,7 +92,7 @@ def run(job: Job) -> EvaluateResult:
     out = st.out
 
     t0 = time.time()
-    net, extra = model.module, {}
+    net, extra = (model.module if model.embedder is None else model.embedder), {}
     if cfg.protocol == "finetune":
         from cion_dist.evaluate.finetune import finetune
 

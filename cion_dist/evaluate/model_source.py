@@ -1,6 +1,8 @@
 """Which backbone an evaluation runs: a local/s3 checkpoint, a registered ``models:/`` version, a ``runs:/`` model,
-or (nothing named) the newest finished pretrain run. Every form ends in ``build_backbone(architecture,
-pretrained_path=weights)`` so all architectures and checkpoint layouts load the same way.
+an ONNX re-ID model (``*.onnx``), or (nothing named) the newest finished pretrain run. Every torch form ends in
+``build_backbone(architecture, pretrained_path=weights)`` so all architectures and checkpoint layouts load the same
+way; an ONNX file runs through the embed stage's ``OnnxEmbedder``, so a pretrained backbone can be compared with
+a re-ID model users already know on the same benchmark.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
 @dataclass
 class ResolvedModel:
-    module: nn.Module
+    module: Optional[nn.Module]  # None for an ONNX model (``embedder`` runs it)
     uri: str  # canonical: models:/name/<number>, runs:/<id>/model, or the checkpoint URI
     architecture: str
     embed_dim: int
@@ -31,6 +33,7 @@ class ResolvedModel:
     name: Optional[str] = None  # registered model name and version, when the model is registered
     version: Optional[str] = None
     run_id: Optional[str] = None  # the run that produced the weights
+    embedder: Optional[object] = None  # an embed-stage embedder (uint8 RGB crops -> features) instead of a module
 
     def record(self) -> dict:
         """Input record for lineage (see ``stage_run``)."""
@@ -85,7 +88,8 @@ def load_checkpoint(uri: str, storage: Optional[Storage] = None, architecture: O
         weights = uri
         meta = _meta_from(join(folder, os.path.splitext(fname)[0] + ".json"), st) or _meta_from(join(folder, META_FILE), st)
     else:
-        raise DataError(f"{uri}: not a model folder, backbone.json or checkpoint ({', '.join(CHECKPOINT_EXTS)})")
+        raise DataError(f"{uri}: not a model folder, backbone.json, checkpoint ({', '.join(CHECKPOINT_EXTS)}) "
+                        "or ONNX model (.onnx)")
     arch = architecture or (meta or {}).get("architecture")
     if not arch:
         raise ConfigError(f"{uri}: no {META_FILE} names the architecture; set evaluate.architecture")
@@ -96,6 +100,24 @@ def load_checkpoint(uri: str, storage: Optional[Storage] = None, architecture: O
     if meta and meta.get("embed_dim") and int(meta["embed_dim"]) != embed_dim:
         raise DataError(f"{uri}: {META_FILE} says embed_dim {meta['embed_dim']} but {arch} produces {embed_dim}")
     return ResolvedModel(module.eval(), uri, arch, embed_dim, digest)
+
+
+def load_onnx(uri: str, storage: Optional[Storage] = None, height: int = 256, width: int = 128,
+              mean=None, std=None, batch_size: int = 64) -> ResolvedModel:
+    """An ONNX re-ID model file (path or s3://): input size from the model's fixed axes (else ``height`` /
+    ``width``), normalisation from ``mean`` / ``std``, else the model's metadata, else ImageNet."""
+    from cion_dist.embed.embedders import OnnxEmbedder
+    from cion_dist.embed.weights import resolve_weights
+
+    try:
+        local = resolve_weights(uri, storage)
+    except DataError as e:
+        raise DataError(f"evaluate.model: ONNX model not found: {uri} ({e})") from e
+    embedder = OnnxEmbedder(local, height, width, batch_size, mean=mean, std=std)
+    with open(local, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return ResolvedModel(module=None, uri=uri, architecture=embedder.name, embed_dim=embedder.dim,
+                         weights_digest=digest, embedder=embedder)
 
 
 def load_registered(uri: str, architecture: Optional[str] = None) -> ResolvedModel:
@@ -155,11 +177,13 @@ def newest_pretrain_uri(experiment: str) -> str:
 
 
 def resolve_model(spec: Optional[str], *, experiment: str, storage: Optional[Storage] = None,
-                  architecture: Optional[str] = None, mlflow_enabled: bool = True) -> ResolvedModel:
+                  architecture: Optional[str] = None, mlflow_enabled: bool = True, onnx: Optional[dict] = None) -> ResolvedModel:
     """Load the backbone ``spec`` names (see module docstring); ``init:<architecture>`` is a seeded random init,
-    the 'before pretraining' reference."""
+    the 'before pretraining' reference; ``onnx`` (height, width, mean, std) applies to ``*.onnx`` models."""
     if spec is not None and spec.startswith("init:"):
         return random_init(spec[len("init:"):])
+    if spec is not None and spec.lower().endswith(".onnx"):
+        return load_onnx(spec, storage, **(onnx or {}))
     if spec is None or spec.startswith(("models:/", "runs:/")):
         if not mlflow_enabled:
             raise ConfigError("evaluate.model needs MLflow (models:/, runs:/ or newest pretrain) but mlflow.enabled is false")

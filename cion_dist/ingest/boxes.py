@@ -1,4 +1,4 @@
-"""Box arithmetic on ``[n, 4]`` float arrays of ``x1, y1, x2, y2`` corners: IoU, NMS, clipping. Pure numpy."""
+"""Box arithmetic on ``[n, 4]`` float arrays of ``x1, y1, x2, y2`` corners: IoU, NMS (OpenCV), clipping."""
 
 from __future__ import annotations
 
@@ -30,19 +30,27 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Indices of the boxes kept by greedy non-maximum suppression, best score first."""
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, classes=None) -> np.ndarray:
+    """Indices of the boxes kept by greedy non-maximum suppression, best score first (OpenCV's ``NMSBoxes``).
+
+    With ``classes`` (one integer per box) suppression is class-aware: boxes of different classes never
+    suppress each other (``NMSBoxesBatched``).
+    """
+    import cv2
+
     boxes = as_boxes(boxes)
-    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
-    keep: list[int] = []
-    while len(order):
-        i = int(order[0])
-        keep.append(i)
-        if len(order) == 1:
-            break
-        ious = iou_matrix(boxes[i : i + 1], boxes[order[1:]])[0]
-        order = order[1:][ious <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(boxes) == 0:
+        return np.zeros(0, dtype=np.int64)
+    xywh = np.c_[boxes[:, :2], boxes[:, 2:] - boxes[:, :2]].tolist()
+    ranked = (scores - scores.min() + 1.0).tolist()  # OpenCV wants scores above a threshold >= 0; order is kept
+    if classes is None:
+        keep = cv2.dnn.NMSBoxes(xywh, ranked, 0.0, float(iou_threshold))
+    else:
+        cls = np.asarray(classes, dtype=np.int64).reshape(-1).tolist()
+        keep = cv2.dnn.NMSBoxesBatched(xywh, ranked, cls, 0.0, float(iou_threshold))
+    keep = np.asarray(keep, dtype=np.int64).reshape(-1)
+    return keep[np.argsort(-scores[keep], kind="stable")]
 
 
 def clip_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -24,12 +24,35 @@ class BackgroundConfig(StrictModel):
     split_aspect: float = Field(2.8, ge=0, description="h / w of one person when cutting wide blobs; 0 = no cutting")
 
 
+class TileConfig(StrictModel):
+    """Sliced inference (neural detectors): overlapping tiles plus the whole frame, merged by NMS."""
+
+    grid: tuple[int, int] = Field((1, 1), description="tiles across, down; (1, 1) = whole frame only")
+    overlap: float = Field(0.25, ge=0, lt=0.9, description="share of a tile its neighbour also covers")
+    full_frame: bool = Field(True, description="also run the whole frame (people taller than a tile)")
+    edge_margin: float = Field(0.01, ge=0, lt=0.5, description="tile boxes this close to an inner tile edge "
+                               "(share of the tile size) are people cut by the tile and dropped")
+
+    @property
+    def enabled(self) -> bool:
+        return self.grid[0] * self.grid[1] > 1
+
+    @model_validator(mode="after")
+    def _positive(self) -> "TileConfig":
+        if min(self.grid) < 1:
+            raise ValueError(f"tiles.grid must be two positive integers, got {list(self.grid)}")
+        return self
+
+
 class DetectorConfig(StrictModel):
     kind: Literal["background", "yolox", "torchvision"] = "background"
     model_uri: Optional[str] = Field(None, description="ONNX / weights file (path or s3://) for neural detectors")
     score_threshold: float = Field(0.35, ge=0, le=1)
     nms_threshold: float = Field(0.45, ge=0, le=1)
-    input_size: int = Field(416, ge=32, description="square network input of neural detectors, pixels")
+    input_size: Optional[int] = Field(None, ge=32, description="square input for models with dynamic spatial axes; "
+                                      "a model's fixed size wins (with a warning); None = the model's, else 640")
+    batch_size: int = ExecutionField(8, ge=1, description="images per model call where the model's batch axis is dynamic")
+    tiles: TileConfig = TileConfig()
     num_gpus: float = ExecutionField(0, ge=0)
     threads: int = ExecutionField(1, ge=1, description="onnxruntime intra-op threads per clip task")
     background: BackgroundConfig = BackgroundConfig()
@@ -38,6 +61,12 @@ class DetectorConfig(StrictModel):
     def _weights_given(self) -> "DetectorConfig":
         if self.kind == "yolox" and not self.model_uri:
             raise ValueError("detector.kind yolox needs detector.model_uri (the YOLOX ONNX file, path or s3://)")
+        return self
+
+    @model_validator(mode="after")
+    def _tiles_need_stateless(self) -> "DetectorConfig":
+        if self.kind == "background" and self.tiles.enabled:
+            raise ValueError("detector.tiles: the background detector models whole frames and cannot be tiled")
         return self
 
 
@@ -57,6 +86,28 @@ class TrackerConfig(StrictModel):
         return self
 
 
+class GateConfig(StrictModel):
+    """Crop quality gate (``cion_dist/ingest/gate.py``): which tracked detections become crops."""
+
+    enabled: bool = True
+    action: Literal["drop", "flag"] = Field("drop", description="drop failing crops, or keep them and only count")
+    min_height: int = Field(40, ge=1, description="crops shorter than this (source pixels) are tiny")
+    border_margin: float = Field(0.005, ge=0, lt=0.5, description="boxes this close to a frame edge (share of the "
+                                 "frame's width / height) are cut by the border; 0 = no check")
+    min_aspect: float = Field(1.5, gt=0, description="height / width below this is not an upright person")
+    max_aspect: float = Field(5.0, gt=0, description="height / width above this is not a whole person")
+    two_person_aspect: float = Field(1.1, ge=0, description="height / width below this: two people side by side")
+    max_overlap: float = Field(0.5, gt=0, le=1, description="share of a box another detection may cover")
+    overlap_min_score: float = Field(0.3, ge=0, le=1, description="detections below this score cover nothing")
+    min_sharpness: float = Field(8.0, ge=0, description="variance of the Laplacian at 128 px high; 0 = no check")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "GateConfig":
+        if self.min_aspect > self.max_aspect:
+            raise ValueError("gate.min_aspect must not exceed gate.max_aspect")
+        return self
+
+
 class IngestConfig(StrictModel):
     manifest: str = InputField("", description="manifest Parquet URI; empty = <output>/corpus/manifest.parquet")
     sample_fps: Optional[float] = Field(None, gt=0, description="decode at this rate; None = every_n")
@@ -69,5 +120,6 @@ class IngestConfig(StrictModel):
     jpeg_quality: int = Field(90, ge=10, le=100)
     detector: DetectorConfig = DetectorConfig()
     tracker: TrackerConfig = TrackerConfig()
+    gate: GateConfig = GateConfig()
     concurrency: int = ExecutionField(2, ge=1)
     max_error_fraction: float = ExecutionField(0.2, ge=0, le=1)

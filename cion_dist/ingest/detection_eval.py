@@ -50,3 +50,27 @@ def match_frame(pred, gt, ignore=None, iou_threshold: float = 0.5) -> DetectionC
         overlaps = iou_matrix(pred[rest], ignore).max(axis=1) >= iou_threshold
         rest = rest[~overlaps]
     return DetectionCounts(tp=tp, fp=int(len(rest)), fn=int(len(gt) - tp))
+
+
+HEIGHT_BINS = (0.0, 64.0, 128.0, 256.0, float("inf"))  # ground-truth box height in pixels
+
+
+def matched_ground_truth(pred, gt, iou_threshold: float = 0.5) -> np.ndarray:
+    """Boolean per ground-truth box: matched by a prediction under the same one-to-one matching as ``match_frame``."""
+    pred, gt = as_boxes(pred), as_boxes(gt)
+    hit = np.zeros(len(gt), bool)
+    if len(pred) and len(gt):
+        iou = iou_matrix(pred, gt)
+        rows, cols = linear_sum_assignment(-iou)
+        hit[cols[iou[rows, cols] >= iou_threshold]] = True
+    return hit
+
+
+def recall_by_height(gt_heights: np.ndarray, hit: np.ndarray, bins=HEIGHT_BINS) -> list[tuple[str, int, float]]:
+    """``(label, ground-truth count, recall)`` per box-height bin."""
+    out = []
+    for lo, hi in zip(bins[:-1], bins[1:]):
+        sel = (gt_heights >= lo) & (gt_heights < hi)
+        label = f"<{hi:.0f}" if lo == 0 else (f">{lo:.0f}" if hi == float("inf") else f"{lo:.0f}-{hi:.0f}")
+        out.append((label, int(sel.sum()), float(hit[sel].mean()) if sel.any() else float("nan")))
+    return out

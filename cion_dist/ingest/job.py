@@ -11,6 +11,7 @@ ingests clips that have no sound part yet.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -81,10 +82,12 @@ def run(job: Job) -> IngestResult:
             "detector": cfg.detector.kind,
             "manifest_uri": manifest_uri,
         }
+        summary.update(stats.gate_figures())
         rows = {"crops": crops, "tracklets": tracklets, "clips": manifest.rows, "errors": len(stats.errors)}
         log.info("ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
                  manifest.rows, stats.done, stats.frames, crops, tracklets, len(stats.errors), summary["frames_per_s"])
-        st.log_metrics({**rows, "frames_decoded": stats.frames, "frames_per_s": summary["frames_per_s"]})
+        st.log_metrics({**rows, "frames_decoded": stats.frames, "frames_per_s": summary["frames_per_s"],
+                        **{k: float(v) for k, v in summary.items() if k.startswith("gate_") and isinstance(v, (int, float))}})
         record = st.finalize(rows, summary, parts=parts)
     return IngestResult.from_record(record)
 
@@ -93,8 +96,11 @@ class ClipStats:
     """What the driver keeps of the clip results streaming back: sums, and the (few) error rows."""
 
     def __init__(self):
+        from cion_dist.ingest.gate import GateTally
+
         self.done = self.frames = self.detections = 0
         self.errors: list[dict] = []
+        self.gate = GateTally()  # the quality gate over the clips ingested in this attempt
 
     def add(self, batch: pa.Table) -> list[dict]:
         """Fold one batch of results in; returns the report rows of the parts it wrote."""
@@ -103,6 +109,9 @@ class ClipStats:
         self.detections += int(pa.compute.sum(batch.column("detections")).as_py() or 0)
         done = batch.filter(pa.compute.equal(batch.column("status"), "done"))
         self.done += done.num_rows
+        tallies = [json.loads(g) for g in done.column("gate").to_pylist() if g]
+        if tallies:
+            self.gate = type(self.gate).merged([self.gate, *tallies])
         if "error" in status:
             err = batch.filter(pa.compute.equal(batch.column("status"), "error"))
             self.errors += err.select(["video_id", "uri", "reason"]).to_pylist()
@@ -122,7 +131,8 @@ def run_clips(job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out
     fs, _ = storage.pyarrow(manifest.files[0])
     paths = [storage.pyarrow(f)[1] for f in manifest.files]
     size = max(1, min(cfg.concurrency, n_pending))
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["video_id", "uri"])
+    cols = ["video_id", "uri"] + [c for c in ("start_s", "end_s") if c in manifest.columns]  # segments of a video
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols)
     ds = ds.map_batches(not_done, fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
                         batch_format="pyarrow", batch_size=65536)
     # several small blocks per worker: each task ingests its block's clips one after another
@@ -138,6 +148,16 @@ def run_clips(job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out
         reports.add(stats.add(batch))
     reports.flush()
 
+
+    def gate_figures(self) -> dict:
+        """The quality gate's figures (logged, and kept in the summary) over the clips ingested in this attempt."""
+        figures = self.gate.summary()
+        dropped = {k[len("gate_dropped_"):]: v for k, v in figures.items() if k.startswith("gate_dropped_") and v}
+        log.info("ingest gate: %d of %d tracked crops kept (%.1f%%), dropped %s; kept crops touching an edge %.1f%%, "
+                 "height/width histogram %s", figures["gate_kept"], figures["gate_considered"],
+                 100 * figures["gate_kept_fraction"], dropped or "none", 100 * figures["gate_kept_edge_touch_fraction"],
+                 figures["gate_kept_aspect_histogram"])
+        return figures
 
 def write_errors(out: StageOutput, errors: list[dict]) -> None:
     errors = sorted(errors, key=lambda e: str(e["video_id"]))

@@ -20,7 +20,7 @@ def _manifest_files(uri: str, storage: Storage) -> list[str]:
     if not fs.exists(path):
         raise DataError(f"manifest not found: {uri} (run the synth stage or set ingest.manifest)")
     if fs.isdir(path):
-        found = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
+        found = sorted(p for p in fs.find(path) if p.endswith(".parquet") and not p.endswith(".errors.parquet"))
         if not found:
             raise DataError(f"manifest folder {uri} holds no Parquet files")
         return [("s3://" + p) if is_s3(uri) else p for p in found]
@@ -92,6 +92,7 @@ class ManifestInfo:
     files: list[str]
     rows: int
     digest: str
+    columns: tuple = ()  # the manifest's column names (optional columns such as start_s / end_s)
 
 
 def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
@@ -103,7 +104,7 @@ def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
     st = storage or Storage()
     h = hashlib.sha256()
     files = _manifest_files(uri, st)
-    tables = []
+    tables, columns = [], []
     for f in files:
         data = read_bytes(f, st)
         h.update(hashlib.sha256(data).digest())
@@ -115,6 +116,7 @@ def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
         for col in MANIFEST_REQUIRED:
             if col not in t.column_names:
                 raise DataError(f"manifest {uri} lacks column {col!r} (has {t.column_names})")
+        columns += [c for c in t.column_names if c not in columns]
         tables.append(t.select(["video_id", "uri"]))
     table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
     del tables
@@ -132,4 +134,4 @@ def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
         first = pc.indices_nonzero(pc.equal(ids, dup)).to_pylist()[:2]
         raise DataError(f"manifest {uri} row {first[-1]}: duplicate video_id {dup!r}")
     del table, ids
-    return ManifestInfo(uri, files, rows, h.hexdigest())
+    return ManifestInfo(uri, files, rows, h.hexdigest(), tuple(columns))

@@ -13,9 +13,10 @@ the driver then applies ``max_error_fraction``.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Any
+from typing import Any, Optional
 
 from cion_dist.errors import DataError
 from cion_dist.ingest.clip import ingest_clip
@@ -28,12 +29,18 @@ log = logging.getLogger(__name__)
 
 def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: int = 0, detections: int = 0,
               crops: int = 0, tracklets: int = 0, seconds: float = 0.0, written=None, name: str = "",
-              error_type: str = "") -> dict[str, Any]:
-    """One clip's result; for a written part also its report (name, sha256, size, listing fingerprint)."""
+              error_type: str = "", gate: str = "") -> dict[str, Any]:
+    """One clip's result; for a written part also its report (name, sha256, size, listing fingerprint).
+    ``gate``: the clip's quality-gate tally as JSON (``GateTally.to_dict``), empty when the clip was not run."""
     return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "error_type": error_type,
             "frames": frames, "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds,
             "name": name, "sha256": written.sha256 if written else "", "size": written.size if written else 0,
-            "fingerprint": written.fingerprint if written else ""}
+            "fingerprint": written.fingerprint if written else "", "gate": gate}
+
+
+def _seconds(v) -> Optional[float]:
+    """A manifest segment bound (seconds) or None where the manifest has none (column absent or null)."""
+    return None if v is None or (isinstance(v, float) and v != v) else float(v)
 
 
 class ClipWorker:
@@ -58,7 +65,8 @@ class ClipWorker:
         uri = resolve_clip_uri(str(row["uri"]), self.manifest_uri)
         t0 = time.perf_counter()
         try:
-            res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip())
+            res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip(),
+                              _seconds(row.get("start_s")), _seconds(row.get("end_s")))
             written = self.out.write_unit(video_id, res.table)
         except Exception as e:  # noqa: BLE001 - one clip's fault never fails the dataset; the driver counts them
             reason = redact_text(e) if isinstance(e, DataError) else f"{type(e).__name__}: {redact_text(e)} ({uri})"
@@ -68,7 +76,7 @@ class ClipWorker:
         tracklets = len(set(res.table.column("tracklet_id").to_pylist()))
         return stats_row(video_id, uri, "done", frames=res.frames, detections=res.detections,
                          crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0,
-                         written=written, name=unit_filename(video_id))
+                         written=written, name=unit_filename(video_id), gate=json.dumps(res.gate))
 
 
 def ingest_row(row: dict[str, Any], cfg, storage: Storage, out_uri: str, manifest_uri: str) -> dict[str, Any]:

@@ -23,9 +23,9 @@ class TorchvisionDetector:
     def from_config(cls, cfg, storage=None) -> "TorchvisionDetector":
         try:
             import torchvision  # noqa: F401
-        except (ImportError, RuntimeError):  # RuntimeError: a CUDA torchvision wheel beside a CPU torch
+        except (ImportError, RuntimeError) as e:  # RuntimeError: a torchvision built for another torch
             raise ConfigError(
-                "ingest.detector.kind=torchvision needs the torchvision package, which is not installed; "
+                f"ingest.detector.kind=torchvision needs a working torchvision package ({e}); "
                 "use kind=yolox (ONNX) or kind=background"
             ) from None
         if not cfg.model_uri:
