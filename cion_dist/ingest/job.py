@@ -43,16 +43,24 @@ def run(job: Job) -> IngestResult:
     storage = Storage(job.storage)
     manifest_uri = manifest_uri_for(job)
     manifest = check_manifest(manifest_uri, storage)
-    st = StageRun(job, "ingest", cfg, [{"uri": manifest_uri, "stage": "manifest", "digest": manifest.digest}],
-                  storage=storage)
+    st = StageRun(
+        job, "ingest", cfg, [{"uri": manifest_uri, "stage": "manifest", "digest": manifest.digest}], storage=storage
+    )
     if (done := st.completed()) is not None:
         return IngestResult.from_record(done, skipped=True)
     out = st.out
 
     done_keys, _, chk = done_parts(out)
     n_pending = manifest.rows - len(done_keys)
-    log.info("ingest: %d clips in %s, %d done, %d to process (%d torn or unreported parts redone) -> %s",
-             manifest.rows, manifest_uri, len(done_keys), n_pending, len(chk.changed) + len(chk.unreported), out.uri)
+    log.info(
+        "ingest: %d clips in %s, %d done, %d to process (%d torn or unreported parts redone) -> %s",
+        manifest.rows,
+        manifest_uri,
+        len(done_keys),
+        n_pending,
+        len(chk.changed) + len(chk.unreported),
+        out.uri,
+    )
 
     with st.tracking():
         t0 = time.perf_counter()
@@ -67,8 +75,10 @@ def run(job: Job) -> IngestResult:
         write_errors(out, stats.errors)
         if manifest.rows and len(stats.errors) / manifest.rows > cfg.max_error_fraction:
             names = ", ".join(f"{e['video_id']} ({e['reason']})" for e in stats.errors[:5])
-            raise DataError(f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
-                            f"max_error_fraction={cfg.max_error_fraction}: {names}")
+            raise DataError(
+                f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
+                f"max_error_fraction={cfg.max_error_fraction}: {names}"
+            )
         parts = out.combine()
         crops, tracklets = parts.totals.get("crops", 0), parts.totals.get("tracklets", 0)
         summary = {
@@ -84,10 +94,24 @@ def run(job: Job) -> IngestResult:
         }
         summary.update(stats.gate_figures())
         rows = {"crops": crops, "tracklets": tracklets, "clips": manifest.rows, "errors": len(stats.errors)}
-        log.info("ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
-                 manifest.rows, stats.done, stats.frames, crops, tracklets, len(stats.errors), summary["frames_per_s"])
-        st.log_metrics({**rows, "frames_decoded": stats.frames, "frames_per_s": summary["frames_per_s"],
-                        **{k: float(v) for k, v in summary.items() if k.startswith("gate_") and isinstance(v, (int, float))}})
+        log.info(
+            "ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
+            manifest.rows,
+            stats.done,
+            stats.frames,
+            crops,
+            tracklets,
+            len(stats.errors),
+            summary["frames_per_s"],
+        )
+        st.log_metrics(
+            {
+                **rows,
+                "frames_decoded": stats.frames,
+                "frames_per_s": summary["frames_per_s"],
+                **{k: float(v) for k, v in summary.items() if k.startswith("gate_") and isinstance(v, (int, float))},
+            }
+        )
         record = st.finalize(rows, summary, parts=parts)
     return IngestResult.from_record(record)
 
@@ -117,9 +141,26 @@ class ClipStats:
             self.errors += err.select(["video_id", "uri", "reason"]).to_pylist()
         return done.select(["name", "sha256", "size", "fingerprint", "crops", "tracklets"]).to_pylist()
 
+    def gate_figures(self) -> dict:
+        """The quality gate's figures (logged, and kept in the summary) over the clips ingested in this attempt."""
+        figures = self.gate.summary()
+        dropped = {k[len("gate_dropped_") :]: v for k, v in figures.items() if k.startswith("gate_dropped_") and v}
+        log.info(
+            "ingest gate: %d of %d tracked crops kept (%.1f%%), dropped %s; kept crops touching an edge %.1f%%, "
+            "height/width histogram %s",
+            figures["gate_kept"],
+            figures["gate_considered"],
+            100 * figures["gate_kept_fraction"],
+            dropped or "none",
+            100 * figures["gate_kept_edge_touch_fraction"],
+            figures["gate_kept_aspect_histogram"],
+        )
+        return figures
 
-def run_clips(job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out: StageOutput, storage: Storage,
-              stats: ClipStats) -> None:
+
+def run_clips(
+    job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out: StageOutput, storage: Storage, stats: ClipStats
+) -> None:
     """Ray Data over the manifest (``read_parquet``), clips with a done part dropped in its tasks, one call per clip.
 
     Results stream back in batches: sums are kept, report rows go to ``_reports/`` in batches of thousands, so
@@ -133,14 +174,23 @@ def run_clips(job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out
     size = max(1, min(cfg.concurrency, n_pending))
     cols = ["video_id", "uri"] + [c for c in ("start_s", "end_s") if c in manifest.columns]  # segments of a video
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols)
-    ds = ds.map_batches(not_done, fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
-                        batch_format="pyarrow", batch_size=65536)
+    ds = ds.map_batches(
+        not_done,
+        fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
+        batch_format="pyarrow",
+        batch_size=65536,
+    )
     # several small blocks per worker: each task ingests its block's clips one after another
     ds = ds.repartition(blocks_for(n_pending, size))
     kwargs = {"cfg": cfg, "storage": storage, "out_uri": out.uri, "manifest_uri": manifest.uri}
     if cfg.detector.num_gpus > 0:
-        ds = ds.map(ClipWorker, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=size),
-                    num_cpus=1, num_gpus=cfg.detector.num_gpus)
+        ds = ds.map(
+            ClipWorker,
+            fn_constructor_kwargs=kwargs,
+            compute=ray.data.ActorPoolStrategy(size=size),
+            num_cpus=1,
+            num_gpus=cfg.detector.num_gpus,
+        )
     else:
         ds = ds.map(ingest_row, fn_kwargs=kwargs, compute=ray.data.TaskPoolStrategy(size=size), num_cpus=1)
     reports = out.report_writer()
@@ -148,16 +198,6 @@ def run_clips(job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out
         reports.add(stats.add(batch))
     reports.flush()
 
-
-    def gate_figures(self) -> dict:
-        """The quality gate's figures (logged, and kept in the summary) over the clips ingested in this attempt."""
-        figures = self.gate.summary()
-        dropped = {k[len("gate_dropped_"):]: v for k, v in figures.items() if k.startswith("gate_dropped_") and v}
-        log.info("ingest gate: %d of %d tracked crops kept (%.1f%%), dropped %s; kept crops touching an edge %.1f%%, "
-                 "height/width histogram %s", figures["gate_kept"], figures["gate_considered"],
-                 100 * figures["gate_kept_fraction"], dropped or "none", 100 * figures["gate_kept_edge_touch_fraction"],
-                 figures["gate_kept_aspect_histogram"])
-        return figures
 
 def write_errors(out: StageOutput, errors: list[dict]) -> None:
     errors = sorted(errors, key=lambda e: str(e["video_id"]))
