@@ -56,6 +56,19 @@ def set_library_levels(level: int) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record (a handler bound to the stream of the moment
+    breaks once that stream is replaced and closed, as in-process CLI runs and test captures do)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def configure(level: int = 0) -> None:
     """Set up the CLI process: logging handlers and levels, and the environment Ray reads when it starts."""
     os.environ[VERBOSITY_ENV] = str(level)
@@ -63,7 +76,7 @@ def configure(level: int = 0) -> None:
     libs = logging.INFO if level > 0 else logging.WARNING
     root = logging.getLogger()
     if not any(getattr(h, "_cion", False) for h in root.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         handler._cion = True  # type: ignore[attr-defined]
         root.addHandler(handler)
