@@ -89,7 +89,7 @@ class IdentityDINOLoss(nn.Module):
     @torch.no_grad()
     def update_center(self, teacher_out: torch.Tensor) -> None:
         """EMA of the mean raw teacher logit over both global views, averaged over every rank."""
-        batch_sum = teacher_out.float().sum(dim=0, keepdim=True)
+        batch_sum = teacher_out.sum(dim=0, keepdim=True, dtype=torch.float32)  # fp32 sums, no fp32 copy
         count = torch.tensor([teacher_out.shape[0]], dtype=torch.float32, device=teacher_out.device)
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_sum)
