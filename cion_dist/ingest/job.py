@@ -138,7 +138,7 @@ class ClipStats:
             self.gate = type(self.gate).merged([self.gate, *tallies])
         if "error" in status:
             err = batch.filter(pa.compute.equal(batch.column("status"), "error"))
-            self.errors += err.select(["video_id", "uri", "reason"]).to_pylist()
+            self.errors += err.select([c for c in ERRORS.names]).to_pylist()
         return done.select(["name", "sha256", "size", "fingerprint", "crops", "tracklets"]).to_pylist()
 
     def gate_figures(self) -> dict:
