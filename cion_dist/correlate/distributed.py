@@ -471,12 +471,19 @@ def radius_recheck(out: StageOutput, catalog: VideoCatalog, ident: np.ndarray, n
     joined across videos are sent out, packed into tasks by the videos they touch. Each task saves its result
     (``recheck/``); a rerun reads those back and computes the missing ones only.
     """
-    rank = catalog.video_rank()
+    # identities joined across videos: more than one level-2 identity (node) behind them
+    node_label = np.full(int(node_of.max()) + 1 if len(node_of) else 0, -1, dtype=np.int64)
+    kept = node_of >= 0
+    node_label[node_of[kept]] = ident[kept]
+    labels, nodes = np.unique(node_label[node_label >= 0], return_counts=True)
+    multi = labels[nodes >= 2]
+    rows_of = np.flatnonzero(np.isin(ident, multi))
+    del node_label, kept
+    rank = np.searchsorted(catalog.bounds, rows_of, side="right") - 1
     tasks, cur, cur_videos = [], [], set()
-    for rows in identity_rows(ident):
-        if len(rows) < 2 or len(np.unique(node_of[rows])) < 2:
-            continue
-        vids = set(np.unique(rank[rows]).tolist())
+    for sel in identity_rows(ident[rows_of]):
+        rows = rows_of[sel]
+        vids = set(np.unique(rank[sel]).tolist())
         if cur and len(cur_videos | vids) > 2 * videos_per_task:
             tasks.append((cur, cur_videos))
             cur, cur_videos = [], set()
@@ -484,16 +491,20 @@ def radius_recheck(out: StageOutput, catalog: VideoCatalog, ident: np.ndarray, n
         cur_videos |= vids
     if cur:
         tasks.append((cur, cur_videos))
-    del rank
+    del rank, rows_of
     units = [f"r{i:07d}-{int(m[0][0])}" for i, (m, _) in enumerate(tasks)]  # task index and its first image row
     todo = set(missing_units(out, units, subdir=RECHECK_DIR))
     done = [u for i, u in enumerate(units) if i not in todo]
     bounds = catalog.bounds
-    refs = [_read_rows.remote(out, done[c : c + 256]) for c in range(0, len(done), 256)]
-    refs += [_radius_check.remote(out, catalog.items(sorted(tasks[i][1])), {int(v): int(bounds[v]) for v in tasks[i][1]},
-                                  tasks[i][0], r, units[i]) for i in sorted(todo)]
-    del tasks
-    got = [np.asarray(a, dtype=np.int64) for _, a in bounded(iter(refs), in_flight)]
+
+    def submit():
+        for c in range(0, len(done), 256):
+            yield _read_rows.remote(out, done[c : c + 256])
+        for i in sorted(todo):
+            m, v = tasks[i]
+            yield _radius_check.remote(out, catalog.items(sorted(v)), {int(j): int(bounds[j]) for j in v}, m, r, units[i])
+
+    got = [np.asarray(a, dtype=np.int64) for _, a in bounded(submit(), in_flight)]
     return (np.sort(np.concatenate(got)) if got else np.zeros(0, dtype=np.int64)), len(done)
 
 
