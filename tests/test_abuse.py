@@ -384,6 +384,9 @@ def test_incomplete_credentials_and_credentials_in_the_endpoint(tmp_path, capsys
     rc, out = cli(["run", job], capsys)
     _one_error(rc, out, "incomplete S3 credentials")  # before: PartialCredentialsError traceback
     assert MARK not in out
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")  # botocore does not pair a job's secret with the env's key
+    rc, out = cli(["run", job], capsys)
+    _one_error(rc, out, "incomplete S3 credentials", "storage.access_key_id")
     job = _ingest_job(tmp_path, output="s3://nobucket/x", storage={"endpoint_url": f"http://k:{MARK}@127.0.0.1:9"})
     rc, out = cli(["run", job], capsys)
     _one_error(rc, out, "carries credentials in the URL")
