@@ -84,7 +84,11 @@ def test_validate_masks_runtime_env_secrets_and_url_credentials(capsys):
 
 
 def test_submit_moves_secret_overrides_into_the_runtime_env(tmp_path):
-    from cion_dist.pipeline.submit import build_entrypoint, build_runtime_env, split_overrides
+    from cion_dist.pipeline.submit import (
+        build_entrypoint,
+        build_runtime_env,
+        split_overrides,
+    )
 
     overrides = [f"storage.secret_access_key={MARK}", "synth.videos=2", f"mlflow.tracking_uri=http://a:{MARK}@h:5000",
                  f"runtime_env.env_vars.API_TOKEN={MARK}"]
