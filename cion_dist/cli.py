@@ -27,7 +27,6 @@ def _main(
 def validate(job_file: str, overrides: Optional[List[str]] = typer.Argument(None, help="key.sub=value")) -> None:
     """Check a job file (and overrides) against the typed config; print the resolved config."""
     from cion_dist.config import load_job
-
     from cion_dist.redact import redact_obj
 
     job = load_job(job_file, overrides or [])
@@ -41,7 +40,6 @@ def run(job_file: str, overrides: Optional[List[str]] = typer.Argument(None, hel
     from cion_dist.config import load_job
     from cion_dist.pipeline.runner import run_pipeline, run_stage
     from cion_dist.pipeline.summary import print_results
-
     from cion_dist.preflight import run_preflight
 
     job = load_job(job_file, overrides or [])
@@ -129,7 +127,6 @@ def promote(job_file: str, overrides: Optional[List[str]] = typer.Argument(None)
     from cion_dist.config import load_job
     from cion_dist.pipeline.runner import run_stage
     from cion_dist.pipeline.summary import print_results
-
     from cion_dist.preflight import run_preflight
 
     job = load_job(job_file, overrides or [])

@@ -188,14 +188,17 @@ def _credentials(pf: Preflight) -> None:
         )
     if not _s3_uris(pf) or job.storage.anon:
         return
-    key = job.storage.access_key_id is not None or bool(os.environ.get("AWS_ACCESS_KEY_ID"))
-    secret = job.storage.secret_access_key is not None or bool(os.environ.get("AWS_SECRET_ACCESS_KEY"))
+    cfg_key, cfg_secret = job.storage.access_key_id is not None, job.storage.secret_access_key is not None
+    if cfg_key or cfg_secret:
+        # credentials given in the job are passed as a pair; the environment does not complete them
+        key, secret, where = cfg_key, cfg_secret, "storage.access_key_id / storage.secret_access_key"
+    else:
+        key, secret = bool(os.environ.get("AWS_ACCESS_KEY_ID")), bool(os.environ.get("AWS_SECRET_ACCESS_KEY"))
+        where = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     if key != secret:
         have, lack = ("access key id", "secret access key") if key else ("secret access key", "access key id")
-        raise CionError(
-            f"incomplete S3 credentials: a {have} is set but no {lack} (storage.access_key_id / "
-            "storage.secret_access_key, or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
-        )
+        raise CionError(f"incomplete S3 credentials: a {have} is set but no {lack} ({where}; set both, or neither "
+                        "to use the environment or the instance's role)")
 
 
 @check("storage-endpoint")

@@ -84,7 +84,11 @@ def test_validate_masks_runtime_env_secrets_and_url_credentials(capsys):
 
 
 def test_submit_moves_secret_overrides_into_the_runtime_env(tmp_path):
-    from cion_dist.pipeline.submit import build_entrypoint, build_runtime_env, split_overrides
+    from cion_dist.pipeline.submit import (
+        build_entrypoint,
+        build_runtime_env,
+        split_overrides,
+    )
 
     overrides = [f"storage.secret_access_key={MARK}", "synth.videos=2", f"mlflow.tracking_uri=http://a:{MARK}@h:5000",
                  f"runtime_env.env_vars.API_TOKEN={MARK}"]
@@ -386,6 +390,9 @@ def test_incomplete_credentials_and_credentials_in_the_endpoint(tmp_path, capsys
     rc, out = cli(["run", job], capsys)
     _one_error(rc, out, "incomplete S3 credentials")  # before: PartialCredentialsError traceback
     assert MARK not in out
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-env")  # botocore does not pair a job's secret with the env's key
+    rc, out = cli(["run", job], capsys)
+    _one_error(rc, out, "incomplete S3 credentials", "storage.access_key_id")
     job = _ingest_job(tmp_path, output="s3://nobucket/x", storage={"endpoint_url": f"http://k:{MARK}@127.0.0.1:9"})
     rc, out = cli(["run", job], capsys)
     _one_error(rc, out, "carries credentials in the URL")

@@ -69,7 +69,7 @@ def test_runtime_env_resolves_against_the_job_files_repo(tmp_path):
     job_file = _repo(tmp_path, {**TINY_SYNTH, "runtime_env": {"env_vars": {"A": "1"}, "pip": ["tqdm"]}})
     job = job_from_dict(yaml.safe_load(job_file.read_text()))
     assert find_repo_root(job_file) == tmp_path.resolve()
-    env = build_runtime_env(job, str(job_file))
+    env = build_runtime_env(job, str(job_file), environ={})  # no credentials in the submitter's environment
     assert env["working_dir"] == str(tmp_path.resolve())
     assert env["env_vars"] == {"A": "1"} and env["pip"] == ["tqdm"]
     assert ".venv" in env["excludes"]

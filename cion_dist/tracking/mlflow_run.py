@@ -66,6 +66,9 @@ def configure(job) -> str:
     uri = tracking_uri_for(job)
     if uri.startswith(("http://", "https://")):
         _http_limits()
+    if redact_text(uri) != uri:
+        # MLflow prints "View run ... at: <tracking URI>" to stdout, credentials included
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     mlflow.set_tracking_uri(uri)
     if job.mlflow.registry_uri:
         mlflow.set_registry_uri(job.mlflow.registry_uri)
