@@ -14,14 +14,17 @@ instead, ``parts_per_unit`` parts to a unit.
 
 from __future__ import annotations
 
+import io
 import posixpath
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cion_dist.storage.listing import name_hash
 from cion_dist.storage.reports import REPORTS_DIR
-from cion_dist.storage.stage_io import StageOutput, join, read_table, write_table_atomic
+from cion_dist.storage.fs import read_bytes
+from cion_dist.storage.stage_io import StageOutput, join, write_table_atomic
 
 PLAN_DIR = "_plan"
 PLAN_SCHEMA = pa.schema([("unit", pa.string()), ("parts", pa.list_(pa.string())), ("crops", pa.int64())])
@@ -60,7 +63,8 @@ def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts
         return [uri], t.num_rows
     seen = np.zeros(0, np.uint64)
     for rep in reversed(reports):  # newest first: a part redone later is planned from its newest report only
-        t = read_table(join(ingest.uri, REPORTS_DIR, rep), ingest.storage, columns=["name", "crops"])
+        t = pq.read_table(io.BytesIO(read_bytes(join(ingest.uri, REPORTS_DIR, rep), ingest.storage)),
+                          columns=["name", "crops"])  # one GET per report file
         names = t.column("name").to_pylist()
         keys = name_hash(names)
         _, first = np.unique(keys, return_index=True)

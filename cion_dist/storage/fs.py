@@ -113,10 +113,10 @@ def exists(uri: str, storage: Optional[Storage] = None) -> bool:
 
 
 def read_bytes(uri: str, storage: Optional[Storage] = None) -> bytes:
+    """The whole file; on S3 one GET (no HEAD for the size first)."""
     fs, path = (storage or Storage()).fs(uri)
     try:
-        with fs.open(path, "rb") as f:
-            return f.read()
+        return fs.cat_file(path)
     except FileNotFoundError as e:
         raise DataError(f"file not found: {uri}") from e
 
