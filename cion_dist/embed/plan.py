@@ -5,7 +5,7 @@ reads, writes and calls. A unit here bundles consecutive rows of one ingest repo
 shuffle and no list of every part on the driver) until it holds ``crops_per_unit`` crops, and becomes one embed
 output part. The plan is written under ``<embed run>/_plan/`` (one file per ingest report file, one row per unit:
 ``unit, parts, crops``) and read back by Ray Data, so the driver holds one report file at a time plus an 8-byte
-key per ingest part (to drop the stale rows of parts that were redone). The grouping is a pure function of the
+key per ingest part (to keep only rows of parts listed as reported, and the newest row of a part redone). The grouping is a pure function of the
 ingest output, so a resumed run plans the same units.
 
 An ingest output without part reports (written by an older version) is planned from one listing of its parts
@@ -61,6 +61,9 @@ def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts
         uri = join(plan_dir, "plan-listing.parquet")
         write_table_atomic(uri, t, out.storage)
         return [uri], t.num_rows
+    ledger, chk = ingest.check_parts()
+    valid = np.sort(ledger.name[chk.matched])  # parts listed as their report says (8 bytes a part)
+    del ledger
     seen = np.zeros(0, np.uint64)
     for rep in reversed(reports):  # newest first: a part redone later is planned from its newest report only
         t = pq.read_table(io.BytesIO(read_bytes(join(ingest.uri, REPORTS_DIR, rep), ingest.storage)),
@@ -70,7 +73,7 @@ def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts
         _, first = np.unique(keys, return_index=True)
         keep = np.zeros(len(keys), bool)
         keep[first] = True
-        keep &= ~np.isin(keys, seen)
+        keep &= ~np.isin(keys, seen) & np.isin(keys, valid)
         seen = np.union1d(seen, keys)
         stem = posixpath.splitext(rep)[0].replace("report-", "r")
         crops = t.column("crops").to_pylist()
