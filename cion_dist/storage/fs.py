@@ -49,7 +49,8 @@ class Storage:
 
     def _s3_kwargs(self) -> dict[str, Any]:
         c = self.config
-        kw: dict[str, Any] = {"anon": c.anon}
+        # no listing cache: s3fs keeps every listed key (~1.8 KB each) for the life of the process otherwise
+        kw: dict[str, Any] = {"anon": c.anon, "use_listings_cache": False}
         endpoint = c.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             kw["endpoint_url"] = endpoint
