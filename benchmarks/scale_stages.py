@@ -227,12 +227,10 @@ def main() -> None:
                 measure("embed fresh", "embed", embed_job, new_path, ray_=True)
             else:
                 from cion_dist.config import job_from_dict
-                from cion_dist.embed.plan import write_plan
                 from cion_dist.storage.stage_io import StageOutput
 
                 cfg = job_from_dict({**embed_job}).embed
-                eo = StageOutput.create(root, "embed", "embed-scale")
-                measure_setup_embed(eo, ing["out"], cfg)
+                measure_setup_embed(StageOutput.create(root, "embed", "embed-scale"), ing["out"], cfg)
             eo_success = f"{root}/embed/embed-scale/_SUCCESS.json"
             remove([eo_success])
             measure("embed resume", "embed", embed_job, new_path)
@@ -266,7 +264,7 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
     embedding the whole corpus would take too long on this machine."""
     import pyarrow as pa
 
-    from cion_dist.embed.parts import embedding_array
+    from cion_dist.embed.parts import BACKBONE_KEY, DIM_KEY, embedding_array
     from cion_dist.embed.plan import write_plan
     from cion_dist.storage.fs import Storage
     from cion_dist.storage.reports import part_record
@@ -279,6 +277,7 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
                                  for c in ("unit", "crops")]):
             t = pa.table({"image_id": [unit], "tracklet_id": ["t"], "video_id": ["v"], "frame_index": [0]})
             t = t.append_column("embedding", embedding_array(np.ones((1, 4), np.float32) / 2))
+            t = t.replace_schema_metadata({DIM_KEY: b"4", BACKBONE_KEY: b"bench"})
             recs.append(part_record(unit_filename(unit), eo.write_unit(unit, t), rows=crops, bad=0, dim=4))
     w = eo.report_writer()
     w.add(recs)

@@ -66,8 +66,8 @@ def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts
     del ledger
     seen = np.zeros(0, np.uint64)
     for rep in reversed(reports):  # newest first: a part redone later is planned from its newest report only
-        t = pq.read_table(io.BytesIO(read_bytes(join(ingest.uri, REPORTS_DIR, rep), ingest.storage)),
-                          columns=["name", "crops"])  # one GET per report file
+        raw = read_bytes(join(ingest.uri, REPORTS_DIR, rep), ingest.storage, small=True)  # one GET a report file
+        t = pq.read_table(io.BytesIO(raw), columns=["name", "crops"])
         names = t.column("name").to_pylist()
         keys = name_hash(names)
         _, first = np.unique(keys, return_index=True)

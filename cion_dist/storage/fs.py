@@ -113,10 +113,13 @@ def exists(uri: str, storage: Optional[Storage] = None) -> bool:
     return fs.exists(path)
 
 
-def read_bytes(uri: str, storage: Optional[Storage] = None) -> bytes:
-    """The whole file; on S3 one GET (no HEAD for the size first)."""
+def read_bytes(uri: str, storage: Optional[Storage] = None, small: bool = False) -> bytes:
+    """The whole file. ``small`` (reports, plans, markers): on S3 one GET, without the HEAD that s3fs sends
+    first to split a large object into concurrent range reads."""
     fs, path = (storage or Storage()).fs(uri)
     try:
+        if small and is_s3(uri):
+            return fs.cat_file(path, max_concurrency=1)
         return fs.cat_file(path)
     except FileNotFoundError as e:
         raise DataError(f"file not found: {uri}") from e
@@ -163,7 +166,7 @@ def write_file(uri: str, data: bytes, storage: Optional[Storage] = None) -> Writ
 
 
 def read_json(uri: str, storage: Optional[Storage] = None) -> Any:
-    raw = read_bytes(uri, storage)
+    raw = read_bytes(uri, storage, small=True)
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:

@@ -23,7 +23,7 @@ import io
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -111,7 +111,7 @@ class Ledger:
         for i, f in enumerate(sorted(report_files)):
             uri = join(run_uri, REPORTS_DIR, f)
             try:
-                t = pq.read_table(io.BytesIO(read_bytes(uri, storage)))  # one GET
+                t = pq.read_table(io.BytesIO(read_bytes(uri, storage, small=True)))  # one GET
             except Exception:  # noqa: BLE001 - a torn report only costs a redo of the parts it named
                 continue
             missing = [c for c in BASE_COLUMNS if c not in t.column_names]
