@@ -287,7 +287,8 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
 
 def print_table(rows: list[dict], sizes: list[int]) -> None:
     print("\nstage drivers on loopback S3 (moto), measured under load on this machine")
-    print(f"{'scenario':<18} {'code':<4} " + " ".join(f"{'N=' + str(n):>26}" for n in sizes) + "   exponents (req, MB, s)")
+    head = " ".join(f"{'N=' + str(n):>26}" for n in sizes)
+    print(f"{'scenario':<18} {'code':<4} {head}   exponents (req, MB, s)")
     keys = sorted({(r["scenario"], r["code"]) for r in rows}, key=lambda k: (k[0], k[1] != "new"))
     for scen, code in keys:
         rs = {r["n"]: r for r in rows if r["scenario"] == scen and r["code"] == code}

@@ -98,7 +98,7 @@ def quality_table(data: EmbeddingSet, identity: np.ndarray, gt_uri: str, storage
     return {"images_scored": int(len(rows)), "methods": table}
 
 
-def run(job: Job) -> StageResult:
+def run(job: Job) -> CorrelateResult:
     cfg = job.correlate
     storage = Storage(job.storage)
     embed_out = resolve_input(cfg.input, job.output, "embed", storage)

@@ -2,8 +2,8 @@
 
 Output rows: ``image_id, tracklet_id, video_id, frame_index, embedding`` (list<float32> of length d, unit norm),
 one part per unit (whole ingest parts grouped to ``crops_per_unit`` crops, ``cion_dist.embed.plan``), written by
-the actor that embedded it in batches of ``batch_size`` crops per model call. Crops whose JPEG does not decode either stop the
-run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default) or are left
+the actor that embedded it in batches of ``batch_size`` crops per model call. Crops whose JPEG does not decode
+either stop the run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default) or are left
 out and listed (image_id, reason) under ``errors/`` and counted in ``_SUCCESS.json`` (``skip``). A rerun of the
 same config on the same input returns at once when ``_SUCCESS.json`` exists, else embeds only units without a
 sound part (one listing of the output checked against the part reports; no probe per unit).

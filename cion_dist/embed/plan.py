@@ -5,8 +5,8 @@ reads, writes and calls. A unit here bundles consecutive rows of one ingest repo
 shuffle and no list of every part on the driver) until it holds ``crops_per_unit`` crops, and becomes one embed
 output part. The plan is written under ``<embed run>/_plan/`` (one file per ingest report file, one row per unit:
 ``unit, parts, crops``) and read back by Ray Data, so the driver holds one report file at a time plus an 8-byte
-key per ingest part (to keep only rows of parts listed as reported, and the newest row of a part redone). The grouping is a pure function of the
-ingest output, so a resumed run plans the same units.
+key per ingest part (to keep only rows of parts listed as reported, and the newest row of a part redone). The
+grouping is a pure function of the ingest output, so a resumed run plans the same units.
 
 An ingest output without part reports (written by an older version) is planned from one listing of its parts
 instead, ``parts_per_unit`` parts to a unit.
@@ -50,7 +50,8 @@ def group_rows(names: list[str], crops: list[int], stem: str, crops_per_unit: in
                      pa.array(counts, pa.int64())], schema=PLAN_SCHEMA)
 
 
-def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts_per_unit: int) -> tuple[list[str], int]:
+def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int,
+               parts_per_unit: int) -> tuple[list[str], int]:
     """Write the unit plan; returns (plan file URIs, number of units). Rewriting it gives the same plan."""
     plan_dir = join(out.uri, PLAN_DIR)
     reports = sorted(e.name for e in ingest.listing(REPORTS_DIR) if e.name.endswith(".parquet"))
