@@ -79,8 +79,9 @@ def child(spec: dict) -> None:
 def run_child(spec: dict, counter, pythonpath: str) -> dict:
     counter.reset()
     env = dict(os.environ, PYTHONPATH=pythonpath, RAY_DEDUP_LOGS="0")
-    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                       text=True, timeout=3600)
+    # cwd is the code's own tree: Ray workers put the driver's working directory on their path
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], env=env,
+                       cwd=pythonpath, capture_output=True, text=True, timeout=3600)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(f"child failed: {p.stderr[-3000:]}")
