@@ -11,7 +11,7 @@ workers' by the User-Agent tag the storage layer sets (``cion/driver`` / ``cion/
   nothing at sizes up to --embed-max; ``resume``: every unit present, no ``_SUCCESS.json``; ``plan+10%``: 10% of the
   units gone and embedded again.
 
-Each run is a fresh Python process (peak RSS from ``getrusage``, minus the RSS after imports for ``+MB``). The
+Each run is a fresh Python process (peak RSS from ``VmHWM``, and above the RSS after imports for ``+MB``). The
 code before this change (``--old-rev``, extracted with ``git archive``) runs the same scenarios up to --old-max
 clips, beside; its requests are all untagged (driver and workers together; its scenarios start no more than 1%
 of clips as tasks). Growth exponents are fitted over the sizes (log-log least squares).
@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -62,7 +61,7 @@ def child(spec: dict) -> None:
 
     mod = __import__(f"cion_dist.{spec['stage']}.job", fromlist=["run"])
     job = job_from_dict(spec["job"])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _status_mb("VmRSS")
     t0 = time.perf_counter()
     err = ""
     try:
@@ -71,9 +70,18 @@ def child(spec: dict) -> None:
     except Exception as e:  # noqa: BLE001 - reported as a figure
         rows, skipped, err = {}, False, f"{type(e).__name__}: {e}"[:300]
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     print("RESULT " + json.dumps({"wall": wall, "peak_mb": peak, "base_mb": base, "rows": rows, "skipped": skipped,
                                   "error": err}))
+
+
+def _status_mb(key: str) -> float:
+    """VmRSS / VmHWM of this process in MB. Not ``ru_maxrss``: that keeps the forking parent's peak across exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_child(spec: dict, counter, pythonpath: str) -> dict:
