@@ -48,7 +48,7 @@ def run(job: Job) -> IngestResult:
         return IngestResult.from_record(done, skipped=True)
     out = st.out
 
-    done_keys, _, chk = done_parts(out)
+    done_keys, ledger, chk = done_parts(out)
     n_pending = manifest.rows - len(done_keys)
     log.info("ingest: %d clips in %s, %d done, %d to process (%d torn or unreported parts redone) -> %s",
              manifest.rows, manifest_uri, len(done_keys), n_pending, len(chk.changed) + len(chk.unreported), out.uri)
@@ -68,7 +68,8 @@ def run(job: Job) -> IngestResult:
             names = ", ".join(f"{e['video_id']} ({e['reason']})" for e in stats.errors[:5])
             raise DataError(f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
                             f"max_error_fraction={cfg.max_error_fraction}: {names}")
-        parts = out.combine()
+        # a resume that found every part done wrote none: the start's check stands
+        parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
         crops, tracklets = parts.totals.get("crops", 0), parts.totals.get("tracklets", 0)
         summary = {
             "clips": manifest.rows,
