@@ -177,6 +177,8 @@ def main() -> None:
     ap.add_argument("--old-rev", default="1b98bbf", help="git revision of the code before")
     ap.add_argument("--embed-max", type=int, default=10000, help="largest size embedded from nothing")
     ap.add_argument("--correlate", action="store_true", help="add benchmarks/scale_correlate.py's figures")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="local folders, only the scenarios without Ray (resume, rerun): driver memory at larger N")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -186,6 +188,9 @@ def main() -> None:
     from s3_counter import counting_s3_server
 
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.memory_only:
+        memory_only(sizes)
+        return
     old_tree = tempfile.mkdtemp(prefix="cion-old-")
     subprocess.run(f"git -C {ROOT} archive {args.old_rev} cion_dist | tar -x -C {old_tree}", shell=True, check=True)
     new_path = str(ROOT)
@@ -266,6 +271,53 @@ def main() -> None:
             mod.main([]) if "argv" in mod.main.__code__.co_varnames else mod.main()
         else:
             print("\n(--correlate: benchmarks/scale_correlate.py is not in this tree)")
+
+
+def memory_only(sizes: list[int]) -> None:
+    """Driver peak RSS of the ingest and embed resumes (every part present, no _SUCCESS.json) on local folders."""
+    from cion_dist.config import job_from_dict
+    from cion_dist.storage.stage_io import StageOutput
+
+    class NoCounter:
+        def reset(self):
+            pass
+
+        def total(self, role="driver"):
+            return 0
+
+        def by_op(self, role="driver"):
+            return {}
+
+    rows = []
+    for n in sizes:
+        root = tempfile.mkdtemp(prefix=f"scale-{n}-")
+        ing = setup_ingest(root, n, "ingest-scale")
+        job = {"output": root, "mlflow": {"enabled": False}, "stage": "ingest", "run_id": "ingest-scale",
+               "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0}}
+        r = run_child({"stage": "ingest", "job": job, "ray": False}, NoCounter(), str(ROOT))
+        rows.append(("ingest resume", n, r))
+        ej = {"output": root, "mlflow": {"enabled": False}, "stage": "embed", "run_id": "embed-scale",
+              "embed": {"backbone": "handcrafted", "height": 16, "width": 8}}
+        eo = StageOutput.create(root, "embed", "embed-scale")
+        measure_setup_embed(eo, ing["out"], job_from_dict(ej).embed)
+        remove_local(eo.success_uri)
+        r = run_child({"stage": "embed", "job": ej, "ray": False}, NoCounter(), str(ROOT))
+        rows.append(("embed resume", n, r))
+        for label, m, r in rows[-2:]:
+            print(f"[{m}] {label:<14} peak {r['peak_mb']:7.1f} MB (after imports {r['base_mb']:6.1f}) "
+                  f"{r['wall']:6.1f} s {r['error'][:80]}", flush=True)
+    print("\ndriver peak RSS (VmHWM) on local folders, measured under load")
+    for label in ("ingest resume", "embed resume"):
+        ns = [n for lb, n, _ in rows if lb == label]
+        mb = [r["peak_mb"] for lb, _, r in rows if lb == label]
+        above = [r["peak_mb"] - r["base_mb"] for lb, _, r in rows if lb == label]
+        cells = " ".join(f"N={n}: {m:.0f} MB (+{a:.0f})" for n, m, a in zip(ns, mb, above))
+        print(f"{label:<14} {cells}   exponent {fit_exponent(ns, mb):.3f}")
+
+
+def remove_local(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
 
 
 def measure_setup_embed(eo, ingest, cfg) -> None:
