@@ -123,9 +123,10 @@ def run_clips(job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out
     fs, _ = storage.pyarrow(manifest.files[0])
     paths = [storage.pyarrow(f)[1] for f in manifest.files]
     size = max(1, min(cfg.concurrency, n_pending))
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["video_id", "uri"])
+    # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["video_id", "uri"], ray_remote_args={"num_cpus": 0.25})
     ds = ds.map_batches(not_done, fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
-                        batch_format="pyarrow", batch_size=65536)
+                        batch_format="pyarrow", batch_size=65536, num_cpus=0.25)
     # several small blocks per worker: each task ingests its block's clips one after another
     ds = ds.repartition(blocks_for(n_pending, size))
     kwargs = {"cfg": cfg, "storage": storage, "out_uri": out.uri, "manifest_uri": manifest.uri}
