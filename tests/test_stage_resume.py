@@ -78,7 +78,7 @@ def test_resume_after_a_kill_redoes_only_lost_units_without_probes(ray_local):
         assert sum(ops.values()) <= 40 + 2 * len(reports), ops
         assert counter.total("worker") > 0  # the units were redone by Ray workers, not by the driver
 
-        # a complete run is one request
+        # a complete run costs a constant handful: find the input run and read its record, see ours is complete
         counter.reset()
         assert run(_job(root, endpoint, "embed-killed")).skipped
-        assert counter.total("driver") <= 3, counter.by_op("driver")
+        assert counter.total("driver") <= 10, counter.by_op("driver")
