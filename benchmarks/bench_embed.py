@@ -33,7 +33,7 @@ def child(spec: dict) -> None:
     import ray
 
     logging.getLogger("ray").setLevel(logging.WARNING)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
@@ -47,8 +47,8 @@ def child(spec: dict) -> None:
 
 
 def stage(spec: dict, pythonpath: str) -> dict:
-    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=pythonpath), timeout=3600)
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=pythonpath), cwd=pythonpath, timeout=3600)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(p.stderr[-3000:])

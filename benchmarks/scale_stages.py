@@ -11,7 +11,7 @@ workers' by the User-Agent tag the storage layer sets (``cion/driver`` / ``cion/
   nothing at sizes up to --embed-max; ``resume``: every unit present, no ``_SUCCESS.json``; ``plan+10%``: 10% of the
   units gone and embedded again.
 
-Each run is a fresh Python process (peak RSS from ``getrusage``, minus the RSS after imports for ``+MB``). The
+Each run is a fresh Python process (peak RSS from ``VmHWM``, and above the RSS after imports for ``+MB``). The
 code before this change (``--old-rev``, extracted with ``git archive``) runs the same scenarios up to --old-max
 clips, beside; its requests are all untagged (driver and workers together; its scenarios start no more than 1%
 of clips as tasks). Growth exponents are fitted over the sizes (log-log least squares).
@@ -27,7 +27,6 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -54,7 +53,7 @@ def child(spec: dict) -> None:
     if spec.get("ray"):
         import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -62,7 +61,7 @@ def child(spec: dict) -> None:
 
     mod = __import__(f"cion_dist.{spec['stage']}.job", fromlist=["run"])
     job = job_from_dict(spec["job"])
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    base = _status_mb("VmRSS")
     t0 = time.perf_counter()
     err = ""
     try:
@@ -71,16 +70,26 @@ def child(spec: dict) -> None:
     except Exception as e:  # noqa: BLE001 - reported as a figure
         rows, skipped, err = {}, False, f"{type(e).__name__}: {e}"[:300]
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mb("VmHWM")
     print("RESULT " + json.dumps({"wall": wall, "peak_mb": peak, "base_mb": base, "rows": rows, "skipped": skipped,
                                   "error": err}))
+
+
+def _status_mb(key: str) -> float:
+    """VmRSS / VmHWM of this process in MB. Not ``ru_maxrss``: that keeps the forking parent's peak across exec."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_child(spec: dict, counter, pythonpath: str) -> dict:
     counter.reset()
     env = dict(os.environ, PYTHONPATH=pythonpath, RAY_DEDUP_LOGS="0")
-    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
-                       text=True, timeout=3600)
+    # cwd is the code's own tree: Ray workers put the driver's working directory on their path
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], env=env,
+                       cwd=pythonpath, capture_output=True, text=True, timeout=3600)
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(f"child failed: {p.stderr[-3000:]}")
@@ -168,6 +177,8 @@ def main() -> None:
     ap.add_argument("--old-rev", default="1b98bbf", help="git revision of the code before")
     ap.add_argument("--embed-max", type=int, default=10000, help="largest size embedded from nothing")
     ap.add_argument("--correlate", action="store_true", help="add benchmarks/scale_correlate.py's figures")
+    ap.add_argument("--memory-only", action="store_true",
+                    help="local folders, only the scenarios without Ray (resume, rerun): driver memory at larger N")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -177,6 +188,9 @@ def main() -> None:
     from s3_counter import counting_s3_server
 
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.memory_only:
+        memory_only(sizes)
+        return
     old_tree = tempfile.mkdtemp(prefix="cion-old-")
     subprocess.run(f"git -C {ROOT} archive {args.old_rev} cion_dist | tar -x -C {old_tree}", shell=True, check=True)
     new_path = str(ROOT)
@@ -227,12 +241,10 @@ def main() -> None:
                 measure("embed fresh", "embed", embed_job, new_path, ray_=True)
             else:
                 from cion_dist.config import job_from_dict
-                from cion_dist.embed.plan import write_plan
                 from cion_dist.storage.stage_io import StageOutput
 
                 cfg = job_from_dict({**embed_job}).embed
-                eo = StageOutput.create(root, "embed", "embed-scale")
-                measure_setup_embed(eo, ing["out"], cfg)
+                measure_setup_embed(StageOutput.create(root, "embed", "embed-scale"), ing["out"], cfg)
             eo_success = f"{root}/embed/embed-scale/_SUCCESS.json"
             remove([eo_success])
             measure("embed resume", "embed", embed_job, new_path)
@@ -261,12 +273,59 @@ def main() -> None:
             print("\n(--correlate: benchmarks/scale_correlate.py is not in this tree)")
 
 
+def memory_only(sizes: list[int]) -> None:
+    """Driver peak RSS of the ingest and embed resumes (every part present, no _SUCCESS.json) on local folders."""
+    from cion_dist.config import job_from_dict
+    from cion_dist.storage.stage_io import StageOutput
+
+    class NoCounter:
+        def reset(self):
+            pass
+
+        def total(self, role="driver"):
+            return 0
+
+        def by_op(self, role="driver"):
+            return {}
+
+    rows = []
+    for n in sizes:
+        root = tempfile.mkdtemp(prefix=f"scale-{n}-")
+        ing = setup_ingest(root, n, "ingest-scale")
+        job = {"output": root, "mlflow": {"enabled": False}, "stage": "ingest", "run_id": "ingest-scale",
+               "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0}}
+        r = run_child({"stage": "ingest", "job": job, "ray": False}, NoCounter(), str(ROOT))
+        rows.append(("ingest resume", n, r))
+        ej = {"output": root, "mlflow": {"enabled": False}, "stage": "embed", "run_id": "embed-scale",
+              "embed": {"backbone": "handcrafted", "height": 16, "width": 8}}
+        eo = StageOutput.create(root, "embed", "embed-scale")
+        measure_setup_embed(eo, ing["out"], job_from_dict(ej).embed)
+        remove_local(eo.success_uri)
+        r = run_child({"stage": "embed", "job": ej, "ray": False}, NoCounter(), str(ROOT))
+        rows.append(("embed resume", n, r))
+        for label, m, r in rows[-2:]:
+            print(f"[{m}] {label:<14} peak {r['peak_mb']:7.1f} MB (after imports {r['base_mb']:6.1f}) "
+                  f"{r['wall']:6.1f} s {r['error'][:80]}", flush=True)
+    print("\ndriver peak RSS (VmHWM) on local folders, measured under load")
+    for label in ("ingest resume", "embed resume"):
+        ns = [n for lb, n, _ in rows if lb == label]
+        mb = [r["peak_mb"] for lb, _, r in rows if lb == label]
+        above = [r["peak_mb"] - r["base_mb"] for lb, _, r in rows if lb == label]
+        cells = " ".join(f"N={n}: {m:.0f} MB (+{a:.0f})" for n, m, a in zip(ns, mb, above))
+        print(f"{label:<14} {cells}   exponent {fit_exponent(ns, mb):.3f}")
+
+
+def remove_local(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
 def measure_setup_embed(eo, ingest, cfg) -> None:
     """Embed units of the plan written directly (one tiny part each, reported): the resume scenarios' input when
     embedding the whole corpus would take too long on this machine."""
     import pyarrow as pa
 
-    from cion_dist.embed.parts import embedding_array
+    from cion_dist.embed.parts import BACKBONE_KEY, DIM_KEY, embedding_array
     from cion_dist.embed.plan import write_plan
     from cion_dist.storage.fs import Storage
     from cion_dist.storage.reports import part_record
@@ -279,6 +338,7 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
                                  for c in ("unit", "crops")]):
             t = pa.table({"image_id": [unit], "tracklet_id": ["t"], "video_id": ["v"], "frame_index": [0]})
             t = t.append_column("embedding", embedding_array(np.ones((1, 4), np.float32) / 2))
+            t = t.replace_schema_metadata({DIM_KEY: b"4", BACKBONE_KEY: b"bench"})
             recs.append(part_record(unit_filename(unit), eo.write_unit(unit, t), rows=crops, bad=0, dim=4))
     w = eo.report_writer()
     w.add(recs)
@@ -288,7 +348,8 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
 
 def print_table(rows: list[dict], sizes: list[int]) -> None:
     print("\nstage drivers on loopback S3 (moto), measured under load on this machine")
-    print(f"{'scenario':<18} {'code':<4} " + " ".join(f"{'N=' + str(n):>26}" for n in sizes) + "   exponents (req, MB, s)")
+    head = " ".join(f"{'N=' + str(n):>26}" for n in sizes)
+    print(f"{'scenario':<18} {'code':<4} {head}   exponents (req, MB, s)")
     keys = sorted({(r["scenario"], r["code"]) for r in rows}, key=lambda k: (k[0], k[1] != "new"))
     for scen, code in keys:
         rs = {r["n"]: r for r in rows if r["scenario"] == scen and r["code"] == code}

@@ -47,6 +47,9 @@ def counting_s3_server() -> Iterator[tuple[str, RequestCounter]]:
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     counter = RequestCounter()
     app = DomainDispatcherApplication(create_backend_app)
 

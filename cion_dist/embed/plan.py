@@ -5,8 +5,8 @@ reads, writes and calls. A unit here bundles consecutive rows of one ingest repo
 shuffle and no list of every part on the driver) until it holds ``crops_per_unit`` crops, and becomes one embed
 output part. The plan is written under ``<embed run>/_plan/`` (one file per ingest report file, one row per unit:
 ``unit, parts, crops``) and read back by Ray Data, so the driver holds one report file at a time plus an 8-byte
-key per ingest part (to drop the stale rows of parts that were redone). The grouping is a pure function of the
-ingest output, so a resumed run plans the same units.
+key per ingest part (to keep only rows of parts listed as reported, and the newest row of a part redone). The
+grouping is a pure function of the ingest output, so a resumed run plans the same units.
 
 An ingest output without part reports (written by an older version) is planned from one listing of its parts
 instead, ``parts_per_unit`` parts to a unit.
@@ -14,14 +14,17 @@ instead, ``parts_per_unit`` parts to a unit.
 
 from __future__ import annotations
 
+import io
 import posixpath
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from cion_dist.storage.listing import name_hash
 from cion_dist.storage.reports import REPORTS_DIR
-from cion_dist.storage.stage_io import StageOutput, join, read_table, write_table_atomic
+from cion_dist.storage.fs import read_bytes
+from cion_dist.storage.stage_io import StageOutput, join, write_table_atomic
 
 PLAN_DIR = "_plan"
 PLAN_SCHEMA = pa.schema([("unit", pa.string()), ("parts", pa.list_(pa.string())), ("crops", pa.int64())])
@@ -47,7 +50,8 @@ def group_rows(names: list[str], crops: list[int], stem: str, crops_per_unit: in
                      pa.array(counts, pa.int64())], schema=PLAN_SCHEMA)
 
 
-def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts_per_unit: int) -> tuple[list[str], int]:
+def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int,
+               parts_per_unit: int) -> tuple[list[str], int]:
     """Write the unit plan; returns (plan file URIs, number of units). Rewriting it gives the same plan."""
     plan_dir = join(out.uri, PLAN_DIR)
     reports = sorted(e.name for e in ingest.listing(REPORTS_DIR) if e.name.endswith(".parquet"))
@@ -58,15 +62,19 @@ def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts
         uri = join(plan_dir, "plan-listing.parquet")
         write_table_atomic(uri, t, out.storage)
         return [uri], t.num_rows
+    ledger, chk = ingest.check_parts()
+    valid = np.sort(ledger.name[chk.matched])  # parts listed as their report says (8 bytes a part)
+    del ledger
     seen = np.zeros(0, np.uint64)
     for rep in reversed(reports):  # newest first: a part redone later is planned from its newest report only
-        t = read_table(join(ingest.uri, REPORTS_DIR, rep), ingest.storage, columns=["name", "crops"])
+        raw = read_bytes(join(ingest.uri, REPORTS_DIR, rep), ingest.storage, small=True)  # one GET a report file
+        t = pq.read_table(io.BytesIO(raw), columns=["name", "crops"])
         names = t.column("name").to_pylist()
         keys = name_hash(names)
         _, first = np.unique(keys, return_index=True)
         keep = np.zeros(len(keys), bool)
         keep[first] = True
-        keep &= ~np.isin(keys, seen)
+        keep &= ~np.isin(keys, seen) & np.isin(keys, valid)
         seen = np.union1d(seen, keys)
         stem = posixpath.splitext(rep)[0].replace("report-", "r")
         crops = t.column("crops").to_pylist()

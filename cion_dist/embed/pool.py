@@ -99,9 +99,10 @@ def embed_units(plan_files: list[str], done_keys, n_pending: int, out: StageOutp
     fs, _ = storage.pyarrow(plan_files[0])
     paths = [storage.pyarrow(f)[1] for f in plan_files]
     size = max(1, min(cfg.concurrency, n_pending))
-    ds = ray.data.read_parquet(paths, filesystem=fs)
+    # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
+    ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": 0.25})
     ds = ds.map_batches(not_done, fn_kwargs={"key_column": "unit", "done": ray.put(done_keys)},
-                        batch_format="pyarrow", batch_size=65536)
+                        batch_format="pyarrow", batch_size=65536, num_cpus=0.25)
     ds = ds.repartition(blocks_for(n_pending, size, per_worker=4))
     ds = ds.map_batches(
         EmbedUnitsActor,

@@ -50,7 +50,7 @@ def run(job: Job) -> IngestResult:
         return IngestResult.from_record(done, skipped=True)
     out = st.out
 
-    done_keys, _, chk = done_parts(out)
+    done_keys, ledger, chk = done_parts(out)
     n_pending = manifest.rows - len(done_keys)
     log.info(
         "ingest: %d clips in %s, %d done, %d to process (%d torn or unreported parts redone) -> %s",
@@ -75,11 +75,10 @@ def run(job: Job) -> IngestResult:
         write_errors(out, stats.errors)
         if manifest.rows and len(stats.errors) / manifest.rows > cfg.max_error_fraction:
             names = ", ".join(f"{e['video_id']} ({e['reason']})" for e in stats.errors[:5])
-            raise DataError(
-                f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
-                f"max_error_fraction={cfg.max_error_fraction}: {names}"
-            )
-        parts = out.combine()
+            raise DataError(f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
+                            f"max_error_fraction={cfg.max_error_fraction}: {names}")
+        # a resume that found every part done wrote none: the start's check stands
+        parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
         crops, tracklets = parts.totals.get("crops", 0), parts.totals.get("tracklets", 0)
         summary = {
             "clips": manifest.rows,
@@ -173,13 +172,10 @@ def run_clips(
     paths = [storage.pyarrow(f)[1] for f in manifest.files]
     size = max(1, min(cfg.concurrency, n_pending))
     cols = ["video_id", "uri"] + [c for c in ("start_s", "end_s") if c in manifest.columns]  # segments of a video
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols)
-    ds = ds.map_batches(
-        not_done,
-        fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
-        batch_format="pyarrow",
-        batch_size=65536,
-    )
+    # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, ray_remote_args={"num_cpus": 0.25})
+    ds = ds.map_batches(not_done, fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
+                        batch_format="pyarrow", batch_size=65536, num_cpus=0.25)
     # several small blocks per worker: each task ingests its block's clips one after another
     ds = ds.repartition(blocks_for(n_pending, size))
     kwargs = {"cfg": cfg, "storage": storage, "out_uri": out.uri, "manifest_uri": manifest.uri}

@@ -19,7 +19,10 @@ from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 
 def done_parts(out: StageOutput) -> tuple[np.ndarray, Ledger, PartCheck]:
-    """(sorted name keys of parts done, the ledger, the check): one listing of the folder and of its reports."""
+    """(sorted name keys of parts done, the ledger, the check): one listing of the folder and of its reports.
+
+    When nothing is left to do, pass ``(ledger, check)`` to ``StageOutput.combine(checked=...)``.
+    """
     ledger, chk = out.check_parts()
     return np.sort(ledger.name[chk.matched]), ledger, chk
 

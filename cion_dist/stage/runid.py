@@ -34,7 +34,8 @@ def run_id_config(cfg: Any) -> Any:
     return json.loads(json.dumps(cfg, default=str))
 
 
-def derive_run_id(stage: str, stage_config: Any, input_digest: Optional[str] = "", explicit: Optional[str] = None) -> str:
+def derive_run_id(stage: str, stage_config: Any, input_digest: Optional[str] = "",
+                  explicit: Optional[str] = None) -> str:
     """``<stage>-<12 hex>`` from the output-deciding config and the input digest; ``explicit`` wins when set."""
     if explicit:
         return explicit

@@ -49,7 +49,8 @@ class Storage:
 
     def _s3_kwargs(self) -> dict[str, Any]:
         c = self.config
-        kw: dict[str, Any] = {"anon": c.anon}
+        # no listing cache: s3fs keeps every listed key (~1.8 KB each) for the life of the process otherwise
+        kw: dict[str, Any] = {"anon": c.anon, "use_listings_cache": False}
         endpoint = c.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
         if endpoint:
             kw["endpoint_url"] = endpoint
@@ -112,11 +113,14 @@ def exists(uri: str, storage: Optional[Storage] = None) -> bool:
     return fs.exists(path)
 
 
-def read_bytes(uri: str, storage: Optional[Storage] = None) -> bytes:
+def read_bytes(uri: str, storage: Optional[Storage] = None, small: bool = False) -> bytes:
+    """The whole file. ``small`` (reports, plans, markers): on S3 one GET, without the HEAD that s3fs sends
+    first to split a large object into concurrent range reads."""
     fs, path = (storage or Storage()).fs(uri)
     try:
-        with fs.open(path, "rb") as f:
-            return f.read()
+        if small and is_s3(uri):
+            return fs.cat_file(path, max_concurrency=1)
+        return fs.cat_file(path)
     except FileNotFoundError as e:
         raise DataError(f"file not found: {uri}") from e
 
@@ -162,7 +166,7 @@ def write_file(uri: str, data: bytes, storage: Optional[Storage] = None) -> Writ
 
 
 def read_json(uri: str, storage: Optional[Storage] = None) -> Any:
-    raw = read_bytes(uri, storage)
+    raw = read_bytes(uri, storage, small=True)
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:

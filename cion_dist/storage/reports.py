@@ -19,17 +19,18 @@ Driver memory: 48 bytes per reported part (name key, fingerprint key, four diges
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cion_dist.errors import DataError
-from cion_dist.storage.fs import Storage, Written, join
+from cion_dist.storage.fs import Storage, Written, join, read_bytes
 from cion_dist.storage.listing import fingerprint_hash, name_hash
 
 REPORTS_DIR = "_reports"
@@ -109,10 +110,8 @@ class Ledger:
         names, fps, words, counts = [], [], [], {}
         for i, f in enumerate(sorted(report_files)):
             uri = join(run_uri, REPORTS_DIR, f)
-            pfs, path = storage.pyarrow(uri)
             try:
-                with pfs.open_input_file(path) as fh:
-                    t = pq.read_table(fh)
+                t = pq.read_table(io.BytesIO(read_bytes(uri, storage, small=True)))  # one GET
             except Exception:  # noqa: BLE001 - a torn report only costs a redo of the parts it named
                 continue
             missing = [c for c in BASE_COLUMNS if c not in t.column_names]

@@ -165,21 +165,23 @@ class StageOutput:
         entries = (e for e in self.listing() if e.name.endswith(".parquet"))
         return ledger, check_parts(entries, ledger)
 
-    def combine(self, hash_unreported: bool = True) -> "PartsSummary":
+    def combine(self, hash_unreported: bool = True,
+                checked: Optional[tuple[Ledger, PartCheck]] = None) -> "PartsSummary":
         """Digest and totals of the data parts from their reports and one listing, never re-reading reported parts.
 
-        A part whose listing fingerprint differs from its report (rewritten, or torn) and a reported part that
-        is gone are errors naming the part. Parts no report names (a stage whose writers do not report yet, or
+        A part whose listing fingerprint differs from its report (rewritten, or torn) is an error naming the
+        part; reports of parts that are gone are not counted (``verify`` compares the digest, which changes). Parts no report names (a stage whose writers do not report yet, or
         the last parts before a crash) are read and hashed here, with a warning, unless ``hash_unreported`` is
-        false (then they are an error too).
+        false (then they are an error too). ``checked`` reuses a ``check_parts`` made at the start of a run that
+        then wrote nothing (a resume that found every part done): one listing instead of two.
         """
-        ledger, chk = self.check_parts()
+        ledger, chk = checked if checked is not None else self.check_parts()
         if chk.changed:
             raise DataError(f"{self.uri}: {len(chk.changed)} part(s) changed after they were written (size or "
                             f"fingerprint differs from the writer's report), e.g. {chk.changed[:3]}; rerun the stage "
                             f"to redo them")
-        if chk.missing:
-            raise DataError(f"{self.uri}: {chk.missing} reported part(s) are missing from the folder")
+        if chk.missing:  # stale reports: a part lost and not rewritten (its unit failed on the redo)
+            log.info("%s: %d reported part(s) are not in the folder; they are not counted", self.uri, chk.missing)
         words = [ledger.words[chk.matched]]
         extra = []
         if chk.unreported:
@@ -197,6 +199,9 @@ class StageOutput:
         """Check a complete output against ``_SUCCESS.json``: raises ``DataError`` naming a changed or missing part."""
         rec = self.success()
         parts = self.combine(hash_unreported=True)
+        if parts.count != rec.get("parts", parts.count):
+            raise DataError(f"{self.uri}: {parts.count} parts, _SUCCESS.json recorded {rec.get('parts')}: a part was "
+                            f"added or removed")
         if parts.digest != rec.get("digest"):
             raise DataError(f"{self.uri}: parts digest {parts.digest[:12]} differs from _SUCCESS.json's "
                             f"{str(rec.get('digest'))[:12]}: a part was changed, added or removed")
