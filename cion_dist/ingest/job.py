@@ -85,6 +85,7 @@ def run(job: Job) -> StageResult:
         summary = {
             "clips": len(video_ids),
             "clips_ingested_now": len(done),
+            "clips_resumed": len(video_ids) - len(pending),  # written by an earlier attempt of this run
             "frames_decoded": frames,
             "detections": int(sum(s["detections"] for s in stats)),
             "frames_per_s": round(frames / wall, 2) if wall > 0 and frames else 0.0,
@@ -94,6 +95,9 @@ def run(job: Job) -> StageResult:
             "manifest_uri": manifest_uri,
             "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
         }
+        if len(pending) < len(video_ids):
+            summary["notes"] = [f"resumed: {len(video_ids) - len(pending)} of {len(video_ids)} clips were written by "
+                                f"an earlier attempt and kept; {len(done)} were ingested now, and the rates count these"]
         rows = {"crops": crops, "tracklets": tracklets, "clips": len(video_ids), "errors": len(errors)}
         log.info("ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
                  len(video_ids), len(done), frames, crops, tracklets, len(errors), summary["frames_per_s"])
