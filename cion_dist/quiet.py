@@ -184,5 +184,5 @@ def configure_ray_data() -> None:
         for h in logging.getLogger("ray.data").handlers:
             if type(h).__name__ == "PlainRayHandler" and not any(isinstance(f, RayDataConsoleFilter) for f in h.filters):
                 h.addFilter(RayDataConsoleFilter())
-    except Exception:  # noqa: BLE001 - quietness must never break a run
+    except Exception:
         logging.getLogger(__name__).debug("could not configure Ray Data's progress", exc_info=True)

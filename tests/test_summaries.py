@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 
+from evaluate_fixtures import write_market
+
 from cion_dist.correlate.job import summary_notes
 from cion_dist.evaluate.datasets import read_market
-from evaluate_fixtures import write_market
 
 
 def test_market_reader_counts_the_junk_it_leaves_out(tmp_path):
