@@ -1,17 +1,22 @@
-"""Embed-stage throughput: crops/s of OSNet (ONNX) and the handcrafted descriptor, 1 vs 2 Ray actors.
+"""Embed-stage throughput per core: the stage as it is beside the stage before units and large batches.
 
-Each row runs the whole stage (read ingest Parquet, decode JPEG, embed, write Parquet) on the same ingest output
-of real MOT17 pedestrian crops, into a fresh run folder. The baseline in the same run is the embedder called
-in-process on already-decoded crops with one thread: the ceiling one actor could reach with no IO or decode.
+Both run the whole stage (read ingest Parquet, decode JPEG, embed, write Parquet, finalize) on the same ingest
+output of real MOT17 pedestrian crops, one part per clip of ``--crops-per-part`` crops (a clip's ~20 crops, as
+ingest writes them), with one actor holding one CPU and one thread, each in a fresh process with its own local Ray
+instance (start-up not timed, actor start-up and model load timed). The code before (``--old-rev``, extracted with
+``git archive``) embeds one ingest part per actor call; the current code groups parts into units of
+``crops_per_unit`` crops and calls the model on full batches of ``batch_size``. The baseline printed beside is
+the embedder called in-process on decoded crops (the ceiling with no IO or decode).
 
-    .venv/bin/python benchmarks/bench_embed.py [--crops 2000] [--parts 16]
+    python benchmarks/bench_embed.py [--crops 4000] [--crops-per-part 20] [--old-rev 1b98bbf]
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -19,75 +24,93 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-
-from embed_fixtures import mot17_crops, write_ingest  # noqa: E402
-
-from cion_dist.config import job_from_dict  # noqa: E402
-from cion_dist.embed.config import EmbedConfig  # noqa: E402
-from cion_dist.embed.embedders import build_embedder  # noqa: E402
-from cion_dist.embed.job import run  # noqa: E402
+OSNET = "models/osnet_x0_25_msmt17.onnx"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--crops", type=int, default=2000)
-    ap.add_argument("--parts", type=int, default=16)
-    ap.add_argument("--data", default=os.environ.get("CION_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
-    args = ap.parse_args()
-    data = Path(args.data)
-    onnx = str(data / "models" / "osnet_x0_25_msmt17.onnx")
-
-    base = mot17_crops(data, ids_per_seq=6, frames_per_id=8, min_height=60)
-    crops = []
-    for i in range(args.crops):  # cycle the real crops into the requested count and number of parts
-        c = dict(base[i % len(base)])
-        c["seq"] = f"video-{i % args.parts:03d}"
-        crops.append(c)
-    root = tempfile.mkdtemp(prefix="bench-embed-")
-    write_ingest(root, crops)
+def child(spec: dict) -> None:
+    import logging
 
     import ray
 
     logging.getLogger("ray").setLevel(logging.WARNING)
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
+    from cion_dist.config import job_from_dict
+    from cion_dist.embed.job import run
 
-    backbones = {"onnx (OSNet x0.25)": {"backbone": "onnx", "model": onnx}, "handcrafted": {"backbone": "handcrafted"}}
-    rows = []
-    from cion_dist.embed.preprocess import decode_jpeg, encode_jpeg
-
-    blobs = [encode_jpeg(c["rgb"]) for c in crops]
+    job = job_from_dict(spec)
     t0 = time.perf_counter()
-    for b in blobs:
-        decode_jpeg(b)
-    rows.append(("(JPEG decode only)", "in-process, 1 thread", len(blobs) / (time.perf_counter() - t0)))
+    res = run(job)
+    print("RESULT " + json.dumps({"wall": time.perf_counter() - t0, "rows": res.rows}))
+
+
+def stage(spec: dict, pythonpath: str) -> dict:
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=pythonpath), timeout=3600)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(p.stderr[-3000:])
+    return json.loads(line[-1][7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--crops", type=int, default=4000)
+    ap.add_argument("--crops-per-part", type=int, default=20)
+    ap.add_argument("--old-rev", default="1b98bbf")
+    ap.add_argument("--data", default=os.environ.get("CION_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
+
+    from embed_fixtures import mot17_crops, write_ingest
+
+    from cion_dist.embed.config import EmbedConfig
+    from cion_dist.embed.embedders import build_embedder
+
+    data = Path(args.data)
+    base = mot17_crops(data, ids_per_seq=6, frames_per_id=8, min_height=60)
+    crops = []
+    for i in range(args.crops):  # cycle the real crops into the requested count, crops_per_part to a clip
+        c = dict(base[i % len(base)])
+        c["seq"] = f"video-{i // args.crops_per_part:05d}"
+        crops.append(c)
+    root = tempfile.mkdtemp(prefix="bench-embed-")
+    write_ingest(root, crops)
+    old_tree = tempfile.mkdtemp(prefix="cion-old-")
+    subprocess.run(f"git -C {ROOT} archive {args.old_rev} cion_dist | tar -x -C {old_tree}", shell=True, check=True)
+
+    backbones = {"handcrafted": {"backbone": "handcrafted"}}
+    if (data / OSNET).exists():
+        backbones["onnx (OSNet x0.25)"] = {"backbone": "onnx", "model": str(data / OSNET)}
+    rows = []
     for label, spec in backbones.items():
-        emb = build_embedder(EmbedConfig(**spec, threads=1, batch_size=32))
+        emb = build_embedder(EmbedConfig(**spec, threads=1))
         rgb = [c["rgb"] for c in crops]
-        emb(rgb[:32])  # warm up
+        emb(rgb[:64])  # warm up
         t0 = time.perf_counter()
         emb(rgb)
-        rows.append((label, "in-process, 1 thread (baseline)", len(rgb) / (time.perf_counter() - t0)))
-        for actors in (1, 2):
-            job = job_from_dict({
-                "stage": "embed", "output": root, "run_id": f"bench-{spec['backbone']}-{actors}",
-                "mlflow": {"enabled": False},
-                "embed": {**spec, "concurrency": actors, "num_cpus": 1, "threads": 1, "batch_size": 32},
-            })
-            t0 = time.perf_counter()
-            res = run(job)
-            dt = time.perf_counter() - t0
-            assert res.rows["embeddings"] == len(crops)
-            rows.append((label, f"stage, {actors} actor(s), 1 thread each", len(crops) / dt))
-    ray.shutdown()
+        rows.append((label, "in-process, decoded, 1 thread (ceiling)", len(rgb) / (time.perf_counter() - t0), None))
+        rates = {}
+        for code, path in (("before", old_tree), ("now", str(ROOT))):
+            job = {"stage": "embed", "output": root, "run_id": f"bench-{spec['backbone']}-{code}",
+                   "mlflow": {"enabled": False}, "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1}}
+            r = stage(job, path)
+            assert r["rows"]["embeddings"] == len(crops), r
+            rates[code] = len(crops) / r["wall"]
+            rows.append((label, f"stage {code}, 1 actor x 1 CPU", rates[code],
+                         rates[code] / rates["before"] if code == "now" else None))
 
-    print(f"\nembed throughput: {len(crops)} MOT17 crops in {args.parts} parts, {os.cpu_count()} cores")
-    print(f"{'backbone':<20} {'setting':<36} {'crops/s':>9}")
-    for label, setting, rate in rows:
-        print(f"{label:<20} {setting:<36} {rate:>9.1f}")
-    print("stage figures include actor start-up (model load) and Parquet IO; in-process figures do not.")
+    print(f"\nembed throughput per core: {len(crops)} MOT17 crops, {args.crops_per_part} per ingest part, "
+          f"{os.cpu_count()} cores, measured under load")
+    print(f"{'backbone':<20} {'setting':<42} {'crops/s/core':>12} {'x before':>9}")
+    for label, setting, rate, ratio in rows:
+        print(f"{label:<20} {setting:<42} {rate:>12.1f} {'' if ratio is None else f'{ratio:.2f}':>9}")
+    print("stage figures include actor start-up (model load) and Parquet IO; the in-process ceiling does not.")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,11 @@ Recall@k is measured against the exact graph. The FLOP/s reference is a float32 
 the same shape class, timed in the same run; an exact graph costs 2*N*N*d FLOPs, so 'fraction' is the share of
 the sgemm rate each exact build achieves.
 
-    python benchmarks/bench_knn.py --sizes 10000 100000 [--million] [--cpus 4]
+``--windows N`` times searches restricted to one id range (a level-3 window: its rows query the rows of the same
+range) over an N-row index, for the striped shard layout beside the former contiguous blocks, with 1, 2 and 4
+shards, for a small window (latency) and a large one (where fanning out pays).
+
+    python benchmarks/bench_knn.py --sizes 10000 100000 [--million] [--cpus 4] [--windows 200000]
 """
 
 from __future__ import annotations
@@ -59,6 +63,8 @@ def main() -> None:
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--nprobe", type=int, default=8)
     ap.add_argument("--cpus", type=int, default=4, help="logical CPUs of the local Ray instance")
+    ap.add_argument("--windows", type=int, default=0, help="rows of the index for the windowed-search comparison")
+    ap.add_argument("--window_rows", type=int, nargs="+", default=[8, 16384])
     args = ap.parse_args()
     sizes = args.sizes + ([1_000_000] if args.million else [])
 
@@ -108,7 +114,35 @@ def main() -> None:
             speed = "" if exact else f"  {exact_search / search:.1f}x the exact full graph"
             print(f"{n:>9} {name:>12} {build:8.2f} {search:9.2f} {rate / 1e9 if exact else float('nan'):8.1f} "
                   f"{rate / ref_flops if exact else float('nan'):8.2f} {recall(ids[q_idx], ref):8.3f}{speed}", flush=True)
+    if args.windows:
+        windowed(args)
     ray.shutdown()
+
+
+def windowed(args) -> None:
+    """Per-window search time, shards holding contiguous blocks (before) vs striped rows (now)."""
+    from cion_dist.correlate.knn_index import ShardedKnnIndex
+
+    n = args.windows
+    x = clustered(n, args.dim)
+    rng = np.random.default_rng(2)
+    print(f"\nwindowed search over {n} rows: each window's rows query the same id range (ms per window, mean)")
+    print(f"{'rows':>7} {'shards':>6} {'blocks_ms':>10} {'striped_ms':>10} {'speedup':>8}")
+    for rows in args.window_rows:
+        reps = max(3, min(50, 200_000 // rows))
+        starts = rng.integers(0, n - rows, reps)
+        for shards in (1, 2, 4):
+            ms = {}
+            for layout in ("blocks", "striped"):
+                index = ShardedKnnIndex(x, num_shards=shards, shard_cpus=0.5, layout=layout)
+                index.search(x[:rows], args.k + 1, id_range=(0, rows))  # warm the actors
+                t = time.perf_counter()
+                for s in starts:
+                    index.search(x[s : s + rows], args.k + 1, id_range=(int(s), int(s) + rows))
+                ms[layout] = (time.perf_counter() - t) / reps * 1e3
+                index.close()
+            print(f"{rows:>7} {shards:>6} {ms['blocks']:10.2f} {ms['striped']:10.2f} {ms['blocks'] / ms['striped']:8.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import pyarrow as pa
 
 from cion_dist.embed.preprocess import encode_jpeg
 from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput
+from cion_dist.storage.reports import part_record
+from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 
 def mot17_crops(root: Path, ids_per_seq: int = 3, frames_per_id: int = 3, min_height: int = 80,
@@ -116,9 +117,12 @@ def write_ingest(output: str, crops: list[dict], storage: Optional[Storage] = No
     for c in crops:
         by_seq[c["seq"]].append(c)
     total = 0
+    reports = out.report_writer()
     for seq, cs in sorted(by_seq.items()):
-        out.write_unit(seq, ingest_table(cs, seq))
+        written = out.write_unit(seq, ingest_table(cs, seq))
+        reports.add([part_record(unit_filename(seq), written, crops=len(cs))])
         total += len(cs)
+    reports.flush()
     out.finalize(stage="ingest", rows={"crops": total}, config={"test": True})
     return out
 

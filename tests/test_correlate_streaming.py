@@ -71,7 +71,7 @@ def test_video_order_comes_from_the_manifest_through_lineage(tmp_path):
     ingest.finalize(stage="ingest", rows={}, inputs=[{"uri": manifest, "stage": "manifest", "digest": "x"}])
     out = _write(str(tmp_path), c.table(), "per_video", "e1", inputs=[{"uri": ingest.uri, "stage": "ingest"}])
     cat = scan_embeddings(out)
-    assert cat.videos == ["v002", "v001", "v003", "v000"]
+    assert cat.videos.tolist() == ["v002", "v001", "v003", "v000"]
     assert cat.order_source == "manifest"
     assert cat.images.tolist() == [int((c.video == v).sum()) for v in cat.videos]
     assert cat.tracklets.tolist() == [len(np.unique(c.tracklet[c.video == v])) for v in cat.videos]
@@ -79,4 +79,4 @@ def test_video_order_comes_from_the_manifest_through_lineage(tmp_path):
 
     # without a reachable manifest, the video id decides
     plain = _write(str(tmp_path), c.table(), "per_video", "e2")
-    assert scan_embeddings(plain).videos == ["v000", "v001", "v002", "v003"]
+    assert scan_embeddings(plain).videos.tolist() == ["v000", "v001", "v002", "v003"]

@@ -40,7 +40,7 @@ def test_run_onnx_local_with_mlflow_rerun_and_resume(ray_local, crops, shared_da
     n_parts = len(ingest.files())
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
     job = make_job(out_root, backbone="onnx", model=str(shared_data / OSNET), concurrency=2, batch_size=8,
-                   mlflow={"enabled": True, "tracking_uri": db, "experiment": "embed-test"})
+                   crops_per_unit=1, mlflow={"enabled": True, "tracking_uri": db, "experiment": "embed-test"})
 
     res = run(job)
     assert not res.skipped and res.rows == {"embeddings": len(crops), "bad_images": 0}
@@ -83,7 +83,7 @@ def test_run_onnx_local_with_mlflow_rerun_and_resume(ray_local, crops, shared_da
     os.remove(lost)
     os.remove(out.success_uri)
     resumed = run(job.model_copy(update={"mlflow": job.mlflow.model_copy(update={"enabled": False})}))
-    assert not resumed.skipped and resumed.summary["parts_embedded_now"] == 1
+    assert not resumed.skipped and resumed.summary["units_embedded_now"] == 1
     assert resumed.rows == res.rows and os.path.exists(lost)
     assert all(os.path.getmtime(f) == t for f, t in mtimes.items() if f != lost)
     table2 = out.read()
@@ -99,7 +99,7 @@ def test_run_handcrafted_on_s3(ray_local, crops, s3_bucket):
     res = run(job)
     assert res.uri.startswith(f"{root}/embed/embed-")
     out = StageOutput(res.uri, st)
-    assert out.is_complete() and len(out.files()) == len(ingest.files())
+    assert out.is_complete() and len(out.files()) == 1 < len(ingest.files())  # 12 crops: one unit, one part
     table = out.read()
     assert table.num_rows == 12 == res.rows["embeddings"]
     feats = embeddings_matrix(table)

@@ -11,8 +11,9 @@ import pytest
 from cion_dist.config import job_from_dict
 from cion_dist.errors import DataError
 from cion_dist.ingest.crops import decode_jpeg
-from cion_dist.ingest.job import ERRORS_SUBDIR, run, run_id_config
-from cion_dist.ingest.manifest import load_manifest
+from cion_dist.ingest.job import ERRORS_SUBDIR, run
+from cion_dist.stage import run_id_config
+from cion_dist.ingest.manifest import check_manifest, load_manifest
 from cion_dist.ingest.tracking_eval import evaluate_ingest_tracking
 from cion_dist.storage.fs import Storage, write_bytes_atomic
 from cion_dist.storage.stage_io import StageOutput, read_table, write_table_atomic
@@ -66,6 +67,16 @@ def test_manifest_problems_name_file_and_row(tmp_path):
     table, digest = load_manifest(str(bad))
     assert table.column("uri").to_pylist() == [str(tmp_path / "videos" / "a.mp4"), "s3://b/v.mp4"]
     assert len(digest) == 64
+    # the driver's check (Arrow kernels, no rows kept) says the same things
+    write_table_atomic(str(bad), manifest_table([("a", "/x.mp4"), ("b", "/z.mp4"), ("a", "/y.mp4")]))
+    with pytest.raises(DataError, match=r"row 2: duplicate video_id 'a'"):
+        check_manifest(str(bad))
+    write_table_atomic(str(bad), manifest_table([("a", "/x.mp4"), ("", "/y.mp4")]))
+    with pytest.raises(DataError, match=r"row 1: empty video_id or uri"):
+        check_manifest(str(bad))
+    write_table_atomic(str(bad), manifest_table([("a", "videos/a.mp4"), ("b", "s3://b/v.mp4")]))
+    info = check_manifest(str(bad))
+    assert info.rows == 2 and info.digest == digest and info.files == [str(bad)]
 
 
 def test_run_id_ignores_resources_but_not_outputs():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
@@ -46,3 +46,19 @@ class RayConfig(StrictModel):
     num_gpus: Optional[int] = Field(None, ge=0)
     object_store_memory: Optional[int] = Field(None, ge=78643200, description="bytes; Ray needs at least 75 MiB")
     log_to_driver: bool = True
+
+
+# Settings that change how a stage runs but not what it writes (resources, parallelism, error limits) and input
+# URIs (whose content digest stands for them) carry this marker; the run id leaves them out, so changing one
+# resumes a stage's output folder instead of starting a new one (``cion_dist.stage.runid``).
+NOT_IN_RUN_ID = "cion_not_in_run_id"
+
+
+def ExecutionField(default: Any = ..., **kwargs: Any) -> Any:
+    """``Field`` for an execution-only setting: outputs are the same whatever its value."""
+    return Field(default, json_schema_extra={NOT_IN_RUN_ID: "execution"}, **kwargs)
+
+
+def InputField(default: Any = ..., **kwargs: Any) -> Any:
+    """``Field`` for an input URI: the run id carries the input's content digest instead of its name."""
+    return Field(default, json_schema_extra={NOT_IN_RUN_ID: "input"}, **kwargs)

@@ -1,8 +1,8 @@
 """What the correlate driver knows of the embeddings without holding them: videos, their order, where they lie.
 
-The driver reads only the ``video_id`` and ``tracklet_id`` columns of each embed part (and ``source`` /
-``start_time`` where a part carries them) and keeps, per video, the part files holding its rows, its image and
-tracklet counts, and its place in the corpus order. Vectors are read by the Ray tasks that need them, one group of
+Ray tasks read only the ``video_id`` and ``tracklet_id`` columns of each embed part (and ``source`` /
+``start_time`` where a part carries them) and report per-video counts; the driver keeps, in numpy arrays, per
+video the part files holding its rows, its image and tracklet counts, and its place in the corpus order. Vectors are read by the Ray tasks that need them, one group of
 videos at a time (``load_videos``), so the driver's memory grows with the number of videos and with a few bytes
 per image, never with the embedding width.
 
@@ -33,10 +33,16 @@ log = logging.getLogger(__name__)
 @dataclass
 class VideoCatalog:
     """Videos in corpus order with the part files holding each; images of a video are numbered in part order,
-    then row order, and the corpus numbers images video after video (``bounds``)."""
+    then row order, and the corpus numbers images video after video (``bounds``).
 
-    videos: list[str]
-    parts: list[list[str]]  # per video, part URIs (sorted) that hold its rows
+    Compact: numpy arrays, not per-video Python objects. Per video about 8 (CSR pointer) + 4 (part index) + 16
+    (image and tracklet counts) bytes plus its id string; per part file its URI.
+    """
+
+    videos: np.ndarray  # video ids (object array of str), corpus order
+    part_uris: np.ndarray  # distinct part URIs (object array of str), sorted
+    part_ptr: np.ndarray  # int64 (videos + 1): video v's parts are part_idx[part_ptr[v]:part_ptr[v + 1]]
+    part_idx: np.ndarray  # int32 indices into part_uris, ascending per video
     images: np.ndarray  # images per video
     tracklets: np.ndarray  # distinct tracklets per video
     order_source: str  # where the video order came from: manifest, columns or video_id
@@ -49,13 +55,16 @@ class VideoCatalog:
     def n_images(self) -> int:
         return int(self.images.sum())
 
+    def parts(self, v: int) -> list[str]:
+        return self.part_uris[self.part_idx[self.part_ptr[v] : self.part_ptr[v + 1]]].tolist()
+
     def video_rank(self) -> np.ndarray:
         """The video position of every image of the corpus (an int32 per image)."""
         return np.repeat(np.arange(len(self.videos), dtype=np.int32), self.images)
 
     def items(self, ranks: Iterable[int]) -> list[tuple[int, str, list[str]]]:
         """(rank, video id, parts) for the given video ranks: what a task needs to load those videos."""
-        return [(int(v), self.videos[v], self.parts[v]) for v in ranks]
+        return [(int(v), str(self.videos[v]), self.parts(int(v))) for v in ranks]
 
 
 def order_key(row: dict) -> tuple:
@@ -67,27 +76,36 @@ def order_key(row: dict) -> tuple:
     return tuple(key)
 
 
-def manifest_order(embed_out: StageOutput) -> Optional[dict[str, tuple]]:
-    """Order keys per video from the manifest the embeddings descend from, or None where lineage does not lead
-    to a manifest with ``source`` or ``start_time``."""
+def _manifest_uri(embed_out: StageOutput) -> Optional[str]:
+    """The manifest the embeddings descend from (embed -> ingest -> manifest), or None."""
     st = embed_out.storage
     try:
         ingest = next(i for i in embed_out.success().get("inputs", []) if i.get("stage") == "ingest")
         rec = StageOutput(ingest["uri"], st).success()
-        manifest = next(i for i in rec.get("inputs", []) if i.get("stage") == "manifest")
-        uri = manifest["uri"]
+        return next(i for i in rec.get("inputs", []) if i.get("stage") == "manifest")["uri"]
     except (StopIteration, KeyError, FileNotFoundError, DataError, OSError):
         return None
+
+
+def manifest_order(embed_out: StageOutput) -> Optional[pa.Table]:
+    """``video_id`` and order columns from the manifest the embeddings descend from, or None where lineage does not
+    lead to a manifest with ``source`` or ``start_time``."""
+    uri = _manifest_uri(embed_out)
+    if uri is None:
+        return None
     try:
-        table = read_table(uri, st)
+        try:
+            table = read_table(uri, embed_out.storage, columns=["video_id", *ORDER_COLUMNS])
+        except DataError:  # an order column is absent: read what there is
+            table = read_table(uri, embed_out.storage)
     except (DataError, FileNotFoundError, OSError) as e:
         log.warning("correlate: manifest %s named by the ingest run is unreadable (%s); videos keep id order", uri, e)
         return None
     cols = [c for c in ORDER_COLUMNS if c in table.column_names]
     if not cols or "video_id" not in table.column_names:
         return None
-    rows = table.select(["video_id", *cols]).to_pylist()
-    return {str(r["video_id"]): order_key(r) for r in rows}
+    table = table.select(["video_id", *cols])
+    return table.set_column(0, "video_id", table.column("video_id").cast(pa.string()))
 
 
 def _part_schema(uri: str, storage: Storage) -> pa.Schema:
@@ -99,54 +117,121 @@ def _part_schema(uri: str, storage: Storage) -> pa.Schema:
         raise DataError(f"cannot read Parquet file {uri}: {e}") from e
 
 
-def scan_embeddings(embed_out: StageOutput) -> VideoCatalog:
-    """Build the catalogue from the parts' key columns; checks the columns correlate needs exist in every part."""
+def scan_part(uri: str, part: int, storage: Storage) -> Optional[pa.Table]:
+    """One row per video of one part: ``video_id, part, images, tracklets`` and the first ``source`` /
+    ``start_time`` where the part has them. Checks the columns correlate needs. Reads only the key columns."""
+    st = storage
+    fs, path = st.pyarrow(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            names = pf.schema_arrow.names
+            missing = [c for c in REQUIRED if c not in names]
+            if missing:
+                raise DataError(f"{uri}: missing column(s) {', '.join(missing)} (have {', '.join(names)})")
+            order_cols = [c for c in ORDER_COLUMNS if c in names]
+            t = pf.read(columns=["video_id", "tracklet_id", *order_cols])
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - name the file whatever pyarrow raised
+        raise DataError(f"cannot read Parquet file {uri}: {e}") from e
+    if t.num_rows == 0:
+        return None
+    for c in ("video_id", "tracklet_id"):
+        if t.column(c).null_count:
+            bad = pc.indices_nonzero(pc.is_null(t.column(c))).to_pylist()[0]
+            raise DataError(f"{uri}: column {c} has {t.column(c).null_count} null value(s), first at row {bad}")
+    t = t.set_column(0, "video_id", t.column("video_id").cast(pa.string()))
+    t = t.set_column(1, "tracklet_id", t.column("tracklet_id").cast(pa.string()))
+    aggs = [("tracklet_id", "count"), ("tracklet_id", "count_distinct")] + [(c, "first") for c in order_cols]
+    g = t.group_by("video_id", use_threads=False).aggregate(aggs)
+    cols = {"video_id": g.column("video_id"), "part": pa.array(np.full(g.num_rows, part, np.int32)),
+            "images": g.column("tracklet_id_count").cast(pa.int64()),
+            "tracklets": g.column("tracklet_id_count_distinct").cast(pa.int64())}
+    for c in order_cols:
+        cols[c] = g.column(f"{c}_first")
+    return pa.table(cols)
+
+
+def _scan_parts(chunk: list[tuple[int, str]], storage: Storage) -> Optional[pa.Table]:
+    tables = [t for t in (scan_part(u, i, storage) for i, u in chunk) if t is not None]
+    return pa.concat_tables(tables, promote_options="default") if tables else None
+
+
+_scan_parts_task = None
+
+
+def _scan_all(files: list[str], storage: Storage, parts_per_task: int, in_flight: int) -> list[pa.Table]:
+    """Per-part summaries, in Ray tasks (bounded in flight) when Ray is up, else in this process."""
+    chunks = [list(enumerate(files))[i : i + parts_per_task] for i in range(0, len(files), parts_per_task)]
+    import ray
+
+    if not ray.is_initialized():
+        return [t for t in (_scan_parts(c, storage) for c in chunks) if t is not None]
+    global _scan_parts_task
+    if _scan_parts_task is None:
+        _scan_parts_task = ray.remote(_scan_parts)
+    from cion_dist.correlate.tasks import bounded
+
+    return [t for _, t in bounded((_scan_parts_task.remote(c, storage) for c in chunks), in_flight) if t is not None]
+
+
+def scan_embeddings(embed_out: StageOutput, parts_per_task: int = 64, in_flight: int = 16) -> VideoCatalog:
+    """Build the catalogue from the parts' key columns (one listing, then Ray tasks that read the key columns and
+    report per-video counts); checks the columns correlate needs exist in every part."""
+    from cion_dist.correlate.tasks import list_files
+
     st = embed_out.storage
-    files = embed_out.files()
+    files = list_files(embed_out.uri, st)
     if not files:
         raise DataError(f"no Parquet files in {embed_out.uri}")
-    parts: dict[str, list[str]] = {}
-    images: dict[str, int] = {}
-    tracklets: dict[str, int] = {}
-    column_keys: dict[str, tuple] = {}
-    for uri in files:
-        schema = _part_schema(uri, st)
-        missing = [c for c in REQUIRED if c not in schema.names]
-        if missing:
-            raise DataError(f"{uri}: missing column(s) {', '.join(missing)} (have {', '.join(schema.names)})")
-        order_cols = [c for c in ORDER_COLUMNS if c in schema.names]
-        t = read_table(uri, st, columns=["video_id", "tracklet_id", *order_cols])
-        if t.num_rows == 0:
-            continue
-        for c in ("video_id", "tracklet_id"):
-            if t.column(c).null_count:
-                bad = pc.indices_nonzero(pc.is_null(t.column(c))).to_pylist()[0]
-                raise DataError(f"{uri}: column {c} has {t.column(c).null_count} null value(s), first at row {bad}")
-        t = t.set_column(0, "video_id", t.column("video_id").cast(pa.string()))
-        t = t.set_column(1, "tracklet_id", t.column("tracklet_id").cast(pa.string()))
-        g = t.group_by("video_id").aggregate([("tracklet_id", "count"), ("tracklet_id", "count_distinct")])
-        for v, n, k in zip(g.column("video_id").to_pylist(), g.column("tracklet_id_count").to_pylist(),
-                           g.column("tracklet_id_count_distinct").to_pylist()):
-            parts.setdefault(v, []).append(uri)
-            images[v] = images.get(v, 0) + int(n)
-            tracklets[v] = tracklets.get(v, 0) + int(k)  # tracklet ids do not span parts of one video in practice
-        if order_cols:
-            first = t.group_by("video_id", use_threads=False).aggregate([(c, "first") for c in order_cols])
-            for row in first.to_pylist():
-                column_keys.setdefault(row["video_id"], order_key({c: row.get(f"{c}_first") for c in order_cols}))
-    if not images:
+    tables = _scan_all(files, st, parts_per_task, in_flight)
+    if not tables:
         raise DataError(f"{embed_out.uri}: no embeddings")
+    per_part = pa.concat_tables(tables, promote_options="default")
+    del tables
+    per_part = per_part.take(pc.sort_indices(per_part, sort_keys=[("video_id", "ascending"), ("part", "ascending")]))
+    vid = per_part.column("video_id").combine_chunks()
+    n = len(vid)
+    first = np.ones(n, dtype=bool)
+    if n > 1:
+        first[1:] = pc.not_equal(vid.slice(1), vid.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(first)
+    ptr = np.append(starts, n).astype(np.int64)
+    # tracklet ids do not span parts of one video in practice: distinct counts add up per part
+    images = np.add.reduceat(per_part.column("images").to_numpy(), starts) if n else np.zeros(0, np.int64)
+    tracklets = np.add.reduceat(per_part.column("tracklets").to_numpy(), starts) if n else np.zeros(0, np.int64)
+    videos = per_part.select(["video_id", *[c for c in ORDER_COLUMNS if c in per_part.column_names]]).take(
+        pa.array(starts))  # each video's order values from its first part
+    videos = videos.append_column("row", pa.array(np.arange(len(starts), dtype=np.int64)))
 
-    keys = manifest_order(embed_out)
-    source = "manifest"
-    if keys is None or not set(images) <= set(keys):
-        keys, source = (column_keys, "columns") if column_keys else ({}, "video_id")
-    videos = sorted(images, key=lambda v: (*keys.get(v, ()), v))
+    source = "video_id"
+    ordered = None
+    manifest = manifest_order(embed_out)
+    if manifest is not None:
+        joined = videos.select(["video_id", "row"]).join(manifest, "video_id", join_type="inner")
+        if joined.num_rows >= len(starts) and len(pc.unique(joined.column("video_id"))) == len(starts):
+            ordered, source = joined, "manifest"
+    if ordered is None:
+        has_cols = [c for c in ORDER_COLUMNS if c in videos.column_names]
+        ordered, source = (videos, "columns") if has_cols else (videos.select(["video_id", "row"]), "video_id")
+    keys = [(c, "ascending", "at_end") for c in ORDER_COLUMNS if c in ordered.column_names] + [("video_id", "ascending", "at_end")]
+    ordered = ordered.take(pc.sort_indices(ordered, sort_keys=keys))
+    if source == "manifest":  # a video listed twice in the manifest keeps its first place
+        rows = ordered.column("row").to_numpy()
+        _, keep = np.unique(rows, return_index=True)
+        ordered = ordered.take(pa.array(np.sort(keep)))
+    rank_rows = ordered.column("row").to_numpy()
+    counts = np.diff(ptr)[rank_rows]
+    new_ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    idx = np.repeat(ptr[rank_rows] - new_ptr[:-1], counts) + np.arange(new_ptr[-1])  # per-part rows, new order
     return VideoCatalog(
-        videos=videos,
-        parts=[parts[v] for v in videos],
-        images=np.array([images[v] for v in videos], dtype=np.int64),
-        tracklets=np.array([tracklets[v] for v in videos], dtype=np.int64),
+        videos=np.asarray(ordered.column("video_id").to_pylist(), dtype=object),
+        part_uris=np.asarray(files, dtype=object),
+        part_ptr=new_ptr,
+        part_idx=per_part.column("part").to_numpy()[idx].astype(np.int32),
+        images=images[rank_rows].astype(np.int64),
+        tracklets=tracklets[rank_rows].astype(np.int64),
         order_source=source,
     )
 

@@ -11,7 +11,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import StrictModel
+from cion_dist.config.base import ExecutionField, InputField, StrictModel
 
 
 class CalibrationConfig(StrictModel):
@@ -27,7 +27,7 @@ class CalibrationConfig(StrictModel):
 
 
 class CorrelateConfig(StrictModel):
-    input: Optional[str] = Field(None, description="embed run folder; None = newest complete embed run")
+    input: Optional[str] = InputField(None, description="embed run folder; None = newest complete embed run")
     radius: Optional[float] = Field(None, gt=0, le=2, description="intra-identity radius r (cosine distance); None = calibrate")
     link_distance: Optional[float] = Field(None, gt=0, le=2, description="inter-identity distance d; None = calibrate")
     window_videos: int = Field(8, ge=1, description="videos per sliding window at level 3")
@@ -40,13 +40,19 @@ class CorrelateConfig(StrictModel):
     )
     min_tracklet: int = Field(2, ge=1, description="tracklets smaller than this after level 1 are dropped")
     min_images: int = Field(4, ge=1, description="identities smaller than this after level 3 are dropped")
-    num_shards: int = Field(2, ge=1, description="FAISS index shards (Ray actors, SPREAD over nodes)")
+    num_shards: int = ExecutionField(2, ge=1, description="FAISS index shards (Ray actors, SPREAD over nodes)")
     index: Literal["flat", "ivf"] = "flat"
     ivf_nlist: int = Field(64, ge=1, description="IVF lists per shard (capped by the shard size)")
     ivf_nprobe: int = Field(8, ge=1)
-    shard_cpus: float = Field(1.0, gt=0, description="CPUs reserved per index shard actor")
-    videos_per_task: int = Field(8, ge=1, description="videos handled by one level 1-2 Ray task")
-    window_tasks: int = Field(4, ge=1, description="Ray tasks the level-3 windows are spread over")
+    shard_cpus: float = ExecutionField(1.0, gt=0, description="CPUs reserved per index shard actor")
+    videos_per_task: int = ExecutionField(8, ge=1, description="videos handled by one level 1-2 Ray task")
+    windows_per_task: int = Field(
+        32, ge=1, description="consecutive level-3 windows searched by one Ray task (one links file per task)"
+    )
+    block_videos: int = Field(
+        256, ge=1, description="videos whose level-2 identity vectors share one block file (level 3 and the merge read blocks)"
+    )
+    tasks_in_flight: int = ExecutionField(32, ge=1, description="Ray tasks the driver keeps submitted at once per step")
     ground_truth: Optional[str] = Field(
         None, description="Parquet with image_id, identity_id: adds a quality table (CION and baselines)"
     )

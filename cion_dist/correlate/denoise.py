@@ -51,8 +51,20 @@ def shrink_to_radius(x: np.ndarray, r: float) -> np.ndarray:
     return keep
 
 
+@dataclass
+class MergeResult:
+    label: np.ndarray  # component per node, numbered 0.. by smallest node id
+    accepted: np.ndarray  # per input link: True where that link joined two sets
+
+
 def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
-                  tags: Optional[Sequence[frozenset]] = None) -> np.ndarray:
+                  tags: Optional[Sequence[frozenset] | np.ndarray] = None) -> np.ndarray:
+    """The component label per node of ``merge_links`` (see there)."""
+    return merge_links(sums, src, dst, dist, d, tags).label
+
+
+def merge_links(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
+                tags: Optional[Sequence[frozenset] | np.ndarray] = None) -> MergeResult:
     """Union nodes along candidate links, nearest first, keeping only merges that stay discriminable.
 
     A link (a, b) joins their current sets only if (1) the two sets' centroids (normalised sums of member vectors)
@@ -62,39 +74,81 @@ def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.n
     carry a merge that most members disagree with; check (2) weighs every member equally, so two people seen in
     two videos each do not fuse because one pair of their members happens to be close. The mean pairwise cosine
     similarity of two sets is the dot product of their sums of unit member vectors over ``|A| |B|``, so (2) costs
-    O(dim) per link. Deterministic for a fixed input. ``tags`` (one set per node) adds cannot-links: two sets
-    merge only if their tags are disjoint (frames, so two people seen in the same frame stay apart; or videos, so
-    level 3 never undoes level 2).
-    Returns a component label per node (numbered by smallest node id).
+    O(dim) per link. Deterministic for a fixed input. ``tags`` adds cannot-links: two sets merge only if their
+    tags are disjoint (frames, so two people seen in the same frame stay apart; or videos, so level 3 never
+    undoes level 2). ``tags`` is one frozenset per node, or one integer per node (its set is that one tag; sets
+    are then built only for nodes that merge).
+
+    Only nodes that some link under ``d`` touches get vectors: memory is ``2 * dim * 4`` bytes (float32 running
+    sums and sums of unit members) per linked node, plus 24 bytes per node (union-find, sizes), plus a Python set
+    per merged set when tags are given. ``accepted`` marks the links that joined two sets: per final set, the
+    largest accepted distance is its weakest link (``weakest_link``).
     """
     n = len(sums)
-    uf = UnionFind(n)
-    acc = np.array(sums, dtype=np.float64, copy=True)
+    src, dst, dist = np.asarray(src, np.int64), np.asarray(dst, np.int64), np.asarray(dist, np.float32)
+    accepted = np.zeros(len(src), dtype=bool)
+    live = np.flatnonzero(dist < d)
+    touched = np.unique(np.concatenate([src[live], dst[live]]))
+    local = np.full(n, -1, dtype=np.int64)
+    local[touched] = np.arange(len(touched))
+    acc = np.asarray(sums, dtype=np.float32)[touched].copy()  # running sums of member vectors
     unit = acc / np.maximum(np.linalg.norm(acc, axis=1, keepdims=True), 1e-12)  # running sums of unit members
-    size = np.ones(n, dtype=np.int64)
-    held = list(tags) if tags is not None else None
-    order = np.lexsort((np.asarray(dst), np.asarray(src), np.asarray(dist)))
+    size = np.ones(len(touched), dtype=np.int64)
+    uf = UnionFind(len(touched))
+    int_tags = tags is not None and isinstance(tags, np.ndarray) and tags.dtype.kind in "iu"
+    held: Optional[dict] = {} if tags is not None else None
+
+    def tag_set(root: int) -> frozenset:
+        got = held.get(root)
+        if got is None:
+            node = int(touched[root])
+            got = frozenset([int(tags[node])]) if int_tags else tags[node]
+        return got
+
+    order = live[np.lexsort((dst[live], src[live], dist[live]))]
     for e in order:
-        if dist[e] >= d:
-            continue
-        ra, rb = uf.find(int(src[e])), uf.find(int(dst[e]))
+        ra, rb = uf.find(int(local[src[e]])), uf.find(int(local[dst[e]]))
         if ra == rb:
             continue
         ca, cb = acc[ra], acc[rb]
-        cos = float(ca @ cb) / max(np.linalg.norm(ca) * np.linalg.norm(cb), 1e-12)
+        cos = float(ca @ cb) / max(float(np.linalg.norm(ca)) * float(np.linalg.norm(cb)), 1e-12)
         if 1.0 - cos >= d:
             continue
         if 1.0 - float(unit[ra] @ unit[rb]) / (size[ra] * size[rb]) >= d:
             continue
-        if held is not None and not held[ra].isdisjoint(held[rb]):
-            continue
+        if held is not None:
+            ta, tb = tag_set(ra), tag_set(rb)
+            if not ta.isdisjoint(tb):
+                continue
         root = uf.union(ra, rb)
         acc[root] = ca + cb
         unit[root] = unit[ra] + unit[rb]
         size[root] = size[ra] + size[rb]
+        accepted[e] = True
         if held is not None:
-            held[root] = held[ra] | held[rb]
-    return uf.labels()
+            held.pop(ra, None), held.pop(rb, None)
+            held[root] = ta | tb
+    # label per node: its set's smallest node id, numbered in order
+    rep = np.arange(n, dtype=np.int64)
+    if len(touched):
+        roots = uf.roots()
+        smallest = np.full(len(touched), n, dtype=np.int64)
+        np.minimum.at(smallest, roots, touched)
+        rep[touched] = smallest[roots]
+    _, label = np.unique(rep, return_inverse=True)
+    return MergeResult(label=label.astype(np.int64), accepted=accepted)
+
+
+def weakest_link(label: np.ndarray, src: np.ndarray, dist: np.ndarray, accepted: np.ndarray) -> np.ndarray:
+    """Per component of ``label``, the largest distance among the links that built it (NaN for a single node)."""
+    out = np.full(int(label.max()) + 1 if len(label) else 0, np.nan, dtype=np.float32)
+    if accepted.any():
+        comp = label[np.asarray(src)[accepted]]
+        d = np.asarray(dist, np.float32)[accepted]
+        cur = np.full(len(out), -np.inf, dtype=np.float32)
+        np.maximum.at(cur, comp, d)
+        out = np.where(np.isfinite(cur), cur, np.nan).astype(np.float32)
+    return out
 
 
 def pairs_under(c: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

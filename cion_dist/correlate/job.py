@@ -1,15 +1,18 @@
 """The correlate stage: embeddings -> identity labels by CION's three denoising levels (``run(job)``).
 
-Flow: catalogue the embed output (videos, their order and parts; no vectors); calibrate ``r``/``d`` unless set;
-levels 1-2 as Ray tasks per group of videos, each reading its own vectors and returning level-2 identity sums;
-level 3 as Ray tasks per sliding window over a sharded FAISS index of those identities' centroids; one guarded
-union-find over all window links on the driver; the radius re-check of identities merged across videos as tasks;
-the size check; one Parquet part per video written by tasks
+Flow: catalogue the embed output (videos, their order and parts; no vectors), in tasks; calibrate ``r``/``d``
+unless set (saved as a unit); levels 1-2 as Ray tasks per group of videos, each reading its own vectors and
+writing per-video units; the level-2 identity sums gathered into block files; level 3 as Ray tasks per batch of
+sliding windows (or query batches over a striped, sharded FAISS index in whole-corpus mode), each writing one
+links file; one guarded union-find over the sorted link table in a task; the radius re-check of identities merged
+across videos as tasks; the size check; one Parquet part per video written by tasks
 (``image_id, identity_id, tracklet_id, video_id, removed_at, reason``); with ground truth, a quality table for CION
 and the baselines (``quality.json``, which reads the whole corpus on the driver); ``_SUCCESS.json`` last.
 
-The driver holds a few bytes per image (level-2 group, reason, final identity) and one vector per level-2
-identity, so its memory does not grow with the embedding width times the corpus.
+The driver holds integer arrays only, about 30 bytes per image (level-2 group and node, reason, identity) and 12
+per level-2 identity, plus the compact catalogue; identity vectors stay in block files and the tasks reading them
+(see ``distributed``), so its memory does not grow with the embedding width. Every step resumes from one listing
+of its folder.
 """
 
 from __future__ import annotations
@@ -17,52 +20,60 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import Optional
 
 import numpy as np
 
 from cion_dist.config.job import Job
 from cion_dist.correlate import baselines, quality
 from cion_dist.correlate.catalog import VideoCatalog, load_all, scan_embeddings
-from cion_dist.correlate.denoise import IDENTITY_RADIUS, LEVEL_OF_REASON, REASONS, guarded_merge
-from cion_dist.correlate.distributed import (calibrate_on_sample, radius_recheck, run_level3_links, run_levels12,
-                                             write_outputs)
-from cion_dist.correlate.geometry import l2_normalise
+from cion_dist.correlate.denoise import IDENTITY_RADIUS, LEVEL_OF_REASON, REASONS
+from cion_dist.correlate.distributed import (calibrate_on_sample, merged_link_count, radius_recheck,
+                                             run_level3_links, run_levels12, run_merge, save_calibration,
+                                             saved_calibration, write_blocks, write_outputs)
 from cion_dist.correlate.inputs import EmbeddingSet, load_ground_truth
 from cion_dist.correlate.linking import merged_identity, number_identities, plan_windows
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
 from cion_dist.raycluster import ensure_ray
+from cion_dist.stage import CorrelateResult, StageRun
 from cion_dist.storage.fs import Storage, join, write_json_atomic
-from cion_dist.storage.stage_io import StageOutput, dumps_config, input_record, resolve_input
-from cion_dist.tracking.mlflow_run import stage_run
+from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
 STAGE = "correlate"
 
 
-def thresholds(cfg, catalog: VideoCatalog, storage: Storage, seed: int = 0) -> dict:
-    """r and d: configured values win; the missing ones are calibrated from the corpus (in a Ray task)."""
-    out = {"radius": cfg.radius, "link_distance": cfg.link_distance, "calibrated": []}
+def thresholds(cfg, catalog: VideoCatalog, storage: Storage, seed: int = 0, out: Optional[StageOutput] = None) -> dict:
+    """r and d: configured values win; the missing ones are calibrated from the corpus (in a Ray task). With
+    ``out``, the calibration is a unit of the run (``calibration.json``): a rerun reads it instead of redoing it."""
+    out_rec = {"radius": cfg.radius, "link_distance": cfg.link_distance, "calibrated": []}
     if cfg.radius is None or cfg.link_distance is None:
-        cal = calibrate_on_sample(catalog, storage, cfg.calibration.sample, seed,
-                                  radius_quantile=cfg.calibration.radius_quantile,
-                                  link_neighbours=cfg.calibration.link_neighbours, min_tracklet=cfg.min_tracklet)
+        saved = saved_calibration(out) if out is not None else None
+        if saved is None:
+            cal = calibrate_on_sample(catalog, storage, cfg.calibration.sample, seed,
+                                      radius_quantile=cfg.calibration.radius_quantile,
+                                      link_neighbours=cfg.calibration.link_neighbours, min_tracklet=cfg.min_tracklet)
+            saved = {"radius": cal.radius, "link_distance": cal.link_distance, "radius_stats": cal.radius_stats,
+                     "link_stats": cal.link_stats, "sample": cfg.calibration.sample, "seed": seed}
+            if out is not None:
+                save_calibration(out, saved)
         if cfg.radius is None:
-            out["radius"] = cal.radius
-            out["calibrated"].append("radius")
+            out_rec["radius"] = saved["radius"]
+            out_rec["calibrated"].append("radius")
         if cfg.link_distance is None:
-            out["link_distance"] = cal.link_distance
-            out["calibrated"].append("link_distance")
-        out["radius_stats"], out["link_stats"] = cal.radius_stats, cal.link_stats
-    return out
+            out_rec["link_distance"] = saved["link_distance"]
+            out_rec["calibrated"].append("link_distance")
+        out_rec["radius_stats"], out_rec["link_stats"] = saved["radius_stats"], saved["link_stats"]
+    return out_rec
 
 
 def _nodes(catalog: VideoCatalog, group: np.ndarray, groups_per_video: np.ndarray):
-    """Level-2 identities as global nodes numbered in video order; returns (node per image, node video, bounds)."""
+    """Level-2 identities as global nodes numbered in video order; returns (node per image, node video, bounds):
+    an int64 per image and an int32 per identity."""
     node_bounds = np.concatenate([[0], np.cumsum(groups_per_video)]).astype(np.int64)
-    rank = catalog.video_rank()
-    node_of = np.where(group >= 0, node_bounds[rank] + group, -1)
-    node_video = np.repeat(np.arange(len(catalog.videos)), groups_per_video)
+    node_of = np.repeat(node_bounds[:-1], catalog.images)
+    node_of += group
+    node_of[group < 0] = -1
+    node_video = np.repeat(np.arange(len(catalog.videos), dtype=np.int32), groups_per_video)
     return node_of, node_video, node_bounds
 
 
@@ -143,53 +154,55 @@ def _log_png(png: bytes, name: str) -> None:
         mlflow.log_artifact(path, artifact_path="plots")
 
 
-def run(job: Job) -> StageResult:
+def run(job: Job) -> CorrelateResult:
     cfg = job.correlate
     storage = Storage(job.storage)
     embed_out = resolve_input(cfg.input, job.output, "embed", storage)
-    inputs = [input_record(embed_out)]
-    run_id = derive_run_id(STAGE, cfg, inputs[0].get("digest"), job.run_id)
-    out = StageOutput.create(job.output, STAGE, run_id, storage)
-    if out.is_complete():
-        return StageResult.from_record(STAGE, out.uri, out.success())
+    st = StageRun(job, STAGE, cfg, [input_record(embed_out)], storage=storage)
+    if (done := st.completed()) is not None:
+        return CorrelateResult.from_record(done, skipped=True)
+    out = st.out
 
     t0 = time.time()
-    catalog = scan_embeddings(embed_out)
     ensure_ray(job.ray)
-    th = thresholds(cfg, catalog, storage, job.seed)
+    catalog = scan_embeddings(embed_out, in_flight=cfg.tasks_in_flight)
+    th = thresholds(cfg, catalog, storage, job.seed, out)
     r, d = float(th["radius"]), float(th["link_distance"])
     log.info("correlate: %d images, %d videos (order from %s), r=%.4f d=%.4f", catalog.n_images,
              len(catalog.videos), catalog.order_source, r, d)
     timings = {"scan_calibrate_s": round(time.time() - t0, 3)}
 
-    with stage_run(job, STAGE, params={"correlate": dumps_config(cfg), "radius": r, "link_distance": d},
-                   inputs=tuple(inputs)) as mlrun:
+    with st.tracking(params={"radius": r, "link_distance": d}):
         t = time.time()
-        group, reason, video_sums, videos_reused = run_levels12(out, catalog, r, d, cfg.min_tracklet,
-                                                                cfg.videos_per_task)
+        group, reason, groups_per_video, videos_reused = run_levels12(out, catalog, r, d, cfg.min_tracklet,
+                                                                      cfg.videos_per_task, cfg.tasks_in_flight)
         timings["levels12_s"] = round(time.time() - t, 3)
 
         t = time.time()
-        node_of, node_video, node_bounds = _nodes(catalog, group, np.array([len(s) for s in video_sums]))
+        node_of, node_video, node_bounds = _nodes(catalog, group, groups_per_video)
+        del group
         n_nodes = int(node_bounds[-1])
-        sums = np.concatenate(video_sums) if n_nodes else np.zeros((0, 1), np.float32)
-        del video_sums
+        blocks = write_blocks(out, catalog, node_bounds, cfg.block_videos, cfg.tasks_in_flight)
         windows = [(0, len(catalog.videos))] if cfg.whole_corpus else plan_windows(len(catalog.videos), cfg.window_videos, cfg.stride_videos)
-        src, dst, dist, windows_reused = run_level3_links(out, l2_normalise(sums), node_video, node_bounds, windows, cfg, d)
-        tags = [frozenset([v]) for v in node_video.tolist()] if cfg.exclusive_videos else None
-        node_label = guarded_merge(sums, src, dst, dist, d, tags) if n_nodes else np.zeros(0, dtype=np.int64)
+        n_link_files, link_files_reused, windows_reused = run_level3_links(out, blocks, node_video, node_bounds, windows, cfg, d)
+        node_label = (run_merge(out, blocks, node_video, d, cfg.exclusive_videos, link_files_reused < n_link_files) if n_nodes
+                      else np.zeros(0, dtype=np.int64))
+        n_links = merged_link_count(out)
         ident = merged_identity(node_of, node_label)
-        drop = radius_recheck(catalog, storage, ident, node_of, r, cfg.videos_per_task)
+        del node_label
+        drop, recheck_reused = radius_recheck(out, catalog, ident, node_of, r, cfg.videos_per_task, cfg.tasks_in_flight)
         ident[drop] = -1
         reason[drop] = IDENTITY_RADIUS
         final = number_identities(ident, reason, cfg.min_images)
+        del ident
         timings["level3_s"] = round(time.time() - t, 3)
 
         write_outputs(out, catalog, final.identity, final.reason, cfg.videos_per_task)
         summary = {
             "radius": r, "link_distance": d, "calibrated": th["calibrated"],
-            "windows": len(windows), "links": int(len(src)),
+            "windows": len(windows), "links": n_links, "link_files": n_link_files,
             "videos_resumed": videos_reused, "windows_resumed": windows_reused,
+            "link_files_resumed": link_files_reused, "recheck_resumed": recheck_reused,
             "video_order": catalog.order_source,
             "counts": _level_counts(catalog, final.reason, node_of, final),
             "timings": timings,
@@ -202,26 +215,21 @@ def run(job: Job) -> StageResult:
             data = load_all(catalog.items(range(len(catalog.videos))), storage)
             qt = quality_table(data, final.identity, cfg.ground_truth, storage, cfg, d)
             write_json_atomic(join(out.uri, "quality.json"), qt, storage)
-            print(quality.format_table(qt["methods"]))
+            log.info("correlate quality:\n%s", quality.format_table(qt["methods"]))
             summary["quality"] = {m: {k: v for k, v in s.items() if k in ("pairwise_f", "bcubed_f", "nmi", "kept_fraction")}
                                   for m, s in qt["methods"].items()}
             timings["quality_s"] = round(time.time() - t, 3)
+        c = summary["counts"]
+        st.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
+                        "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
+        for m, s in summary.get("quality", {}).items():
+            st.log_metrics({f"{m}.{k}": v for k, v in s.items()})
         summary["notes"] = summary_notes(summary)
-        summary["plots"] = write_plots(out, catalog, final, summary, mlrun is not None)
-        if mlrun is not None:
+        summary["plots"] = write_plots(out, catalog, final, summary, st.mlrun is not None)
+        if st.mlrun is not None:
             import mlflow
 
-            c = summary["counts"]
-            mlflow.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
-                                "identities_out": c["level3"]["identities_out"], "links": summary["links"]})
-            for m, s in summary.get("quality", {}).items():
-                mlflow.log_metrics({f"{m}.{k}": float(v) for k, v in s.items()})
             mlflow.log_dict(summary, "correlate_summary.json")
-            summary["mlflow_run_id"] = mlrun.info.run_id
         rows = {"images": catalog.n_images, "kept": int((final.identity >= 0).sum()), "identities": final.n_identities}
-        record = out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
-        if mlrun is not None:
-            from cion_dist.tracking.lineage import log_output
-
-            log_output(out.uri, record["digest"])
-    return StageResult(STAGE, out.uri, rows=rows, summary=summary, mlflow_run_id=summary.get("mlflow_run_id"))
+        record = st.finalize(rows, summary)
+    return CorrelateResult.from_record(record)

@@ -31,6 +31,16 @@ class UnionFind:
         self.size[ra] += self.size[rb]
         return ra
 
+    def roots(self) -> np.ndarray:
+        """The root of every id (vectorised pointer jumping; compresses every path)."""
+        p = self.parent
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                break
+            p[:] = q
+        return p.copy()
+
     def labels(self) -> np.ndarray:
         """Component label per id, numbered 0.. in order of each component's smallest id."""
         roots = np.fromiter((self.find(i) for i in range(len(self.parent))), dtype=np.int64, count=len(self.parent))

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveInt
 
-from cion_dist.config.base import StrictModel
+from cion_dist.config.base import ExecutionField, InputField, StrictModel
 
 
 class HandcraftedConfig(StrictModel):
@@ -20,15 +20,19 @@ class HandcraftedConfig(StrictModel):
 
 
 class EmbedConfig(StrictModel):
-    input: Optional[str] = Field(None, description="ingest run folder; None = newest complete ingest run")
+    input: Optional[str] = InputField(None, description="ingest run folder; None = newest complete ingest run")
     backbone: Literal["onnx", "torch", "handcrafted"] = "handcrafted"
     model: str = Field("", description="onnx file, torch architecture name (resnet50, vit_small, timm:<name>) or empty")
     weights: Optional[str] = Field(None, description="path, s3:// URI, or models:/name@alias")
-    batch_size: int = Field(64, ge=1, description="crops per forward pass")
-    concurrency: int = Field(1, ge=1, description="embedding actors")
-    num_gpus: float = Field(0, ge=0, description="GPUs per actor; > 0 runs on GPU (fp16 for torch backbones)")
-    num_cpus: float = Field(1, gt=0, description="CPUs reserved per actor")
-    threads: Optional[int] = Field(None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)")
+    batch_size: int = ExecutionField(256, ge=1, description="crops per model call (GPU: 512 in fp16)")
+    crops_per_unit: int = Field(4096, ge=1, description="crops per embed unit and output part (whole ingest parts "
+                                "are grouped up to this); part of the run id, since it decides the output files")
+    parts_per_unit: int = Field(64, ge=1, description="ingest parts per unit when the ingest output has no part "
+                                "reports (older outputs)")
+    concurrency: int = ExecutionField(1, ge=1, description="embedding actors")
+    num_gpus: float = ExecutionField(0, ge=0, description="GPUs per actor; > 0 runs on GPU (fp16 for torch backbones)")
+    num_cpus: float = ExecutionField(1, gt=0, description="CPUs reserved per actor")
+    threads: Optional[int] = ExecutionField(None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)")
     height: int = Field(256, ge=8)
     width: int = Field(128, ge=8)
     on_bad_image: Literal["fail", "skip"] = Field(

@@ -1,94 +1,92 @@
 """The embed stage: ingest crops -> ``<output>/embed/<run_id>/part-*.parquet`` of L2-normalised features.
 
 Output rows: ``image_id, tracklet_id, video_id, frame_index, embedding`` (list<float32> of length d, unit norm),
-one part per ingest part, written by the actor that embedded it. Crops whose JPEG does not decode either stop the
+one part per unit (whole ingest parts grouped to ``crops_per_unit`` crops, ``cion_dist.embed.plan``), written by
+the actor that embedded it in batches of ``batch_size`` crops per model call. Crops whose JPEG does not decode either stop the
 run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default) or are left
 out and listed (image_id, reason) under ``errors/`` and counted in ``_SUCCESS.json`` (``skip``). A rerun of the
-same config on the same input returns at once when ``_SUCCESS.json`` exists, else embeds only missing parts.
+same config on the same input returns at once when ``_SUCCESS.json`` exists, else embeds only units without a
+sound part (one listing of the output checked against the part reports; no probe per unit).
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
 import time
 
 import pyarrow.parquet as pq
 
 from cion_dist.config.job import Job
 from cion_dist.embed.parts import BACKBONE_KEY, DIM_KEY
-from cion_dist.embed.pool import ERRORS_SUBDIR, embed_parts
+from cion_dist.embed.plan import write_plan
+from cion_dist.embed.pool import embed_units
 from cion_dist.errors import DataError
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
+from cion_dist.stage import EmbedResult, StageRun
+from cion_dist.stage.plan import done_parts
 from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput, dumps_config, input_record, resolve_input
+from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
 
-EXECUTION_ONLY = ("concurrency", "num_gpus", "num_cpus", "threads", "batch_size", "input")
 
-
-def unit_of(path: str) -> str:
-    """The unit key of an ingest part: its file name without ``.parquet``."""
-    return posixpath.basename(path)[: -len(".parquet")]
-
-
-def run(job: Job) -> StageResult:
+def run(job: Job) -> EmbedResult:
     cfg = job.embed
     storage = Storage(job.storage)
     ingest = resolve_input(cfg.input, job.output, "ingest", storage)
-    in_rec = input_record(ingest)
-    # execution knobs leave the output unchanged, so they stay out of the run id (a rerun with more actors resumes)
-    identity = cfg.model_dump(mode="json", exclude=set(EXECUTION_ONLY))
-    run_id = derive_run_id("embed", identity, in_rec.get("digest"), job.run_id)
-    out = StageOutput.create(job.output, "embed", run_id, storage)
-    if out.is_complete():
-        log.info("embed output %s is already complete", out.uri)
-        return StageResult.from_record("embed", out.uri, out.success())
+    st = StageRun(job, "embed", cfg, [input_record(ingest)], storage=storage)
+    if (done_record := st.completed()) is not None:
+        return EmbedResult.from_record(done_record, skipped=True)
+    out = st.out
 
-    files = ingest.files()
-    if not files:
+    plan_files, n_units = write_plan(ingest, out, cfg.crops_per_unit, cfg.parts_per_unit)
+    if not n_units:
         raise DataError(f"ingest output {ingest.uri} has no Parquet parts")
-    units = [(unit_of(f), f) for f in files]
-    pending = [(u, f) for u, f in units if not out.has_unit(u)]
-    log.info("embed: %d ingest parts, %d to embed -> %s", len(units), len(pending), out.uri)
+    done_keys, _, chk = done_parts(out)
+    n_pending = n_units - len(done_keys)
+    log.info("embed: %d units planned from %s, %d done, %d to embed (%d torn or unreported redone) -> %s",
+             n_units, ingest.uri, len(done_keys), n_pending, len(chk.changed) + len(chk.unreported), out.uri)
 
     tracking_uri = _weights_tracking_uri(job)
-    from cion_dist.tracking.mlflow_run import stage_run
-
-    with stage_run(job, "embed", params={"embed": dumps_config(cfg), "run_id": run_id}, inputs=(in_rec,)) as mlrun:
-        done, seconds = [], 0.0
-        if pending:
+    with st.tracking():
+        now, seconds = {"units": 0, "rows": 0}, 0.0
+        if n_pending > 0:
             from cion_dist.raycluster import ensure_ray
 
             ensure_ray(job.ray)
             t0 = time.perf_counter()  # actor start-up (model load) included, Ray start-up not
-            done = embed_parts(pending, out, cfg, storage, tracking_uri, job.mlflow.registry_uri)
+            now = embed_units(plan_files, done_keys, n_pending, out, ingest.uri, cfg, storage, tracking_uri,
+                              job.mlflow.registry_uri)
             seconds = time.perf_counter() - t0
-        rows, dim, backbone = _count_rows(out)
-        bad = _count_bad(out)
-        embedded_now = int(sum(int(d["rows"]) for d in done))
+        parts = out.combine()
+        rows, bad = parts.totals.get("rows", 0), parts.totals.get("bad", 0)
+        dim, backbone = _part_meta(out, now)
+        if parts.count and parts.totals.get("dim", dim * parts.count) != dim * parts.count:
+            raise DataError(f"{out.uri}: parts of different embedding widths; remove the run folder and rerun")
         summary = {
             "embedding_dim": dim,
             "backbone": backbone,
-            "parts": len(units),
-            "parts_embedded_now": len(done),
-            "crops_per_s": round(embedded_now / seconds, 2) if seconds > 0 and embedded_now else 0.0,
-            "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
+            "units": n_units,
+            "units_embedded_now": now["units"],
+            "crops_per_s": round(now["rows"] / seconds, 2) if seconds > 0 and now["rows"] else 0.0,
         }
         row_counts = {"embeddings": rows, "bad_images": bad}
-        if mlrun is not None:
-            import mlflow
+        st.log_metrics({"embeddings": rows, "bad_images": bad, "embedding_dim": dim,
+                        "crops_per_s": summary["crops_per_s"]})
+        record = st.finalize(row_counts, summary, parts=parts)
+    return EmbedResult.from_record(record)
 
-            mlflow.log_metrics({"embeddings": rows, "bad_images": bad, "embedding_dim": dim,
-                                "crops_per_s": summary["crops_per_s"]})
-        record = out.finalize(stage="embed", rows=row_counts, inputs=[in_rec], config=dumps_config(cfg), summary=summary)
-        if mlrun is not None:
-            from cion_dist.tracking.lineage import log_output
 
-            log_output(out.uri, record["digest"], run_id=mlrun.info.run_id)
-    return StageResult("embed", out.uri, rows=row_counts, summary=summary, mlflow_run_id=summary["mlflow_run_id"])
+def _part_meta(out: StageOutput, now: dict) -> tuple[int, str]:
+    """Embedding width and backbone: from this run's results, else from one part's footer (one read)."""
+    if now.get("dim"):
+        return int(now["dim"]), str(now.get("backbone", ""))
+    files = out.files()
+    if not files:
+        return 0, ""
+    fs, path = out.storage.pyarrow(files[0])
+    with fs.open_input_file(path) as f:
+        kv = pq.ParquetFile(f).metadata.metadata or {}
+    return int(kv.get(DIM_KEY, b"0")), kv.get(BACKBONE_KEY, b"").decode()
 
 
 def _weights_tracking_uri(job: Job):
@@ -99,29 +97,3 @@ def _weights_tracking_uri(job: Job):
 
         return tracking_uri_for(job)
     return None
-
-
-def _count_rows(out: StageOutput) -> tuple[int, int, str]:
-    """Rows over every part (from Parquet footers) and the embedding width / backbone they record."""
-    total, dim, backbone = 0, 0, ""
-    for uri in out.files():
-        fs, path = out.storage.pyarrow(uri)
-        with fs.open_input_file(path) as f:
-            md = pq.ParquetFile(f).metadata
-        total += md.num_rows
-        kv = md.metadata or {}
-        d = int(kv.get(DIM_KEY, b"0"))
-        b = kv.get(BACKBONE_KEY, b"").decode()
-        if dim and d and d != dim:
-            raise DataError(f"{uri}: embedding width {d} differs from other parts ({dim}); remove the run folder and rerun")
-        dim, backbone = dim or d, backbone or b
-    return total, dim, backbone
-
-
-def _count_bad(out: StageOutput) -> int:
-    total = 0
-    for uri in out.files(ERRORS_SUBDIR):
-        fs, path = out.storage.pyarrow(uri)
-        with fs.open_input_file(path) as f:
-            total += pq.ParquetFile(f).metadata.num_rows
-    return total

@@ -41,8 +41,12 @@ def embedding_array(features: np.ndarray, dtype: str = "float32") -> pa.ListArra
 
 
 def embed_batches(batches: Iterable[pa.RecordBatch], embedder: Embedder, source: str, on_bad_image: str = "fail",
-                  dtype: str = "float32") -> PartResult:
-    """Embed every row of ``batches`` (ingest columns); undecodable crops fail or are set aside by policy."""
+                  dtype: str = "float32", decode_pool=None) -> PartResult:
+    """Embed every row of ``batches`` (ingest columns); undecodable crops fail or are set aside by policy.
+
+    ``decode_pool`` (a ``concurrent.futures`` executor) decodes a batch's JPEGs in parallel threads (OpenCV
+    releases the GIL), so decoding the next batch is not serialised behind one core.
+    """
     keys: list[pa.Table] = []
     feats: list[np.ndarray] = []
     bad_ids: list[str] = []
@@ -55,8 +59,9 @@ def embed_batches(batches: Iterable[pa.RecordBatch], embedder: Embedder, source:
         key_schema = key_schema or batch.select(KEY_COLUMNS).schema
         ids = batch.column("image_id").to_pylist()
         images, keep = [], []
-        for i, blob in enumerate(batch.column("jpeg").to_pylist()):
-            rgb = decode_jpeg(blob) if blob is not None else None
+        blobs = batch.column("jpeg").to_pylist()
+        decoded = (decode_pool.map(_decode, blobs) if decode_pool is not None else map(_decode, blobs))
+        for i, (blob, rgb) in enumerate(zip(blobs, decoded)):
             if rgb is None or min(rgb.shape[:2]) < 2:
                 reason = "empty jpeg" if not blob else "jpeg bytes are not a decodable image"
                 if on_bad_image == "fail":
@@ -89,6 +94,30 @@ def embed_batches(batches: Iterable[pa.RecordBatch], embedder: Embedder, source:
     table = table.append_column("embedding", embedding_array(features, dtype)).replace_schema_metadata(meta)
     bad = pa.table({"image_id": pa.array(bad_ids, pa.string()), "reason": pa.array(bad_reasons, pa.string())})
     return PartResult(table=table, bad=bad)
+
+
+def _decode(blob):
+    return decode_jpeg(blob) if blob is not None else None
+
+
+def read_group_batches(uris: list[str], storage: Storage, rows_per_batch: int) -> Iterable[pa.RecordBatch]:
+    """Record batches of exactly ``rows_per_batch`` rows (the last may be short) over several ingest parts in turn,
+    so a model call gets a full batch however small each part is."""
+    pending: list[pa.RecordBatch] = []
+    n = 0
+    for uri in uris:
+        for b in read_batches(uri, storage, rows_per_batch):
+            pending.append(b.replace_schema_metadata(None))
+            n += b.num_rows
+            while n >= rows_per_batch:
+                t = pa.Table.from_batches(pending).combine_chunks()
+                yield t.slice(0, rows_per_batch).to_batches()[0]
+                rest = t.slice(rows_per_batch)
+                pending = rest.to_batches() if rest.num_rows else []
+                n = rest.num_rows
+    if n:
+        t = pa.Table.from_batches(pending).combine_chunks()
+        yield from t.to_batches()
 
 
 def read_batches(uri: str, storage: Storage, rows_per_batch: int) -> Iterable[pa.RecordBatch]:

@@ -1,36 +1,44 @@
-"""Ray glue: an actor pool (Ray Data ``map_batches``) where each actor holds one embedder and owns whole parts.
+"""Ray glue: an actor pool (Ray Data ``map_batches``) where each actor holds one embedder and owns whole units.
 
-A unit of work is one ingest Parquet file. The actor that embeds it also writes the matching embed part,
-atomically, so a crash loses only the parts in flight; a rerun lists what is written and sends the rest. Work
-crosses the object store as file URIs, never as pixels or features, so the driver stays small at any scale.
+A unit is a group of ingest parts holding a few thousand crops (``cion_dist.embed.plan``). The actor reads them in
+turn, decodes JPEGs on a thread pool, embeds full batches of ``batch_size`` crops per model call, and writes one
+embed part per unit, atomically, so a crash loses only the units in flight. Work crosses the object store as part
+names, never as pixels or features, and each result row carries the written part's report (sha256, size,
+fingerprint, counts) so the driver never reads a part back.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 from cion_dist.embed.config import EmbedConfig
-from cion_dist.embed.parts import embed_batches, read_batches
+from cion_dist.embed.parts import embed_batches, read_group_batches
 from cion_dist.errors import CionError, ConfigError, DataError
-from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput
+from cion_dist.storage.fs import Storage, join
+from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 ERRORS_SUBDIR = "errors"
+RESULT_FIELDS = ("unit", "name", "sha256", "size", "fingerprint", "rows", "bad", "dim", "backbone", "seconds", "error")
 
 
-class EmbedPartsActor:
-    """Callable class for ``map_batches``: builds the embedder once, then embeds and writes one part per row."""
+class EmbedUnitsActor:
+    """Callable class for ``map_batches``: builds the embedder once, then embeds and writes one part per unit."""
 
-    def __init__(self, cfg: EmbedConfig, storage: Storage, out_uri: str, tracking_uri: Optional[str] = None,
-                 registry_uri: Optional[str] = None):
+    def __init__(self, cfg: EmbedConfig, storage: Storage, out_uri: str, ingest_uri: str,
+                 tracking_uri: Optional[str] = None, registry_uri: Optional[str] = None):
         from cion_dist.embed.embedders import build_embedder
 
         self.cfg = cfg
         self.storage = storage
         self.out = StageOutput(out_uri, storage)
+        self.ingest_uri = ingest_uri
+        self.decode_pool = ThreadPoolExecutor(max(1, int(cfg.threads or cfg.num_cpus or 1)))
         self.embedder, self.error = None, ""
         try:
             self.embedder = build_embedder(cfg, storage, tracking_uri, registry_uri)
@@ -38,70 +46,96 @@ class EmbedPartsActor:
             # reported per unit as data: Ray's wrappers keep only the text of a remote traceback
             self.error = f"{type(e).__name__}: {e}"
 
-    def __call__(self, batch: dict) -> dict:
-        results: dict[str, list] = {k: [] for k in ("unit", "rows", "bad", "dim", "backbone", "seconds", "error")}
-        for unit, path in zip(batch["unit"], batch["path"]):
-            unit, path = str(unit), str(path)
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        results: dict[str, list] = {k: [] for k in RESULT_FIELDS}
+        for row in batch.select(["unit", "parts"]).to_pylist():
+            unit, parts = str(row["unit"]), [str(p) for p in row["parts"]]
             t0 = time.perf_counter()
             rows = bad = dim = 0
+            written = None
             error = self.error
             if not error:
                 try:
-                    rows, bad, dim = self._embed_one(unit, path)
+                    rows, bad, dim, written = self._embed_one(unit, parts)
                 except CionError as e:
                     error = f"{type(e).__name__}: {e}"
             results["unit"].append(unit)
+            results["name"].append(unit_filename(unit))
+            results["sha256"].append(written.sha256 if written else "")
+            results["size"].append(written.size if written else 0)
+            results["fingerprint"].append(written.fingerprint if written else "")
             results["rows"].append(rows)
             results["bad"].append(bad)
             results["dim"].append(dim)
             results["backbone"].append(self.embedder.name if self.embedder is not None else "")
             results["seconds"].append(time.perf_counter() - t0)
             results["error"].append(error)
-        return {k: np.asarray(v) for k, v in results.items()}
+        return pa.table({k: np.asarray(v) if k not in ("unit", "name", "sha256", "fingerprint", "backbone", "error")
+                         else pa.array(v, pa.string()) for k, v in results.items()})
 
-    def _embed_one(self, unit: str, path: str) -> tuple[int, int, int]:
-        part = embed_batches(read_batches(path, self.storage, self.cfg.batch_size * 4), self.embedder, path,
-                             self.cfg.on_bad_image, self.cfg.dtype)
+    def _embed_one(self, unit: str, parts: list[str]):
+        uris = [join(self.ingest_uri, p) for p in parts]
+        source = f"ingest part(s) {uris[0]}" + (f" .. {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else "")
+        part = embed_batches(read_group_batches(uris, self.storage, self.cfg.batch_size), self.embedder, source,
+                             self.cfg.on_bad_image, self.cfg.dtype, decode_pool=self.decode_pool)
         if part.bad.num_rows:
             self.out.write_unit(unit, part.bad, subdir=ERRORS_SUBDIR)
-        # the data part is written last: its presence marks the unit done
-        self.out.write_unit(unit, part.table)
-        return part.table.num_rows, part.bad.num_rows, int(self.embedder.dim)
+        # the data part is written last: its presence (with its report) marks the unit done
+        written = self.out.write_unit(unit, part.table)
+        return part.table.num_rows, part.bad.num_rows, int(self.embedder.dim), written
 
 
-def embed_parts(pending: list[tuple[str, str]], out: StageOutput, cfg: EmbedConfig, storage: Storage,
-                tracking_uri: Optional[str] = None, registry_uri: Optional[str] = None) -> list[dict]:
-    """Embed ``(unit, ingest file URI)`` pairs on a pool of ``cfg.concurrency`` actors; returns one dict per unit."""
+def embed_units(plan_files: list[str], done_keys, n_pending: int, out: StageOutput, ingest_uri: str, cfg: EmbedConfig,
+                storage: Storage, tracking_uri: Optional[str] = None, registry_uri: Optional[str] = None) -> dict:
+    """Embed the planned units not done yet on a pool of ``cfg.concurrency`` actors; returns sums of the results.
+
+    The plan is read by Ray Data (``read_parquet``), done units are dropped in its tasks, and results stream back
+    in batches: their reports go to ``_reports/``, the driver keeps sums only.
+    """
     import ray
 
-    if not pending:
-        return []
-    items = [{"unit": u, "path": p} for u, p in pending]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    from cion_dist.stage.plan import blocks_for, not_done
+
+    fs, _ = storage.pyarrow(plan_files[0])
+    paths = [storage.pyarrow(f)[1] for f in plan_files]
+    size = max(1, min(cfg.concurrency, n_pending))
+    ds = ray.data.read_parquet(paths, filesystem=fs)
+    ds = ds.map_batches(not_done, fn_kwargs={"key_column": "unit", "done": ray.put(done_keys)},
+                        batch_format="pyarrow", batch_size=65536)
+    ds = ds.repartition(blocks_for(n_pending, size, per_worker=4))
     ds = ds.map_batches(
-        EmbedPartsActor,
-        fn_constructor_kwargs={
-            "cfg": cfg,
-            "storage": storage,
-            "out_uri": out.uri,
-            "tracking_uri": tracking_uri,
-            "registry_uri": registry_uri,
-        },
-        batch_size=1,
-        batch_format="numpy",
-        # one file in flight per actor: an actor is busy with a whole part, queueing more only unbalances the pool
-        compute=ray.data.ActorPoolStrategy(size=min(cfg.concurrency, len(items)), max_tasks_in_flight_per_actor=1),
+        EmbedUnitsActor,
+        fn_constructor_kwargs={"cfg": cfg, "storage": storage, "out_uri": out.uri, "ingest_uri": ingest_uri,
+                               "tracking_uri": tracking_uri, "registry_uri": registry_uri},
+        batch_size=1,  # one unit (thousands of crops) per call
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=size),
         num_cpus=cfg.num_cpus,
         num_gpus=cfg.num_gpus if cfg.num_gpus > 0 else None,
         # Ray Data hands its actors their constructor through the object store, which an actor restart cannot
         # rely on; a lost actor fails the stage instead, and the rerun skips the parts already written
         max_restarts=0,
     )
-    done = ds.take_all()
-    failed = [d for d in done if d["error"]]
+    sums = {"units": 0, "rows": 0, "bad": 0, "dim": 0, "backbone": ""}
+    failed: list[str] = []
+    reports = out.report_writer()
+    for batch in ds.iter_batches(batch_size=256, batch_format="pyarrow"):
+        err = batch.column("error").to_pylist()
+        failed += [e for e in err if e][: max(0, 5 - len(failed))] if any(err) else []
+        sums.setdefault("failed", 0)
+        sums["failed"] += sum(1 for e in err if e)
+        ok = batch.filter(pa.compute.equal(batch.column("error"), ""))
+        if ok.num_rows:
+            sums["units"] += ok.num_rows
+            sums["rows"] += int(pa.compute.sum(ok.column("rows")).as_py())
+            sums["bad"] += int(pa.compute.sum(ok.column("bad")).as_py())
+            sums["dim"] = sums["dim"] or int(ok.column("dim")[0].as_py())
+            sums["backbone"] = sums["backbone"] or ok.column("backbone")[0].as_py()
+            reports.add(ok.select(["name", "sha256", "size", "fingerprint", "rows", "bad", "dim"]).to_pylist())
+    reports.flush()
     if failed:
-        first = str(failed[0]["error"])
-        kind, _, msg = first.partition(": ")
-        more = f" (and {len(failed) - 1} more part(s) failed; parts that succeeded are kept for the rerun)" if len(failed) > 1 else ""
+        kind, _, msg = str(failed[0]).partition(": ")
+        n = sums["failed"]
+        more = f" (and {n - 1} more unit(s) failed; units that succeeded are kept for the rerun)" if n > 1 else ""
         raise (ConfigError if kind == "ConfigError" else DataError)(msg + more)
-    return done
+    return sums

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator
 
-from cion_dist.config.base import StrictModel
+from cion_dist.config.base import ExecutionField, InputField, StrictModel
 
 
 class FinetuneConfig(StrictModel):
@@ -20,27 +20,27 @@ class FinetuneConfig(StrictModel):
     label_smoothing: float = Field(0.1, ge=0, lt=1)
     triplet_margin: float = Field(0.3, ge=0)
     neck_feat: Literal["before", "after"] = Field("before", description="evaluate the feature before/after BNNeck")
-    num_threads: int = Field(2, ge=1, description="image decoding threads")
+    num_threads: int = ExecutionField(2, ge=1, description="image decoding threads")
 
 
 class EvaluateConfig(StrictModel):
-    dataset: str = Field("", description="re-ID dataset root (Market-1501 layout); empty = <output>/corpus/market")
+    dataset: str = InputField("", description="re-ID dataset root (Market-1501 layout); empty = <output>/corpus/market")
     dataset_format: Literal["auto", "market", "msmt17", "list"] = "auto"
     keep_distractors: bool = Field(True, description="Market pid 0000 stays in the gallery as negatives")
-    model: Optional[str] = Field(None, description="checkpoint path, models:/name@alias, or None = newest pretrain")
+    model: Optional[str] = InputField(None, description="checkpoint path, models:/name@alias, or None = newest pretrain")
     architecture: Optional[str] = Field(None, description="backbone name for a bare checkpoint without backbone.json")
     protocol: Literal["frozen", "finetune"] = "frozen"
     finetune: FinetuneConfig = FinetuneConfig()
     flip: bool = Field(True, description="average features of the image and its horizontal flip")
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = ExecutionField(64, ge=1)
     height: int = Field(256, ge=16)
     width: int = Field(128, ge=8)
-    extraction: Literal["auto", "local", "ray"] = Field("auto", description="auto = Ray Data above ray_min_images")
-    ray_min_images: int = Field(4000, ge=0)
-    num_actors: int = Field(2, ge=1, description="embedding actors in the Ray Data pool")
+    extraction: Literal["auto", "local", "ray"] = ExecutionField("auto", description="auto = Ray Data above ray_min_images")
+    ray_min_images: int = ExecutionField(4000, ge=0)
+    num_actors: int = ExecutionField(2, ge=1, description="embedding actors in the Ray Data pool")
     device: str = Field("auto", description="auto, cpu or cuda")
     metric: Literal["cosine", "euclidean"] = "cosine"
-    chunk_size: int = Field(512, ge=1, description="queries per distance block")
+    chunk_size: int = ExecutionField(512, ge=1, description="queries per distance block")
     rerank: bool = False
     rerank_k1: int = Field(20, ge=1)
     rerank_k2: int = Field(6, ge=1)

@@ -30,7 +30,12 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` from encoded bytes; ``DataError`` naming the file when it is not an image."""
     import cv2
 
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    if not data:
+        raise DataError(f"image {where} is empty (0 bytes)")
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise DataError(f"cannot decode image {where}: {str(e).strip().splitlines()[-1]}") from None
     if img is None:
         raise DataError(f"cannot decode image {where}")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

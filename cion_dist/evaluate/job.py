@@ -22,10 +22,8 @@ from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
 from cion_dist.evaluate.features import extract_local, extract_ray
 from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
 from cion_dist.evaluate.model_source import resolve_model
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
+from cion_dist.stage import EvaluateResult, StageRun
 from cion_dist.storage.fs import Storage, join
-from cion_dist.storage.stage_io import StageOutput, dumps_config
 
 log = logging.getLogger(__name__)
 STAGE = "evaluate"
@@ -69,9 +67,8 @@ def _summary(metrics: ReidMetrics, digest: str, model_uri: str, extra: dict) -> 
     return s
 
 
-def run(job: Job) -> StageResult:
-    from cion_dist.tracking.lineage import log_output
-    from cion_dist.tracking.mlflow_run import configure, stage_run
+def run(job: Job) -> EvaluateResult:
+    from cion_dist.tracking.mlflow_run import configure
 
     cfg = job.evaluate
     storage = Storage(job.storage)
@@ -82,10 +79,12 @@ def run(job: Job) -> StageResult:
         configure(job)
     model = resolve_model(cfg.model, experiment=job.mlflow.experiment, storage=storage,
                           architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled)
-    run_id = derive_run_id(STAGE, cfg, f"{digest}:{model.uri}:{model.weights_digest}", job.run_id)
-    out = StageOutput.create(job.output, STAGE, run_id, storage)
-    if out.is_complete():
-        return StageResult.from_record(STAGE, model.uri, out.success())
+    dataset_rec = {"uri": root, "digest": digest, "stage": "dataset"}
+    st = StageRun(job, STAGE, cfg, [dataset_rec, model.record()], storage=storage,
+                  input_digest=f"{digest}:{model.uri}:{model.weights_digest}")
+    if (done := st.completed()) is not None:
+        return EvaluateResult.from_record(done, skipped=True, uri=model.uri)
+    out = st.out
 
     t0 = time.time()
     net, extra = model.module, {}
@@ -110,36 +109,29 @@ def run(job: Job) -> StageResult:
         log.info("evaluate: %d junk images (person id -1) of %s left out, as the Market-1501 protocol does", ds.junk, root)
     log.info("evaluate %s on %s: mAP %.4f rank1 %.4f", model.uri, root, metrics.mAP, metrics.rank1)
 
-    dataset_rec = {"uri": root, "digest": digest, "stage": "dataset"}
     mlflow_run_id = None
-    params = {"evaluate": dumps_config(cfg), "dataset": {"root": root, "format": ds.name, **ds.counts()},
+    params = {"dataset": {"root": root, "format": ds.name, **ds.counts()},
               "model": {"uri": model.uri, "architecture": model.architecture, "embed_dim": model.embed_dim}}
-    with stage_run(job, STAGE, params=params, inputs=(dataset_rec, model.record())) as mrun:
-        if mrun is not None:
+    with st.tracking(params=params):
+        st.log_metrics(summary | {f"cmc_{i + 1}": c for i, c in enumerate(metrics.cmc)})
+        if st.mlrun is not None:
             import mlflow
 
-            mlflow_run_id = mrun.info.run_id
-            numeric = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-            mlflow.log_metrics(numeric | {f"cmc_{i + 1}": c for i, c in enumerate(metrics.cmc)})
+            mlflow_run_id = st.mlflow_run_id
             mlflow.set_tags({"cion.eval.dataset_digest": digest, "cion.eval.protocol": cfg.protocol,
                              "cion.model.uri": model.uri, "cion.model.weights_digest": model.weights_digest})
             if model.name:
+                from cion_dist import __version__
+                from cion_dist.evaluate.promotion import evaluation_settings
                 from cion_dist.tracking.registry import record_evaluation
 
                 mlflow.set_tags({"cion.model.name": model.name, "cion.model.version": model.version})
-                from cion_dist import __version__
-                from cion_dist.evaluate.promotion import evaluation_settings
-
                 record_evaluation(model.name, model.version, cfg.protocol, digest,
                                   {k: summary[k] for k in METRICS}, run_id=mlflow_run_id,
                                   settings=evaluation_settings(cfg, digest, __version__))
-            log_output(out.uri, None)
         summary["mlflow_run_id"] = mlflow_run_id
         table = pa.table({k: [v] for k, v in summary.items() if v is not None})
-        out.write_unit("metrics", table)
+        out.write_reported_unit("metrics", table)
         rows = {"queries": metrics.num_queries, "gallery": len(ds.gallery)}
-        rec = out.finalize(stage=STAGE, rows=rows, inputs=[dataset_rec, model.record()], config=dumps_config(cfg),
-                           summary=summary)
-        if mrun is not None:
-            log_output(out.uri, rec["digest"])
-    return StageResult(STAGE, model.uri, rows=rows, summary=summary, mlflow_run_id=mlflow_run_id)
+        record = st.finalize(rows, summary)
+    return EvaluateResult.from_record(record, uri=model.uri)

@@ -14,8 +14,7 @@ import time
 from cion_dist.config.job import Job
 from cion_dist.errors import ConfigError
 from cion_dist.evaluate.promotion import CHALLENGER, CHAMPION, Decision, Evaluated, decide
-from cion_dist.pipeline.result import StageResult
-from cion_dist.storage.stage_io import dumps_config
+from cion_dist.stage import PromoteResult, StageRun
 
 STAGE = "promote"
 
@@ -54,10 +53,10 @@ def apply_decision(name: str, candidate_version: str, decision: Decision, metric
         c.set_model_version_tag(name, candidate_version, k, v)
 
 
-def run(job: Job) -> StageResult:
+def run(job: Job) -> PromoteResult:
     import mlflow
 
-    from cion_dist.tracking.mlflow_run import configure, stage_run
+    from cion_dist.tracking.mlflow_run import configure
     from cion_dist.tracking.registry import alias_version, evaluation_records, get_version, latest_eval_key, read_evaluation
 
     if not job.mlflow.enabled:
@@ -87,9 +86,10 @@ def run(job: Job) -> StageResult:
                "settings": (rec or {}).get("settings", {})}
     inputs = ({"uri": f"models:/{name}/{version}", "stage": "model", "mlflow_run_id": cand.run_id,
                "digest": digest or ""},)
-    with stage_run(job, STAGE, params={"promote": dumps_config(cfg)}, inputs=inputs) as mrun:
+    st = StageRun(job, STAGE, cfg, inputs, writes_output=False)
+    with st.tracking():
         apply_decision(name, version, decision, cfg.metric, digest, champ_version, client, key)
         mlflow.set_tags({"cion.promote.decision": summary["decision"], "cion.promote.reason": decision.reason[:5000],
                          "cion.promote.candidate": version, "cion.promote.champion_before": champ_version or ""})
-        run_id = mrun.info.run_id
-    return StageResult(STAGE, f"models:/{name}@{CHAMPION}", summary=summary, mlflow_run_id=run_id)
+        record = st.finalize({}, summary)
+    return PromoteResult.from_record(record, uri=f"models:/{name}@{CHAMPION}")

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import StrictModel
+from cion_dist.config.base import ExecutionField, InputField, StrictModel
 
 
 class BackgroundConfig(StrictModel):
@@ -30,8 +30,8 @@ class DetectorConfig(StrictModel):
     score_threshold: float = Field(0.35, ge=0, le=1)
     nms_threshold: float = Field(0.45, ge=0, le=1)
     input_size: int = Field(416, ge=32, description="square network input of neural detectors, pixels")
-    num_gpus: float = Field(0, ge=0)
-    threads: int = Field(1, ge=1, description="onnxruntime intra-op threads per clip task")
+    num_gpus: float = ExecutionField(0, ge=0)
+    threads: int = ExecutionField(1, ge=1, description="onnxruntime intra-op threads per clip task")
     background: BackgroundConfig = BackgroundConfig()
 
     @model_validator(mode="after")
@@ -58,7 +58,7 @@ class TrackerConfig(StrictModel):
 
 
 class IngestConfig(StrictModel):
-    manifest: str = Field("", description="manifest Parquet URI; empty = <output>/corpus/manifest.parquet")
+    manifest: str = InputField("", description="manifest Parquet URI; empty = <output>/corpus/manifest.parquet")
     sample_fps: Optional[float] = Field(None, gt=0, description="decode at this rate; None = every_n")
     every_n: int = Field(1, ge=1)
     max_frames: Optional[int] = Field(None, ge=1, description="decode at most this many frames per clip (sampled)")
@@ -69,5 +69,5 @@ class IngestConfig(StrictModel):
     jpeg_quality: int = Field(90, ge=10, le=100)
     detector: DetectorConfig = DetectorConfig()
     tracker: TrackerConfig = TrackerConfig()
-    concurrency: int = Field(2, ge=1)
-    max_error_fraction: float = Field(0.2, ge=0, le=1)
+    concurrency: int = ExecutionField(2, ge=1)
+    max_error_fraction: float = ExecutionField(0.2, ge=0, le=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -83,3 +84,52 @@ def load_manifest(uri: str, storage: Storage | None = None) -> tuple[pa.Table, s
     resolved = pa.array([resolve_clip_uri(str(u), uri) for u in uris], pa.string())
     table = table.set_column(table.column_names.index("uri"), "uri", resolved)
     return table, h.hexdigest()
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    uri: str
+    files: list[str]
+    rows: int
+    digest: str
+
+
+def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
+    """What the ingest driver needs of a manifest (files, row count, content digest), checked like
+    ``load_manifest`` but with Arrow kernels over the two key columns: no Python object per row is made, and
+    the table is dropped once checked (the clips are read again by Ray Data, in its tasks)."""
+    import pyarrow.compute as pc
+
+    st = storage or Storage()
+    h = hashlib.sha256()
+    files = _manifest_files(uri, st)
+    tables = []
+    for f in files:
+        data = read_bytes(f, st)
+        h.update(hashlib.sha256(data).digest())
+        try:
+            t = pq.read_table(io.BytesIO(data))
+        except Exception as e:  # noqa: BLE001 - name the file whatever pyarrow raised
+            raise DataError(f"manifest {f} is not a readable Parquet file ({e})") from None
+        del data
+        for col in MANIFEST_REQUIRED:
+            if col not in t.column_names:
+                raise DataError(f"manifest {uri} lacks column {col!r} (has {t.column_names})")
+        tables.append(t.select(["video_id", "uri"]))
+    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+    del tables
+    rows = table.num_rows
+    for col in ("video_id", "uri"):
+        c = table.column(col).cast(pa.string())
+        bad = pc.or_(pc.is_null(c), pc.equal(pc.utf8_length(c), 0))
+        if pc.any(bad).as_py():
+            i = int(pc.index(bad, True).as_py())
+            raise DataError(f"manifest {uri} row {i}: empty video_id or uri")
+    ids = table.column("video_id").cast(pa.string())
+    if pc.count_distinct(ids).as_py() != rows:
+        counts = pc.value_counts(ids)
+        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
+        first = pc.indices_nonzero(pc.equal(ids, dup)).to_pylist()[:2]
+        raise DataError(f"manifest {uri} row {first[-1]}: duplicate video_id {dup!r}")
+    del table, ids
+    return ManifestInfo(uri, files, rows, h.hexdigest())

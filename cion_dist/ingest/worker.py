@@ -4,11 +4,11 @@ On CPUs each clip is a plain task (``ingest_row``): Ray reuses its worker proces
 clip costs little. With GPUs a pool of ``ClipWorker`` actors keeps one detector session per GPU between clips.
 
 Each call writes the clip's Parquet part itself (so a crash loses at most the clips in flight) and returns one
-small stats row to the driver. A clip whose part already exists and is readable is skipped; a part that is torn
-(its Parquet footer does not read) is removed and the clip redone. Whatever goes wrong with one clip (a missing,
-empty or undecodable file, a URI that names a folder, a detector error) comes back as an error row naming the
-clip, the exception type and its message, never as a failure of the whole dataset: the driver then applies
-``max_error_fraction``.
+small stats row to the driver, with the part's report (sha256, size, fingerprint) so the driver never reads the
+part back. The driver sends only clips without a reported part (a torn or changed part is redone). Whatever goes
+wrong with one clip (a missing, empty or undecodable file, a URI that names a folder, a detector error) comes back
+as an error row naming the clip, the exception type and its message, never as a failure of the whole dataset:
+the driver then applies ``max_error_fraction``.
 """
 
 from __future__ import annotations
@@ -22,37 +22,18 @@ from cion_dist.ingest.clip import ingest_clip
 from cion_dist.ingest.manifest import resolve_clip_uri
 from cion_dist.redact import redact_text
 from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput
+from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 log = logging.getLogger(__name__)
 
-STATS_FIELDS = ("video_id", "uri", "status", "reason", "error_type", "frames", "detections", "crops", "tracklets",
-                "seconds")
-
-
 def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: int = 0, detections: int = 0,
-              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, error_type: str = "") -> dict[str, Any]:
+              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, written=None, name: str = "",
+              error_type: str = "") -> dict[str, Any]:
+    """One clip's result; for a written part also its report (name, sha256, size, listing fingerprint)."""
     return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "error_type": error_type,
-            "frames": frames, "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds}
-
-
-def part_is_intact(out: StageOutput, video_id: str) -> bool:
-    """Whether the clip's part exists and its Parquet footer reads (a torn write or a damaged object does not)."""
-    import pyarrow.parquet as pq
-
-    uri = out.unit_uri(video_id)
-    fs, path = out.storage.fs(uri)
-    if not fs.exists(path):
-        return False
-    try:
-        with fs.open(path, "rb") as f:
-            pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer is the check
-        return True
-    except Exception as e:  # noqa: BLE001 - any unreadable part is redone
-        log.warning("ingest: part %s of clip %s is unreadable (%s: %s); redoing the clip",
-                    uri, video_id, type(e).__name__, redact_text(e))
-        fs.rm(path)
-        return False
+            "frames": frames, "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds,
+            "name": name, "sha256": written.sha256 if written else "", "size": written.size if written else 0,
+            "fingerprint": written.fingerprint if written else ""}
 
 
 class ClipWorker:
@@ -77,10 +58,8 @@ class ClipWorker:
         uri = resolve_clip_uri(str(row["uri"]), self.manifest_uri)
         t0 = time.perf_counter()
         try:
-            if part_is_intact(self.out, video_id):
-                return stats_row(video_id, uri, "skipped")
             res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip())
-            self.out.write_unit(video_id, res.table)
+            written = self.out.write_unit(video_id, res.table)
         except Exception as e:  # noqa: BLE001 - one clip's fault never fails the dataset; the driver counts them
             reason = redact_text(e) if isinstance(e, DataError) else f"{type(e).__name__}: {redact_text(e)} ({uri})"
             log.warning("ingest: skipping clip %s: %s", video_id, reason)
@@ -88,7 +67,8 @@ class ClipWorker:
                              error_type=type(e).__name__)
         tracklets = len(set(res.table.column("tracklet_id").to_pylist()))
         return stats_row(video_id, uri, "done", frames=res.frames, detections=res.detections,
-                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0)
+                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0,
+                         written=written, name=unit_filename(video_id))
 
 
 def ingest_row(row: dict[str, Any], cfg, storage: Storage, out_uri: str, manifest_uri: str) -> dict[str, Any]:

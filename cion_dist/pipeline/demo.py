@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -10,7 +11,7 @@ import time
 from typing import Iterator, Optional
 
 from cion_dist.config.loader import load_default
-from cion_dist.pipeline.result import StageResult
+from cion_dist.stage import EvaluateResult, StageResult
 from cion_dist.pipeline.runner import run_pipeline, run_stage
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def _by_stage(results: list[StageResult]) -> dict[str, StageResult]:
     return {r.stage: r for r in results}
 
 
-def summary_rows(results: list[StageResult], baseline: Optional[StageResult]) -> list[tuple[str, str]]:
+def summary_rows(results: list[StageResult], baseline: Optional[EvaluateResult]) -> list[tuple[str, str]]:
     """(label, value) rows of the closing table; missing figures show as '-'."""
     s = _by_stage(results)
 
@@ -67,7 +68,7 @@ def summary_rows(results: list[StageResult], baseline: Optional[StageResult]) ->
     version = "-"
     if promote is not None:
         name = promote.uri.split("/")[1].split("@")[0] if promote.uri.startswith("models:/") else ""
-        version = f"models:/{name}/{promote.summary.get('candidate_version')}"
+        version = f"models:/{name}/{getattr(promote, 'candidate_version', '')}"
     return [
         ("videos", get("synth", "videos")),
         ("crops", get("ingest", "crops", where="rows")),
@@ -81,7 +82,7 @@ def summary_rows(results: list[StageResult], baseline: Optional[StageResult]) ->
         ("pretraining steps", get("pretrain", "steps")),
         ("pretraining loss first -> last", f"{get('pretrain', 'first_loss')} -> {get('pretrain', 'final_loss')}"),
         ("mAP / Rank-1 before pretraining (random init)",
-         f"{_fmt(baseline.summary.get('mAP'))} / {_fmt(baseline.summary.get('rank1'))}" if baseline else "-"),
+         f"{_fmt(baseline.mAP)} / {_fmt(baseline.rank1)}" if baseline else "-"),
         ("mAP / Rank-1 after pretraining", f"{get('evaluate', 'mAP')} / {get('evaluate', 'rank1')}"),
         ("promotion", f"{get('promote', 'decision')} ({version})"),
     ]
@@ -133,11 +134,11 @@ def execute_demo(job, stop_ray: bool = False) -> list[StageResult]:
     elif uri:
         print(f"MLflow UI: {uri}")
     if baseline is not None:
-        results.append(StageResult("baseline", baseline.uri, baseline.rows, baseline.summary, baseline.mlflow_run_id))
+        results.append(dataclasses.replace(baseline, stage="baseline"))
     return results
 
 
-def _random_init_baseline(job, results: list[StageResult]) -> Optional[StageResult]:
+def _random_init_baseline(job, results: list[StageResult]) -> Optional[EvaluateResult]:
     """Evaluate the same architecture with random weights on the same benchmark: the 'before' of the demo."""
     if "evaluate" not in job.pipeline.stages or "pretrain" not in job.pipeline.stages:
         return None

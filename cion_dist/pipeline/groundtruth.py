@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from cion_dist.pipeline.result import StageResult
+from cion_dist.stage import StageResult
 from cion_dist.storage.fs import Storage, exists, join
 from cion_dist.storage.stage_io import write_table_atomic
 

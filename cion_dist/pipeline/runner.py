@@ -8,7 +8,7 @@ import time
 
 from cion_dist.config.job import Job
 from cion_dist.errors import CionError
-from cion_dist.pipeline.result import StageResult
+from cion_dist.stage import PretrainResult, StageResult, SynthResult
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +79,27 @@ def _run_pipeline(job: Job) -> list[StageResult]:
         if nxt is not None:
             section, fieldname, value = nxt
             setattr(getattr(current, section), fieldname, value)
-        if stage == "synth":
-            gt_uri = res.summary.get("gt_uri")
+        if isinstance(res, SynthResult):
+            gt_uri = res.gt_uri
         elif stage == "ingest" and gt_uri and not current.correlate.ground_truth:
             from cion_dist.pipeline.groundtruth import attach_ground_truth
 
             current.correlate.ground_truth = attach_ground_truth(current, res, gt_uri)
-        elif stage == "pretrain" and iteration < current.pipeline.iterations and "embed" in stages[: i - 1]:
+        elif isinstance(res, PretrainResult) and iteration < current.pipeline.iterations and "embed" in stages[: i - 1]:
             iteration += 1
             current.embed.backbone = "torch"
             current.embed.model = current.pretrain.backbone
-            current.embed.weights = res.summary.get("model_uri") or res.uri
+            current.embed.weights = res.handoff
             i = stages.index("embed")
             log.info("pipeline iteration %d: re-embedding with %s", iteration, current.embed.weights)
     return results
 
 
 def _next_input(stage: str, res: StageResult):
-    if stage == "synth":
-        return ("ingest", "manifest", res.summary.get("manifest_uri", ""))
-    follow = {"ingest": "embed", "embed": "correlate", "correlate": "pretrain", "pretrain": "evaluate"}
+    """(config section, field, value): where the stage after ``stage`` finds what ``res`` hands over."""
+    follow = {"synth": "ingest", "ingest": "embed", "embed": "correlate", "correlate": "pretrain",
+              "pretrain": "evaluate"}
     if stage in follow:
         section, fieldname = _INPUT_FIELD[follow[stage]]
-        value = res.summary.get("model_uri", res.uri) if stage == "pretrain" else res.uri
-        return (section, fieldname, value)
+        return (section, fieldname, res.handoff)
     return None

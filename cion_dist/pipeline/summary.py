@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cion_dist.pipeline.result import StageResult
+from cion_dist.stage import StageResult
 
 
 def print_results(results: list[StageResult]) -> None:

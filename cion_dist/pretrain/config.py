@@ -11,12 +11,12 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, PositiveInt, model_validator
 
-from cion_dist.config.base import StrictModel
+from cion_dist.config.base import ExecutionField, InputField, StrictModel
 
 
 class PretrainConfig(StrictModel):
-    input: Optional[str] = Field(None, description="correlate run folder; None = newest complete correlate run")
-    crops: Optional[str] = Field(
+    input: Optional[str] = InputField(None, description="correlate run folder; None = newest complete correlate run")
+    crops: Optional[str] = InputField(
         None, description="ingest run folder with the jpeg column; None = follow the correlate -> embed -> ingest lineage"
     )
     # networks
@@ -36,7 +36,7 @@ class PretrainConfig(StrictModel):
     augment_in: Literal["ray_data", "worker"] = Field(
         "ray_data", description="ray_data: multi-crop runs in Ray Data tasks on CPU workers; worker: inline"
     )
-    prefetch_batches: int = Field(2, ge=0)
+    prefetch_batches: int = ExecutionField(2, ge=0)
     # loss
     student_temp: float = Field(0.1, gt=0, description="softmax temperature of the student (0 divides by zero)")
     teacher_temp: float = Field(0.04, gt=0, description="softmax temperature of the teacher (sharpening; > 0)")
@@ -54,7 +54,7 @@ class PretrainConfig(StrictModel):
     # distribution
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0)
+    cpus_per_worker: float = ExecutionField(1, gt=0)
     zero_stage: int = Field(2, ge=0, le=3)
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field("auto", description="auto: bf16 on GPU, fp32 on CPU")
     optimizer: Literal["adamw", "deepspeed_adamw"] = Field(
@@ -69,12 +69,12 @@ class PretrainConfig(StrictModel):
         None, ge=1, description="elements per ZeRO reduce / gather bucket; None = a quarter of the model, at most 5e8"
     )
     sync_bn: bool = Field(False, description="convert BatchNorm to SyncBatchNorm (GPU runs)")
-    cpu_shm_comm: bool = Field(True, description="DeepSpeed's compiled shared-memory collectives on CPU")
+    cpu_shm_comm: bool = ExecutionField(True, description="DeepSpeed's compiled shared-memory collectives on CPU")
     # checkpoints, fault tolerance, tracking
     storage_path: Optional[str] = Field(None, description="Ray Train storage (local or s3://); None = the run folder")
-    checkpoint_every_steps: int = Field(0, ge=0, description="0 = once per epoch")
-    keep_checkpoints: int = Field(2, ge=1)
-    max_failures: int = Field(2, ge=0)
+    checkpoint_every_steps: int = ExecutionField(0, ge=0, description="0 = once per epoch")
+    keep_checkpoints: int = ExecutionField(2, ge=1)
+    max_failures: int = ExecutionField(2, ge=0)
     fail_at_step: Optional[int] = Field(None, description="fault drill: rank 0 dies once at this global step")
     seed: Optional[int] = Field(None, description="None = the job seed")
     model_name: str = Field("cion-backbone", description="MLflow registered model name")

@@ -25,10 +25,9 @@ import torch
 from cion_dist.config.job import Job
 from cion_dist.errors import DataError
 from cion_dist.models.export import backbone_state, export_files
-from cion_dist.pipeline.result import StageResult
-from cion_dist.pipeline.runid import derive_run_id
+from cion_dist.stage import PretrainResult, StageRun
 from cion_dist.storage.fs import Storage, is_s3, join, write_bytes_atomic
-from cion_dist.storage.stage_io import StageOutput, dumps_config, input_record, resolve_input
+from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain"
@@ -192,44 +191,39 @@ def write_plots(out: StageOutput, tracking: dict) -> list[str]:
     return uris
 
 
-def run(job: Job) -> StageResult:
-    from cion_dist.tracking.mlflow_run import stage_run
-
+def run(job: Job) -> PretrainResult:
     cfg = job.pretrain
     storage = Storage(job.storage)
     corr = resolve_input(cfg.input, job.output, "correlate", storage)
     crops = find_crops(corr, cfg.crops, storage)
-    inputs = [input_record(corr), input_record(crops)]
-    run_id = derive_run_id(STAGE, cfg, f"{inputs[0]['digest']}:{inputs[1]['digest']}", job.run_id)
-    out = StageOutput.create(job.output, STAGE, run_id, storage)
-    if out.is_complete():
-        return StageResult.from_record(STAGE, out.uri, out.success())
+    st = StageRun(job, STAGE, cfg, [input_record(corr), input_record(crops)], storage=storage)
+    if (done := st.completed()) is not None:
+        return PretrainResult.from_record(done, skipped=True)
+    out = st.out
 
     table = labelled_crops(corr, crops)
     n_ids = len(np.unique(table["identity_id"].to_numpy()))
     storage_path = cfg.storage_path or join(out.uri, "train")
-    params = {"pretrain": dumps_config(cfg), "seed": job.seed, "images": table.num_rows, "identities": n_ids,
-              "storage_path": storage_path}
-    with stage_run(job, STAGE, params=params, inputs=tuple(inputs)) as mlrun:
+    params = {"seed": job.seed, "images": table.num_rows, "identities": n_ids, "storage_path": storage_path}
+    with st.tracking(params=params) as run_:
+        mlrun = run_.mlrun
         tracking, plots = None, []
         if mlrun is not None:
             import mlflow
 
             tracking = {"tracking_uri": mlflow.get_tracking_uri(), "run_id": mlrun.info.run_id}
-        result = fit(job, table, storage_path, run_id, tracking)
+        result = fit(job, table, storage_path, st.run_id, tracking)
         if result.error is not None:
             raise result.error
         metrics = dict(result.metrics or {})
         folder, files = export_teacher(result, job, out)
         model_uri = folder
+        st.log_metrics({"final_loss": metrics.get("last_loss", float("nan")),
+                        "first_loss": metrics.get("first_loss", float("nan"))})
+        # the last report's throughput and per-worker memory, measured in the workers
+        st.log_metrics({k: v for k, v in metrics.items() if k in WORKER_FIGURES or
+                        (k.startswith("student_") and k.endswith("_mb"))})
         if mlrun is not None:
-            import mlflow
-
-            mlflow.log_metrics({"final_loss": float(metrics.get("last_loss", float("nan"))),
-                                "first_loss": float(metrics.get("first_loss", float("nan")))})
-            # the last report's throughput and per-worker memory, measured in the workers
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if k in WORKER_FIGURES or
-                                (k.startswith("student_") and k.endswith("_mb"))})
             model_uri = _log_model(files, cfg, mlrun) or folder
             plots = write_plots(out, tracking)
     summary = {
@@ -241,13 +235,7 @@ def run(job: Job) -> StageResult:
         "steps": int(metrics.get("global_step", 0)),
         "epochs": cfg.epochs,
         "resumed_from_step": metrics.get("resumed_from_step"),
-        "mlflow_run_id": mlrun.info.run_id if mlrun is not None else None,
         "plots": plots,
     }
     rows = {"images": table.num_rows, "identities": n_ids, "steps": summary["steps"]}
-    record = out.finalize(stage=STAGE, rows=rows, inputs=inputs, config=dumps_config(cfg), summary=summary)
-    if summary["mlflow_run_id"]:
-        from cion_dist.tracking.lineage import log_output
-
-        log_output(out.uri, record["digest"], run_id=summary["mlflow_run_id"])
-    return StageResult(STAGE, out.uri, rows, summary, summary["mlflow_run_id"])
+    return PretrainResult.from_record(st.finalize(rows, summary))

@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import posixpath
+import sys
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
@@ -56,9 +57,11 @@ class Storage:
             kw["key"] = c.access_key_id.get_secret_value()
         if c.secret_access_key is not None:
             kw["secret"] = c.secret_access_key.get_secret_value()
+        # the User-Agent says who asks (a stage driver or a Ray worker), so server logs can count each side
+        kw["config_kwargs"] = {"user_agent_extra": f"cion/{process_role()}"}
         if c.region:
             # s3fs/botocore read the region from the environment; client_kwargs region breaks moto bucket creation.
-            kw["config_kwargs"] = {"region_name": c.region}
+            kw["config_kwargs"]["region_name"] = c.region
         return kw
 
     def fs(self, uri: str) -> Tuple[fsspec.AbstractFileSystem, str]:
@@ -90,6 +93,20 @@ class Storage:
         }
 
 
+def process_role() -> str:
+    """``worker`` inside a Ray worker process, else ``driver`` (Ray is only looked at when already imported)."""
+    ray = sys.modules.get("ray")
+    if ray is not None:
+        try:
+            from ray._private.worker import WORKER_MODE, global_worker
+
+            if getattr(global_worker, "mode", None) == WORKER_MODE:
+                return "worker"
+        except Exception:  # noqa: BLE001 - any doubt means the calling process
+            pass
+    return "driver"
+
+
 def exists(uri: str, storage: Optional[Storage] = None) -> bool:
     fs, path = (storage or Storage()).fs(uri)
     return fs.exists(path)
@@ -105,24 +122,43 @@ def read_bytes(uri: str, storage: Optional[Storage] = None) -> bytes:
 
 
 def write_bytes_atomic(uri: str, data: bytes, storage: Optional[Storage] = None) -> str:
-    """Write bytes so readers never see a partial file; returns the sha256 of the data.
+    """Write bytes so readers never see a partial file; returns the sha256 of the data."""
+    return write_file(uri, data, storage).sha256
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a writer knows of a file it wrote, so nobody needs to read it back: content hash, size, and the
+    fingerprint a listing shows for exactly these bytes (S3 ETag, or size and mtime of a local file)."""
+
+    sha256: str
+    size: int
+    fingerprint: str
+
+
+def write_file(uri: str, data: bytes, storage: Optional[Storage] = None) -> Written:
+    """Write bytes atomically and describe them (``Written``).
 
     Local files go to a temporary name in the same folder and are renamed into place. An S3 PUT is already
-    all-or-nothing, so objects are written directly.
+    all-or-nothing, so objects are written directly, in one request; its ETag is the listing's fingerprint.
     """
     fs, path = (storage or Storage()).fs(uri)
     if is_s3(uri):
-        with fs.open(path, "wb") as f:
-            f.write(data)
-    else:
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    return sha256_bytes(data)
+        resp = fs.pipe_file(path, data)
+        etag = str(resp.get("ETag", "")) if isinstance(resp, dict) else ""
+        if not etag:  # a multipart upload (over 100 MB) returns no ETag: ask for it
+            etag = str(fs.info(path).get("ETag", ""))
+        etag = etag.strip('"')
+        return Written(sha256_bytes(data), len(data), etag)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    st = os.stat(path)
+    return Written(sha256_bytes(data), len(data), f"{st.st_size}:{st.st_mtime_ns}")
 
 
 def read_json(uri: str, storage: Optional[Storage] = None) -> Any:

@@ -1,9 +1,10 @@
 """Stage outputs: ``<output>/<stage>/<run_id>/part-<unit>.parquet`` files, then ``_SUCCESS.json`` last.
 
 Each unit of work (a clip, a video, a window, a shard) is written as one Parquet file under a name derived from
-the unit's key, atomically. A rerun therefore skips units whose file exists and rewrites nothing twice, and a
-stage is complete only once ``_SUCCESS.json`` (row counts, input URIs with digests, resolved config, package
-version, content digest of the outputs) is written.
+the unit's key, atomically. A rerun lists the folder once (``existing_units``; never one probe per unit) and skips
+units whose file exists, and a stage is complete only once ``_SUCCESS.json`` (row counts, input URIs with digests,
+resolved config, package version, digest of the outputs) is written. What the writers of the parts reported
+(``storage.reports``) gives the digest and the counts without reading a part back, and shows torn or changed ones.
 """
 
 from __future__ import annotations
@@ -11,17 +12,25 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Iterator, Optional
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cion_dist import __version__
 from cion_dist.errors import DataError
-from cion_dist.storage.fs import Storage, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+from cion_dist.storage.fs import (Storage, Written, join, read_bytes, read_json, sha256_bytes, write_bytes_atomic,
+                                  write_file, write_json_atomic)
+from cion_dist.storage.listing import Entry, iter_listing
+from cion_dist.storage.reports import (REPORTS_DIR, Ledger, PartCheck, ReportWriter, check_parts, combine_digest,
+                                       digest_words)
+
+log = logging.getLogger(__name__)
 
 SUCCESS = "_SUCCESS.json"
 _SAFE = re.compile(r"[^A-Za-z0-9._=-]+")
@@ -49,7 +58,7 @@ def read_table(uri: str, storage: Optional[Storage] = None, columns: Optional[li
     """Read one Parquet file or every ``*.parquet`` under a folder into one table."""
     st = storage or Storage()
     fs, path = st.fs(uri)
-    if fs.isdir(path):
+    if not path.endswith(".parquet") and fs.isdir(path):
         files = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
         if not files:
             raise DataError(f"no Parquet files under {uri}")
@@ -96,24 +105,42 @@ class StageOutput:
         return join(base, unit_filename(unit, prefix))
 
     def has_unit(self, unit: str, prefix: str = "part", subdir: str = "") -> bool:
+        """One probe for one unit; to know which of many units exist, use ``existing_units`` (one listing)."""
         fs, path = self.storage.fs(self.unit_uri(unit, prefix, subdir))
         return fs.exists(path)
 
-    def write_unit(self, unit: str, table: pa.Table, prefix: str = "part", subdir: str = "") -> str:
-        return write_table_atomic(self.unit_uri(unit, prefix, subdir), table, self.storage)
+    def listing(self, subdir: str = "", recursive: bool = False) -> Iterator[Entry]:
+        """Files of this run folder (or a sub-folder), streamed from one paginated listing."""
+        return iter_listing(join(self.uri, subdir) if subdir else self.uri, self.storage, recursive=recursive)
+
+    def existing_units(self, subdir: str = "", prefix: str = "part") -> set[str]:
+        """File names (``unit_filename(unit, prefix)``) of the units written in ``subdir``, from one listing."""
+        head = f"{prefix}-"
+        return {e.name for e in self.listing(subdir) if e.name.startswith(head) and e.name.endswith(".parquet")}
+
+    def pending_units(self, units: Iterable[str], subdir: str = "", prefix: str = "part") -> list[str]:
+        """The units whose file is not written yet, in the order given (one listing, then a set difference)."""
+        have = self.existing_units(subdir, prefix)
+        return [u for u in units if unit_filename(u, prefix) not in have]
+
+    def write_unit(self, unit: str, table: pa.Table, prefix: str = "part", subdir: str = "") -> Written:
+        """Write one unit's table atomically; returns what was written (sha256, size, listing fingerprint)."""
+        return write_file(self.unit_uri(unit, prefix, subdir), table_to_parquet_bytes(table), self.storage)
+
+    def write_reported_unit(self, unit: str, table: pa.Table, **counts: int) -> Written:
+        """Write a top-level part from the driver itself and report it at once (a stage's few driver-written parts)."""
+        from cion_dist.storage.reports import part_record
+
+        written = self.write_unit(unit, table)
+        w = self.report_writer()
+        w.add([part_record(unit_filename(unit), written, rows=table.num_rows, **counts)])
+        w.flush()
+        return written
 
     def files(self, subdir: str = "") -> list[str]:
-        """Parquet files of this output (optionally of a sub-folder), sorted, as URIs."""
+        """Parquet files of this output (optionally of a sub-folder; never of deeper folders), sorted, as URIs."""
         base = join(self.uri, subdir) if subdir else self.uri
-        fs, path = self.storage.fs(base)
-        if not fs.exists(path):
-            return []
-        found = sorted(p for p in fs.find(path) if p.endswith(".parquet"))
-        if subdir == "":
-            # top-level data only: sub-folders hold side tables (errors, summaries)
-            found = [p for p in found if p.rsplit("/", 1)[0].rstrip("/") == path.rstrip("/")]
-        scheme = "s3://" if base.startswith("s3") else ""
-        return [scheme + p for p in found]
+        return sorted(join(base, e.name) for e in self.listing(subdir) if e.name.endswith(".parquet"))
 
     def read(self, subdir: str = "", columns: Optional[list[str]] = None) -> pa.Table:
         files = self.files(subdir)
@@ -122,13 +149,58 @@ class StageOutput:
         tables = [read_table(f, self.storage, columns) for f in files]
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
-    def content_digest(self, subdir: str = "") -> str:
-        """sha256 over the sorted (name, sha256 of bytes) of every Parquet file: an explicit content digest."""
-        h = hashlib.sha256()
-        for f in self.files(subdir):
-            h.update(f.rsplit("/", 1)[-1].encode())
-            h.update(hashlib.sha256(read_bytes(f, self.storage)).hexdigest().encode())
-        return h.hexdigest()
+    # ------------------------------------------------------------ part reports
+
+    def report_writer(self, **kwargs: Any) -> ReportWriter:
+        return ReportWriter(self.uri, self.storage, **kwargs)
+
+    def ledger(self) -> Ledger:
+        """Every part report of this run (one listing of ``_reports/`` and one read per report file)."""
+        names = [e.name for e in self.listing(REPORTS_DIR) if e.name.endswith(".parquet")]
+        return Ledger.load(self.uri, names, self.storage)
+
+    def check_parts(self, ledger: Optional[Ledger] = None) -> tuple[Ledger, PartCheck]:
+        """The top-level data parts as listed, checked against their reports: done, changed, unreported."""
+        ledger = self.ledger() if ledger is None else ledger
+        entries = (e for e in self.listing() if e.name.endswith(".parquet"))
+        return ledger, check_parts(entries, ledger)
+
+    def combine(self, hash_unreported: bool = True) -> "PartsSummary":
+        """Digest and totals of the data parts from their reports and one listing, never re-reading reported parts.
+
+        A part whose listing fingerprint differs from its report (rewritten, or torn) and a reported part that
+        is gone are errors naming the part. Parts no report names (a stage whose writers do not report yet, or
+        the last parts before a crash) are read and hashed here, with a warning, unless ``hash_unreported`` is
+        false (then they are an error too).
+        """
+        ledger, chk = self.check_parts()
+        if chk.changed:
+            raise DataError(f"{self.uri}: {len(chk.changed)} part(s) changed after they were written (size or "
+                            f"fingerprint differs from the writer's report), e.g. {chk.changed[:3]}; rerun the stage "
+                            f"to redo them")
+        if chk.missing:
+            raise DataError(f"{self.uri}: {chk.missing} reported part(s) are missing from the folder")
+        words = [ledger.words[chk.matched]]
+        extra = []
+        if chk.unreported:
+            if not hash_unreported:
+                raise DataError(f"{self.uri}: {len(chk.unreported)} part(s) have no report, e.g. {chk.unreported[:3]}")
+            log.warning("%s: %d part(s) without a report are read back to hash them", self.uri, len(chk.unreported))
+            shas = [sha256_bytes(read_bytes(join(self.uri, n), self.storage)) for n in chk.unreported]
+            words.append(digest_words(chk.unreported, shas))
+            extra = chk.unreported
+        n = len(chk.matched) + len(extra)
+        totals = {c: int(v[chk.matched].sum()) for c, v in ledger.counts.items()}
+        return PartsSummary(combine_digest(n, np.concatenate(words)), n, totals, len(extra))
+
+    def verify(self) -> dict:
+        """Check a complete output against ``_SUCCESS.json``: raises ``DataError`` naming a changed or missing part."""
+        rec = self.success()
+        parts = self.combine(hash_unreported=True)
+        if parts.digest != rec.get("digest"):
+            raise DataError(f"{self.uri}: parts digest {parts.digest[:12]} differs from _SUCCESS.json's "
+                            f"{str(rec.get('digest'))[:12]}: a part was changed, added or removed")
+        return rec
 
     def finalize(
         self,
@@ -138,8 +210,13 @@ class StageOutput:
         inputs: Iterable[dict[str, Any]] = (),
         config: Optional[dict] = None,
         summary: Optional[dict] = None,
+        parts: Optional["PartsSummary"] = None,
     ) -> dict:
-        """Write ``_SUCCESS.json`` last: after it exists, readers may trust every file of this run."""
+        """Write ``_SUCCESS.json`` last: after it exists, readers may trust every file of this run.
+
+        ``parts`` is the result of ``combine()`` when the caller already made it (for its totals).
+        """
+        parts = parts or self.combine()
         record = {
             "stage": stage,
             "uri": self.uri,
@@ -147,12 +224,21 @@ class StageOutput:
             "inputs": list(inputs),
             "config": config or {},
             "summary": summary or {},
-            "digest": self.content_digest(),
+            "digest": parts.digest,
+            "parts": parts.count,
             "package_version": __version__,
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         write_json_atomic(self.success_uri, record, self.storage)
         return record
+
+
+@dataclass
+class PartsSummary:
+    digest: str
+    count: int  # data parts
+    totals: dict[str, int]  # report count columns summed over the parts
+    unreported: int = 0  # parts that had to be read back to hash them
 
 
 def resolve_input(uri: Optional[str], output: str, stage: str, storage: Optional[Storage] = None) -> StageOutput:

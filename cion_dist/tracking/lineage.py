@@ -15,6 +15,7 @@ import warnings
 from typing import Any, Optional
 
 from cion_dist.errors import DataError
+from cion_dist.redact import redact_text
 
 INPUT_PREFIX = "cion.input"
 OUTPUT_URI = "cion.output.uri"
@@ -47,12 +48,13 @@ def log_inputs(inputs, run_id: Optional[str] = None) -> int:
     n = 0
     entries = []
     for i, rec in enumerate(inputs):
-        uri = str(rec.get("uri") or "")
-        if not uri:
+        raw = str(rec.get("uri") or "")
+        if not raw:
             continue
+        uri = redact_text(raw)  # what MLflow keeps is never a secret (URL credentials, signed query strings)
         content = str(rec.get("digest") or "")
         # without a content digest MLflow still needs an identifier: the URI's hash, never tagged as content
-        digest = content or hashlib.sha256(uri.encode()).hexdigest()
+        digest = content or hashlib.sha256(raw.encode()).hexdigest()
         stage = str(rec.get("stage") or "input")
         name = f"{stage}:{uri.rstrip('/').rsplit('/', 1)[-1]}"[:200]
         ds = MetaDataset(source=_source(uri), name=name, digest=digest[:_MLFLOW_DIGEST_LEN])
@@ -77,7 +79,7 @@ def log_output(uri: str, digest: Optional[str] = None, run_id: Optional[str] = N
     if rid is None:
         return
     c = mlflow.MlflowClient()
-    c.set_tag(rid, OUTPUT_URI, str(uri))
+    c.set_tag(rid, OUTPUT_URI, redact_text(uri))
     if digest:
         c.set_tag(rid, OUTPUT_DIGEST, str(digest))
 

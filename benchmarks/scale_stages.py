@@ -1,0 +1,311 @@
+"""Stage drivers at growing corpus sizes: requests the driver sends to S3, its peak memory, and wall time.
+
+Every figure is counted at a loopback S3 server (moto) that tells the stage driver's requests from the Ray
+workers' by the User-Agent tag the storage layer sets (``cion/driver`` / ``cion/worker``). For each size N:
+
+- ingest: a manifest of N clips with N real one-crop parts already written (and reported), then
+  ``resume``: the stage run with every part present but no ``_SUCCESS.json`` (a run killed at the very end);
+  ``plan+1%``: the same with 1% of the parts gone (their clips point at missing videos, so Ray tasks run and
+  come back fast as error rows); ``rerun``: the complete stage run again.
+- embed: the same ingest output embedded (handcrafted descriptor on tiny crops), ``fresh``: the whole stage from
+  nothing at sizes up to --embed-max; ``resume``: every unit present, no ``_SUCCESS.json``; ``plan+10%``: 10% of the
+  units gone and embedded again.
+
+Each run is a fresh Python process (peak RSS from ``getrusage``, minus the RSS after imports for ``+MB``). The
+code before this change (``--old-rev``, extracted with ``git archive``) runs the same scenarios up to --old-max
+clips, beside; its requests are all untagged (driver and workers together; its scenarios start no more than 1%
+of clips as tasks). Growth exponents are fitted over the sizes (log-log least squares).
+
+    python benchmarks/scale_stages.py [--sizes 1000,10000,100000] [--old-max 10000] [--correlate]
+
+``--correlate`` adds ``benchmarks/scale_correlate.py``'s table when that script is present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+
+# ---------------------------------------------------------------- child: one stage run in its own process
+
+
+def child(spec: dict) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if spec.get("ray"):
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.print_on_execution_start = False
+    from cion_dist.config import job_from_dict
+
+    mod = __import__(f"cion_dist.{spec['stage']}.job", fromlist=["run"])
+    job = job_from_dict(spec["job"])
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    err = ""
+    try:
+        res = mod.run(job)
+        rows, skipped = res.rows, res.skipped
+    except Exception as e:  # noqa: BLE001 - reported as a figure
+        rows, skipped, err = {}, False, f"{type(e).__name__}: {e}"[:300]
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print("RESULT " + json.dumps({"wall": wall, "peak_mb": peak, "base_mb": base, "rows": rows, "skipped": skipped,
+                                  "error": err}))
+
+
+def run_child(spec: dict, counter, pythonpath: str) -> dict:
+    counter.reset()
+    env = dict(os.environ, PYTHONPATH=pythonpath, RAY_DEDUP_LOGS="0")
+    p = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env, capture_output=True,
+                       text=True, timeout=3600)
+    line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        raise RuntimeError(f"child failed: {p.stderr[-3000:]}")
+    out = json.loads(line[-1][7:])
+    time.sleep(0.5)  # late requests (Ray teardown) land before the count is read
+    out["driver_requests"] = counter.total("driver")
+    out["worker_requests"] = counter.total("worker")
+    out["untagged_requests"] = counter.total("other")
+    out["driver_ops"] = counter.by_op("driver") or counter.by_op("other")
+    return out
+
+
+# ---------------------------------------------------------------- setup: real parts on the loopback server
+
+
+def tiny_jpeg() -> bytes:
+    from cion_dist.embed.preprocess import encode_jpeg
+
+    rng = np.random.default_rng(0)
+    return encode_jpeg(rng.integers(0, 255, (16, 8, 3), dtype=np.uint8))
+
+
+def crop_table(video_id: str, jpeg: bytes):
+    import pyarrow as pa
+
+    from cion_dist.ingest.schema import CROPS
+
+    return pa.table({"image_id": [f"{video_id}-t0-f0"], "video_id": [video_id], "tracklet_id": [f"{video_id}-t0"],
+                     "frame_index": [0], "timestamp_s": [0.0], "bbox": [[0.0, 0.0, 8.0, 16.0]], "score": [1.0],
+                     "jpeg": [jpeg]}, schema=CROPS)
+
+
+def setup_ingest(root: str, n: int, run_id: str) -> dict:
+    """Manifest of n clips (videos that do not exist) and n written, reported one-crop parts."""
+    import pyarrow as pa
+
+    from cion_dist.storage.fs import Storage
+    from cion_dist.storage.reports import part_record
+    from cion_dist.storage.stage_io import StageOutput, unit_filename, write_table_atomic
+
+    st = Storage()
+    ids = [f"v{i:07d}" for i in range(n)]
+    manifest = f"{root}/manifest.parquet"
+    write_table_atomic(manifest, pa.table({"video_id": ids, "uri": [f"{root}/clips/{v}.mp4" for v in ids],
+                                           "source": ["cam"] * n, "start_time": [0.0] * n}), st)
+    out = StageOutput.create(root, "ingest", run_id, st)
+    jpeg = tiny_jpeg()
+
+    def put(v):
+        return part_record(unit_filename(v), out.write_unit(v, crop_table(v, jpeg)), crops=1, tracklets=1)
+
+    with ThreadPoolExecutor(16) as pool:
+        recs = list(pool.map(put, ids))
+    w = out.report_writer(flush_rows=5000, flush_seconds=1e9)
+    w.add(recs)
+    w.flush()
+    out.write_unit("errors", pa.table({"video_id": pa.array([], pa.string()), "uri": pa.array([], pa.string()),
+                                       "reason": pa.array([], pa.string())}), subdir="errors")
+    return {"manifest": manifest, "ids": ids, "out": out}
+
+
+def remove(uris: list[str]) -> None:
+    from cion_dist.storage.fs import Storage
+
+    fs, _ = Storage().fs(uris[0])
+    paths = [Storage().fs(u)[1] for u in uris]
+    for i in range(0, len(paths), 1000):
+        fs.rm(paths[i : i + 1000])
+
+
+def fit_exponent(ns, ys) -> float:
+    ns, ys = np.asarray(ns, float), np.maximum(np.asarray(ys, float), 1e-9)
+    if len(ns) < 2:
+        return float("nan")
+    return float(np.polyfit(np.log(ns), np.log(ys), 1)[0])
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", default="1000,10000,100000")
+    ap.add_argument("--old-max", type=int, default=10000, help="largest size the code before runs at")
+    ap.add_argument("--old-rev", default="1b98bbf", help="git revision of the code before")
+    ap.add_argument("--embed-max", type=int, default=10000, help="largest size embedded from nothing")
+    ap.add_argument("--correlate", action="store_true", help="add benchmarks/scale_correlate.py's figures")
+    ap.add_argument("--child")
+    args = ap.parse_args()
+    if args.child:
+        child(json.loads(args.child))
+        return
+
+    from s3_counter import counting_s3_server
+
+    sizes = [int(s) for s in args.sizes.split(",")]
+    old_tree = tempfile.mkdtemp(prefix="cion-old-")
+    subprocess.run(f"git -C {ROOT} archive {args.old_rev} cion_dist | tar -x -C {old_tree}", shell=True, check=True)
+    new_path = str(ROOT)
+    rows = []
+    with counting_s3_server() as (endpoint, counter):
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+        import s3fs
+
+        fs = s3fs.S3FileSystem(endpoint_url=endpoint)
+        for n in sizes:
+            bucket = f"scale-{n}"
+            fs.mkdir(bucket)
+            root = f"s3://{bucket}/cion"
+            t0 = time.perf_counter()
+            ing = setup_ingest(root, n, "ingest-scale")
+            print(f"[{n}] setup: {n} ingest parts written in {time.perf_counter() - t0:.0f} s", flush=True)
+            common = {"output": root, "mlflow": {"enabled": False}}
+            ingest_job = {**common, "stage": "ingest", "run_id": "ingest-scale",
+                          "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0, "concurrency": 2}}
+            success = ing["out"].success_uri
+
+            def measure(label, stage, job, pythonpath, ray_=False, code="new"):
+                r = run_child({"stage": stage, "job": job, "ray": ray_}, counter, pythonpath)
+                r.update(n=n, scenario=label, code=code)
+                rows.append(r)
+                req = r["driver_requests"] if code == "new" else r["untagged_requests"]
+                print(f"[{n}] {code:>3} {label:<18} requests {req:>8}  peak {r['peak_mb']:7.0f} MB "
+                      f"(+{r['peak_mb'] - r['base_mb']:5.0f})  {r['wall']:7.1f} s  {r['error'][:80]}", flush=True)
+                return r
+
+            # ingest: resume with every part present, then 1% missing, then the complete rerun
+            measure("ingest resume", "ingest", ingest_job, new_path)
+            measure("ingest rerun", "ingest", ingest_job, new_path)
+            if n <= args.old_max:
+                remove([success])
+                measure("ingest resume", "ingest", ingest_job, old_tree, code="old")
+            lost = [ing["out"].unit_uri(v) for v in ing["ids"][:: 100]]
+            remove(lost + [success])
+            measure("ingest plan+1%", "ingest", ingest_job, new_path, ray_=True)
+            if n <= args.old_max:
+                remove(lost + [success])
+                measure("ingest plan+1%", "ingest", ingest_job, old_tree, ray_=True, code="old")
+
+            # embed over that ingest output (its missing clips are error rows, its parts all present)
+            embed = {"backbone": "handcrafted", "concurrency": 2, "height": 16, "width": 8}
+            embed_job = {**common, "stage": "embed", "run_id": "embed-scale", "embed": embed}
+            if n <= args.embed_max:
+                measure("embed fresh", "embed", embed_job, new_path, ray_=True)
+            else:
+                from cion_dist.config import job_from_dict
+                from cion_dist.embed.plan import write_plan
+                from cion_dist.storage.stage_io import StageOutput
+
+                cfg = job_from_dict({**embed_job}).embed
+                eo = StageOutput.create(root, "embed", "embed-scale")
+                measure_setup_embed(eo, ing["out"], cfg)
+            eo_success = f"{root}/embed/embed-scale/_SUCCESS.json"
+            remove([eo_success])
+            measure("embed resume", "embed", embed_job, new_path)
+            from cion_dist.storage.stage_io import StageOutput
+
+            eo = StageOutput(f"{root}/embed/embed-scale")
+            units = eo.files()
+            remove(units[:: 10] + [eo_success])
+            measure("embed plan+10%", "embed", embed_job, new_path, ray_=True)
+            if n <= args.old_max:
+                old_embed = {**embed_job, "run_id": "embed-old", "embed": {k: v for k, v in embed.items()}}
+                measure("embed fresh", "embed", old_embed, old_tree, ray_=True, code="old")
+                remove([f"{root}/embed/embed-old/_SUCCESS.json"])
+                measure("embed resume", "embed", old_embed, old_tree, code="old")
+            fs.rm(bucket, recursive=True)
+
+    print_table(rows, sizes)
+    if args.correlate:
+        path = ROOT / "benchmarks" / "scale_correlate.py"
+        if path.exists():
+            spec = importlib.util.spec_from_file_location("scale_correlate", path)
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+            mod.main([]) if "argv" in mod.main.__code__.co_varnames else mod.main()
+        else:
+            print("\n(--correlate: benchmarks/scale_correlate.py is not in this tree)")
+
+
+def measure_setup_embed(eo, ingest, cfg) -> None:
+    """Embed units of the plan written directly (one tiny part each, reported): the resume scenarios' input when
+    embedding the whole corpus would take too long on this machine."""
+    import pyarrow as pa
+
+    from cion_dist.embed.parts import embedding_array
+    from cion_dist.embed.plan import write_plan
+    from cion_dist.storage.fs import Storage
+    from cion_dist.storage.reports import part_record
+    from cion_dist.storage.stage_io import read_table, unit_filename
+
+    files, _ = write_plan(ingest, eo, cfg.crops_per_unit, cfg.parts_per_unit)
+    recs = []
+    for f in files:
+        for unit, crops in zip(*[read_table(f, Storage(), ["unit", "crops"]).column(c).to_pylist()
+                                 for c in ("unit", "crops")]):
+            t = pa.table({"image_id": [unit], "tracklet_id": ["t"], "video_id": ["v"], "frame_index": [0]})
+            t = t.append_column("embedding", embedding_array(np.ones((1, 4), np.float32) / 2))
+            recs.append(part_record(unit_filename(unit), eo.write_unit(unit, t), rows=crops, bad=0, dim=4))
+    w = eo.report_writer()
+    w.add(recs)
+    w.flush()
+    eo.finalize(stage="embed", rows={"embeddings": int(sum(r["rows"] for r in recs))})
+
+
+def print_table(rows: list[dict], sizes: list[int]) -> None:
+    print("\nstage drivers on loopback S3 (moto), measured under load on this machine")
+    print(f"{'scenario':<18} {'code':<4} " + " ".join(f"{'N=' + str(n):>26}" for n in sizes) + "   exponents (req, MB, s)")
+    keys = sorted({(r["scenario"], r["code"]) for r in rows}, key=lambda k: (k[0], k[1] != "new"))
+    for scen, code in keys:
+        rs = {r["n"]: r for r in rows if r["scenario"] == scen and r["code"] == code}
+        cells, ns, req, mb, s = [], [], [], [], []
+        for n in sizes:
+            r = rs.get(n)
+            if r is None:
+                cells.append(f"{'-':>26}")
+                continue
+            q = r["driver_requests"] if code == "new" else r["untagged_requests"]
+            cells.append(f"{q:>7} req {r['peak_mb']:5.0f} MB {r['wall']:6.1f} s")
+            ns.append(n), req.append(q), mb.append(r["peak_mb"]), s.append(r["wall"])
+        exps = f"{fit_exponent(ns, req):5.2f} {fit_exponent(ns, mb):5.2f} {fit_exponent(ns, s):5.2f}"
+        print(f"{scen:<18} {code:<4} " + " ".join(cells) + f"   {exps}")
+    print("requests: new = the driver's only (tagged cion/driver); old = every request (untagged), its workers ran "
+          "only the 1% / 10% of units that were missing. MB: peak RSS of the driver process.")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Embed units: groups of whole ingest parts holding about ``crops_per_unit`` crops each, planned as Parquet.
+
+One ingest part per clip holds ~20 crops; embedding each on its own spends most of an actor's time on per-part
+reads, writes and calls. A unit here bundles consecutive rows of one ingest report file (so grouping needs no
+shuffle and no list of every part on the driver) until it holds ``crops_per_unit`` crops, and becomes one embed
+output part. The plan is written under ``<embed run>/_plan/`` (one file per ingest report file, one row per unit:
+``unit, parts, crops``) and read back by Ray Data, so the driver holds one report file at a time plus an 8-byte
+key per ingest part (to drop the stale rows of parts that were redone). The grouping is a pure function of the
+ingest output, so a resumed run plans the same units.
+
+An ingest output without part reports (written by an older version) is planned from one listing of its parts
+instead, ``parts_per_unit`` parts to a unit.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+import numpy as np
+import pyarrow as pa
+
+from cion_dist.storage.listing import name_hash
+from cion_dist.storage.reports import REPORTS_DIR
+from cion_dist.storage.stage_io import StageOutput, join, read_table, write_table_atomic
+
+PLAN_DIR = "_plan"
+PLAN_SCHEMA = pa.schema([("unit", pa.string()), ("parts", pa.list_(pa.string())), ("crops", pa.int64())])
+
+
+def group_rows(names: list[str], crops: list[int], stem: str, crops_per_unit: int) -> pa.Table:
+    """Consecutive parts cut into units of at least ``crops_per_unit`` crops (the last may hold fewer)."""
+    units, parts, counts = [], [], []
+    cur, n = [], 0
+    for name, c in zip(names, crops):
+        cur.append(name)
+        n += int(c)
+        if n >= crops_per_unit:
+            units.append(f"{stem}-{len(units):05d}")
+            parts.append(cur)
+            counts.append(n)
+            cur, n = [], 0
+    if cur:
+        units.append(f"{stem}-{len(units):05d}")
+        parts.append(cur)
+        counts.append(n)
+    return pa.table([pa.array(units, pa.string()), pa.array(parts, pa.list_(pa.string())),
+                     pa.array(counts, pa.int64())], schema=PLAN_SCHEMA)
+
+
+def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts_per_unit: int) -> tuple[list[str], int]:
+    """Write the unit plan; returns (plan file URIs, number of units). Rewriting it gives the same plan."""
+    plan_dir = join(out.uri, PLAN_DIR)
+    reports = sorted(e.name for e in ingest.listing(REPORTS_DIR) if e.name.endswith(".parquet"))
+    files, units = [], 0
+    if not reports:
+        names = sorted(e.name for e in ingest.listing() if e.name.endswith(".parquet"))
+        t = group_rows(names, [1] * len(names), "l", parts_per_unit)
+        uri = join(plan_dir, "plan-listing.parquet")
+        write_table_atomic(uri, t, out.storage)
+        return [uri], t.num_rows
+    seen = np.zeros(0, np.uint64)
+    for rep in reversed(reports):  # newest first: a part redone later is planned from its newest report only
+        t = read_table(join(ingest.uri, REPORTS_DIR, rep), ingest.storage, columns=["name", "crops"])
+        names = t.column("name").to_pylist()
+        keys = name_hash(names)
+        _, first = np.unique(keys, return_index=True)
+        keep = np.zeros(len(keys), bool)
+        keep[first] = True
+        keep &= ~np.isin(keys, seen)
+        seen = np.union1d(seen, keys)
+        stem = posixpath.splitext(rep)[0].replace("report-", "r")
+        crops = t.column("crops").to_pylist()
+        plan = group_rows([n for n, k in zip(names, keep) if k], [c for c, k in zip(crops, keep) if k], stem,
+                          crops_per_unit)
+        uri = join(plan_dir, f"plan-{stem}.parquet")
+        write_table_atomic(uri, plan, out.storage)
+        files.append(uri)
+        units += plan.num_rows
+    return files, units

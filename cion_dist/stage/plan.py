@@ -1,0 +1,45 @@
+"""Planning a stage over many units without per-unit storage requests on the driver.
+
+What is done comes from one listing of the output folder checked against the part reports (``storage.reports``):
+a uint64 key per done part (8 bytes a unit). What is to do comes from a Ray Data read of a unit table (a manifest,
+the previous stage's reports) filtered in its tasks by that key set: an anti-join that never brings the unit rows
+to the driver. Torn or changed parts are not in the done set, so they are redone.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from cion_dist.storage.listing import name_hash
+from cion_dist.storage.reports import Ledger, PartCheck
+from cion_dist.storage.stage_io import StageOutput, unit_filename
+
+
+def done_parts(out: StageOutput) -> tuple[np.ndarray, Ledger, PartCheck]:
+    """(sorted name keys of parts done, the ledger, the check): one listing of the folder and of its reports."""
+    ledger, chk = out.check_parts()
+    return np.sort(ledger.name[chk.matched]), ledger, chk
+
+
+def blocks_for(pending: int, concurrency: int, per_worker: int = 8, most: int = 4096) -> int:
+    """Blocks to split pending units into: several per worker (balance), never more than units or ``most``."""
+    return int(max(1, min(pending, concurrency * per_worker, most)))
+
+
+def not_done(batch: pa.Table, key_column: str, done, to_name: Callable[[str], str] = unit_filename) -> pa.Table:
+    """Rows of ``batch`` whose unit (``to_name(batch[key_column])``) is not in ``done`` (a sorted uint64 array or an
+    object ref to one)."""
+    if not isinstance(done, np.ndarray):
+        import ray
+
+        done = ray.get(done)
+    keys = name_hash(to_name(str(v)) for v in batch.column(key_column).to_pylist())
+    if len(done):
+        i = np.searchsorted(done, keys).clip(0, len(done) - 1)
+        keep = done[i] != keys
+    else:
+        keep = np.ones(len(keys), bool)
+    return batch.filter(pa.array(keep))
