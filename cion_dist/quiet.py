@@ -115,6 +115,11 @@ def ray_init_kwargs(local: bool = True) -> dict:
     """
     level = verbosity()
     env_vars = {VERBOSITY_ENV: str(level)}
+    if local:
+        # Ray Train's preemption watcher reports spot-node preemptions, which a single machine never has; it is
+        # created with worker handles among its constructor arguments and max_restarts=-1, and Ray's core warns
+        # about exactly that on every fit
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     if level <= 0 and local:
         # workers set up Ray Data's logging again for every dataset: give them the filtered set-up
         env_vars["RAY_DATA_LOGGING_CONFIG"] = ray_data_logging_config()
