@@ -76,7 +76,6 @@ def configure(level: int = 0) -> None:
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", str(PROGRESS_INTERVAL_S))
     if level <= 0:
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", ray_data_logging_config())
-    if level <= 0:
         _quiet_python_warnings()
 
 
