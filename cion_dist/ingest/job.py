@@ -82,7 +82,7 @@ def run(job: Job) -> IngestResult:
             "detector": cfg.detector.kind,
             "manifest_uri": manifest_uri,
         }
-        if done_keys:
+        if len(done_keys):
             summary["notes"] = [f"resumed: {len(done_keys)} of {manifest.rows} clips were written by an earlier "
                                 f"attempt and kept; {stats.done} were ingested now, and the rates count these"]
         rows = {"crops": crops, "tracklets": tracklets, "clips": manifest.rows, "errors": len(stats.errors)}
