@@ -94,7 +94,7 @@ def worker_setup() -> None:
     """``worker_process_setup_hook``: the CLI's levels in every Ray worker process.
 
     DeepSpeed warns on every worker start that it picked the CPU accelerator: at default verbosity it speaks
-    from ERROR up.
+    from ERROR up, and is told the accelerator on nodes without a GPU.
     """
     level = verbosity()
     libs = logging.INFO if level > 0 else logging.WARNING
@@ -102,6 +102,12 @@ def worker_setup() -> None:
     if level <= 0:
         for name in ("DeepSpeed", "deepspeed"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # DeepSpeed logs its accelerator guess as a WARNING at import, before any level set here applies; on a
+        # node without an NVIDIA device name the CPU accelerator, so it does not guess
+        import glob
+
+        if not glob.glob("/dev/nvidia[0-9]*"):
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
     logging.getLogger("cion_dist").setLevel(logging.DEBUG if level > 0 else logging.WARNING if level < 0 else logging.INFO)
     if level <= 0:
         _quiet_python_warnings()
