@@ -20,7 +20,6 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
 from cion_dist.errors import CionError
 
@@ -44,7 +43,7 @@ def record_path() -> str:
     return os.environ.get("CION_CLUSTER_FILE") or os.path.join(os.path.expanduser("~"), ".cache", "cion", "cluster.json")
 
 
-def read_record() -> Optional[ClusterRecord]:
+def read_record() -> ClusterRecord | None:
     path = record_path()
     try:
         with open(path, encoding="utf-8") as f:
@@ -73,7 +72,7 @@ def _reachable(address: str, timeout: float = 0.5) -> bool:
         return False
 
 
-def live_cluster() -> Optional[ClusterRecord]:
+def live_cluster() -> ClusterRecord | None:
     """The recorded head if its GCS still answers, else None (a stale record is left for `cion down`)."""
     rec = read_record()
     if rec is not None and os.path.isdir(rec.temp_dir) and _reachable(rec.address):
@@ -95,7 +94,7 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def up(num_cpus: Optional[int] = None, timeout_s: float = 120.0) -> tuple[ClusterRecord, bool]:
+def up(num_cpus: int | None = None, timeout_s: float = 120.0) -> tuple[ClusterRecord, bool]:
     """Start the head unless a live one is recorded; returns (record, started_now)."""
     rec = live_cluster()
     if rec is not None:
@@ -120,7 +119,7 @@ def up(num_cpus: Optional[int] = None, timeout_s: float = 120.0) -> tuple[Cluste
     local_instance_env()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)
     if proc.returncode != 0:
         _stop_processes(temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -171,7 +170,7 @@ def _stop_processes(temp_dir: str, grace_s: float = 10.0) -> int:
     return len(pids)
 
 
-def down() -> Optional[ClusterRecord]:
+def down() -> ClusterRecord | None:
     """Stop the recorded head's processes, remove its temp dir and the record; None when nothing was recorded."""
     rec = read_record()
     if rec is None:

@@ -68,9 +68,9 @@ def _model_files(pf: Preflight) -> None:
             if not job.embed.model:
                 raise CionError("embed.model: the onnx backbone needs a model file (path or s3://)")
             _readable_file(job.embed.model, "embed.model", st)
-        if job.embed.backbone == "torch" and _is_file_ref(job.embed.weights):
-            if "pretrain" not in pf.stages:  # later iterations embed with the weights pretrain writes
-                _readable_file(job.embed.weights, "embed.weights", st)
+        # (with pretrain in the run, later iterations embed with the weights pretrain writes)
+        if job.embed.backbone == "torch" and _is_file_ref(job.embed.weights) and "pretrain" not in pf.stages:
+            _readable_file(job.embed.weights, "embed.weights", st)
     if "pretrain" in pf.stages and _is_file_ref(job.pretrain.pretrained):
         _readable_file(job.pretrain.pretrained, "pretrain.pretrained", st)
     if "evaluate" in pf.stages and _is_file_ref(job.evaluate.model) and "pretrain" not in pf.stages:

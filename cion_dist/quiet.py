@@ -89,7 +89,6 @@ def configure(level: int = 0) -> None:
     os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", str(PROGRESS_INTERVAL_S))
     if level <= 0:
         os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", ray_data_logging_config())
-    if level <= 0:
         _quiet_python_warnings()
 
 
@@ -108,7 +107,7 @@ def worker_setup() -> None:
     """``worker_process_setup_hook``: the CLI's levels in every Ray worker process.
 
     DeepSpeed warns on every worker start that it picked the CPU accelerator: at default verbosity it speaks
-    from ERROR up.
+    from ERROR up, and is told the accelerator on nodes without a GPU.
     """
     level = verbosity()
     libs = logging.INFO if level > 0 else logging.WARNING
@@ -116,6 +115,12 @@ def worker_setup() -> None:
     if level <= 0:
         for name in ("DeepSpeed", "deepspeed"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # DeepSpeed logs its accelerator guess as a WARNING at import, before any level set here applies; on a
+        # node without an NVIDIA device name the CPU accelerator, so it does not guess
+        import glob
+
+        if not glob.glob("/dev/nvidia[0-9]*"):
+            os.environ.setdefault("DS_ACCELERATOR", "cpu")
     logging.getLogger("cion_dist").setLevel(logging.DEBUG if level > 0 else logging.WARNING if level < 0 else logging.INFO)
     if level <= 0:
         _quiet_python_warnings()
@@ -128,6 +133,11 @@ def ray_init_kwargs(local: bool = True) -> dict:
     """
     level = verbosity()
     env_vars = {VERBOSITY_ENV: str(level)}
+    if local:
+        # Ray Train's preemption watcher reports spot-node preemptions, which a single machine never has; it is
+        # created with worker handles among its constructor arguments and max_restarts=-1, and Ray's core warns
+        # about exactly that on every fit
+        env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
     if level <= 0 and local:
         # workers set up Ray Data's logging again for every dataset: give them the filtered set-up
         env_vars["RAY_DATA_LOGGING_CONFIG"] = ray_data_logging_config()
@@ -197,5 +207,5 @@ def configure_ray_data() -> None:
         for h in logging.getLogger("ray.data").handlers:
             if type(h).__name__ == "PlainRayHandler" and not any(isinstance(f, RayDataConsoleFilter) for f in h.filters):
                 h.addFilter(RayDataConsoleFilter())
-    except Exception:  # noqa: BLE001 - quietness must never break a run
+    except Exception:
         logging.getLogger(__name__).debug("could not configure Ray Data's progress", exc_info=True)

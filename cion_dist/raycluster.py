@@ -26,7 +26,7 @@ def _reload_ray_config() -> None:
         from ray._raylet import Config
 
         Config.initialize("")
-    except Exception:  # noqa: BLE001 - private API: a failure only means the old mode stays
+    except Exception:
         log.debug("could not reload Ray's config", exc_info=True)
 
 

@@ -20,6 +20,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# never join a developer's `cion up` cluster from a test; tests that want one start their own
+os.environ["CION_CLUSTER_FILE"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"cion-test-cluster-{os.getpid()}.json")
 
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -8,7 +8,12 @@ import numpy as np
 from PIL import Image
 
 from cion_dist.correlate.denoise import REASONS
-from cion_dist.correlate.plots import HIST_BINS, correlate_figures, distance_histogram, identity_statistics
+from cion_dist.correlate.plots import (
+    HIST_BINS,
+    correlate_figures,
+    distance_histogram,
+    identity_statistics,
+)
 from cion_dist.pretrain.plots import pretrain_figures, smooth
 
 

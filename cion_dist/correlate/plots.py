@@ -8,7 +8,6 @@ histograms the calibration task returns, so drawing never needs a vector. matplo
 from __future__ import annotations
 
 import io
-from typing import Optional
 
 import numpy as np
 
@@ -85,7 +84,7 @@ def plot_removals(reason: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def plot_calibration(radius_hist: Optional[list], link_hist: Optional[list], r: float, d: float,
+def plot_calibration(radius_hist: list | None, link_hist: list | None, r: float, d: float,
                      calibrated: list[str]) -> bytes:
     """The two distributions ``r`` and ``d`` come from, with both thresholds marked on each."""
     plt = _figure()

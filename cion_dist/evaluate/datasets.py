@@ -41,6 +41,7 @@ class ReidDataset:
     train: list[ReidImage] = field(default_factory=list)
     query: list[ReidImage] = field(default_factory=list)
     gallery: list[ReidImage] = field(default_factory=list)
+    junk: int = 0  # images with person id -1 (junk detections), left out of every split by the protocol
 
     def split(self, name: str) -> list[ReidImage]:
         if name not in SPLITS:
@@ -108,6 +109,7 @@ def read_market(root: str, storage: Optional[Storage] = None, keep_distractors: 
             name = posixpath.basename(p)
             pid, cam = parse_market_name(name, _uri(root, p))
             if pid == -1:
+                ds.junk += 1
                 continue
             if pid == 0 and (split != "gallery" or not keep_distractors):
                 continue

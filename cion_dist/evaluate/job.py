@@ -109,6 +109,9 @@ def run(job: Job) -> EvaluateResult:
     t3 = time.time()
     extra.update(finetune_seconds=round(t1 - t0, 3), extract_seconds=round(t2 - t1, 3), metric_seconds=round(t3 - t2, 3))
     summary = _summary(metrics, digest, model.uri, extra)
+    if ds.junk:  # the protocol ignores them; say so, since the image counts then differ from the folder's
+        summary["junk_images_skipped"] = ds.junk
+        log.info("evaluate: %d junk images (person id -1) of %s left out, as the Market-1501 protocol does", ds.junk, root)
     log.info("evaluate %s on %s: mAP %.4f rank1 %.4f", model.uri, root, metrics.mAP, metrics.rank1)
 
     mlflow_run_id = None

@@ -83,6 +83,7 @@ def run(job: Job) -> IngestResult:
         summary = {
             "clips": manifest.rows,
             "clips_ingested_now": stats.done,
+            "clips_resumed": len(done_keys),  # written by an earlier attempt of this run and kept
             "frames_decoded": stats.frames,
             "detections": stats.detections,
             "frames_per_s": round(stats.frames / wall, 2) if wall > 0 and stats.frames else 0.0,
@@ -92,6 +93,9 @@ def run(job: Job) -> IngestResult:
             "manifest_uri": manifest_uri,
         }
         summary.update(stats.gate_figures())
+        if len(done_keys):
+            summary["notes"] = [f"resumed: {len(done_keys)} of {manifest.rows} clips were written by an earlier "
+                                f"attempt and kept; {stats.done} were ingested now, and the rates count these"]
         rows = {"crops": crops, "tracklets": tracklets, "clips": manifest.rows, "errors": len(stats.errors)}
         log.info(
             "ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",

@@ -103,7 +103,7 @@ _DECLARED: list = []
 def _declare_torchvision_schemas() -> None:
     import sys
 
-    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.") or m.startswith("timm")]:
+    for mod in [m for m in sys.modules if m == "torchvision" or m.startswith(("torchvision.", "timm"))]:
         del sys.modules[mod]  # half-imported by the failed attempt
     if not _DECLARED:
         lib = torch.library.Library("torchvision", "FRAGMENT")
@@ -130,7 +130,7 @@ def build_timm(timm_name: str, kw: dict | None = None) -> nn.Module:
     kw = dict(kw or {})
     try:
         model = timm.create_model(timm_name, pretrained=False, num_classes=0, **kw)
-    except Exception as e:  # noqa: BLE001 - timm raises several types for bad names/args
+    except Exception as e:
         raise ConfigError(f"timm cannot build {timm_name!r}: {e}") from e
     if timm_name.startswith("volo_"):
         _resample_volo_positions(model)
