@@ -183,7 +183,7 @@ def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: st
         data = labelled.build(corr, crops, work, f"lab-{os.getpid()}", world=workers, shard_images=4096,
                               min_ids_per_shard=2 * batch // 2, seed=0, config={})
         set_s = time.time() - t_set
-        plan = RunPlan.build(labelled.read_index(data), labelled.shard_files(data), workers, batch, 0, 1, [1], [2])
+        plan = RunPlan.build(labelled.read_index(data), labelled.shard_files(data), workers, batch, 0, 1, [1], [2], 8)
         plan.check()
         cursor = make_cursor()
         config["cursor"] = cursor

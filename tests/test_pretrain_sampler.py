@@ -106,7 +106,7 @@ def _plan(counts_by_shard, world=2, batch=4, epochs=3, gradual=([2, 3], [1, 2]))
         "images": pa.array(np.concatenate(counts_by_shard)),
     })
     uris = {s: f"mem://shard-{s}" for s in range(len(counts_by_shard))}
-    return RunPlan.build(index, uris, world, batch, 7, epochs, *gradual)
+    return RunPlan.build(index, uris, world, batch, 7, epochs, *gradual, steps_per_task=2)
 
 
 def test_run_plan_equal_epochs_deterministic_items_and_resume():
@@ -123,6 +123,10 @@ def test_run_plan_equal_epochs_deterministic_items_and_resume():
             assert sum(i["steps"] for i in items) == steps  # every rank takes the same number of steps
             assert [i["first"] for i in items] == list(np.cumsum([0] + [i["steps"] for i in items])[:-1])
             assert {i["shard"] for i in items} <= set(plan.rank_shards[r])
+            assert max(i["steps"] for i in items) <= 2  # one task makes at most steps_per_task batches
+            for s in {i["shard"] for i in items}:  # a shard's items cover its plan's first steps, in order
+                offs = [(i["offset"], i["steps"]) for i in items if i["shard"] == s]
+                assert [o for o, _ in offs] == list(np.cumsum([0] + [n for _, n in offs])[:-1])
     assert plan.items(0, range(3)) == _plan(counts).items(0, range(3))
     assert plan.shard_order(0, 0) != plan.shard_order(1, 0) or len(plan.rank_shards[0]) < 2
     # a shard's batches from a resume point are the tail of the full sequence
@@ -133,6 +137,8 @@ def test_run_plan_equal_epochs_deterministic_items_and_resume():
     tail = list(shard_batches(table, item, 4, 7, skip=2))
     assert [s for s, _ in full] == [5, 6, 7, 8] and [s for s, _ in tail] == [7, 8]
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(full[2:], tail))
+    second = list(shard_batches(table, {**item, "first": 7, "steps": 2, "offset": 2}, 4, 7))  # the next task's part
+    assert [s for s, _ in second] == [7, 8] and all(np.array_equal(a[1], b[1]) for a, b in zip(full[2:], second))
     np.testing.assert_array_equal(shard_counts_from_rows(labels), counts[0])
 
 

@@ -38,8 +38,9 @@ class PretrainConfig(StrictModel):
     )
     prefetch_batches: int = ExecutionField(2, ge=0, description="batches each worker holds ahead of its step")
     shard_images: int = Field(
-        4096, ge=1, description="images per identity shard of the labelled set: what one Ray Data task holds"
+        4096, ge=1, description="images per identity shard of the labelled set: what one Ray Data task reads"
     )
+    steps_per_task: int = Field(8, ge=1, description="batches one Ray Data task makes (and holds until handed on)")
     # loss
     student_temp: float = Field(0.1, gt=0, description="softmax temperature of the student (0 divides by zero)")
     teacher_temp: float = Field(0.04, gt=0, description="softmax temperature of the teacher (sharpening; > 0)")

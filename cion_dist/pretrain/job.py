@@ -91,7 +91,7 @@ def run_plan(job: Job, data: StageOutput):
     cfg = job.pretrain
     seed = cfg.seed if cfg.seed is not None else job.seed
     plan = RunPlan.build(read_index(data), shard_files(data), cfg.num_workers, cfg.batch_size_per_worker, seed,
-                         cfg.epochs, cfg.gradual_epochs, cfg.gradual_instances)
+                         cfg.epochs, cfg.gradual_epochs, cfg.gradual_instances, cfg.steps_per_task)
     plan.check()
     return plan
 

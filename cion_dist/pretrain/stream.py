@@ -11,10 +11,12 @@ builds per rank with ordered execution set on that dataset's own context.
 Equal steps. Collectives need every rank to take the same number of steps: a shard's step count follows from its
 identities' image counts alone (``sampler.steps_for``), so the driver knows each rank's epoch length without
 planning it; all ranks take the shortest rank's (shards are balanced, so little is cut), and the schedules are
-sized from these exact lengths.
+sized from these exact lengths. A shard's epoch is cut into items of ``steps_per_task`` steps, one task each, so
+several tasks decode one shard's batches in parallel.
 
-Memory. A task holds one shard (``shard_images`` encoded images) and the batches it has made but not yet handed
-on; Ray Data's streaming backpressure bounds those, and the worker holds ``prefetch_batches`` batches. Nothing is
+Memory. A task holds one shard (``shard_images`` encoded images) and the at most ``steps_per_task`` batches it
+makes (ordered output releases a task's blocks once it is done); Ray Data runs a few such tasks at once, and the
+worker holds ``prefetch_batches`` batches. Nothing is
 sized by the corpus but the driver's per-identity index.
 
 Resume. A restarted worker writes its position (epoch, step) into a small cursor actor before iterating; tasks
@@ -67,11 +69,12 @@ class RunPlan:
     batch: int
     seed: int
     ks: list[int]  # K of every epoch
+    steps_per_task: int = 8
     _steps: dict = field(default_factory=dict)
 
     @classmethod
     def build(cls, index: pa.Table, uris: dict[int, str], world: int, batch: int, seed: int, epochs: int,
-              gradual_epochs: list[int], gradual_instances: list[int]) -> "RunPlan":
+              gradual_epochs: list[int], gradual_instances: list[int], steps_per_task: int = 8) -> "RunPlan":
         shard = index["shard"].to_numpy()
         images = index["images"].to_numpy()
         shards = sorted(set(shard.tolist()))
@@ -86,7 +89,7 @@ class RunPlan:
         per_shard = np.array([counts[s].sum() for s in shards])
         ranks = [[shards[i] for i in r] for r in assign_shards(per_shard, world)]
         ks = [instances_for_epoch(e, gradual_epochs, gradual_instances) for e in range(epochs)]
-        return cls(counts, dict(uris), ranks, int(batch), int(seed), ks)
+        return cls(counts, dict(uris), ranks, int(batch), int(seed), ks, max(1, int(steps_per_task)))
 
     def shard_steps(self, shard: int, k: int) -> int:
         key = (shard, k)
@@ -121,18 +124,21 @@ class RunPlan:
         return [shards[i] for i in rng.permutation(len(shards))]
 
     def items(self, rank: int, epochs: range) -> list[dict]:
-        """The (epoch, shard, first step, steps) work items of one rank, in training order, each epoch cut at the
-        shortest rank's length."""
+        """The work items of one rank in training order: (epoch, shard, first step in the epoch, steps, offset in
+        the shard's plan), at most ``steps_per_task`` steps each (what one task makes and holds), each epoch cut at
+        the shortest rank's length."""
         out = []
         for e in epochs:
             k, cap, first = self.ks[e], self.epoch_steps(e), 0
             for s in self.shard_order(e, rank):
                 n = min(self.shard_steps(s, k), cap - first)
-                if n <= 0:
+                for off in range(0, max(n, 0), self.steps_per_task):
+                    m = min(self.steps_per_task, n - off)
+                    out.append({"epoch": e, "rank": rank, "shard": s, "uri": self.shard_uris[s], "first": first + off,
+                                "steps": m, "offset": off, "k": k})
+                first += max(n, 0)
+                if first >= cap:
                     break
-                out.append({"epoch": e, "rank": rank, "shard": s, "uri": self.shard_uris[s], "first": first,
-                            "steps": n, "k": k})
-                first += n
         return out
 
 
@@ -153,8 +159,9 @@ def shard_batches(table: pa.Table, item: dict, batch: int, seed: int, skip: int 
     k = int(item["k"])
     rng = np.random.default_rng(plan_seed(seed, int(item["epoch"]), k, int(item["shard"])))
     plan = counts_plan(counts, k, ids_per_batch(batch, k), rng)
+    offset = int(item.get("offset", 0))
     for i in range(skip, int(item["steps"])):
-        yield int(item["first"]) + i, plan[i]
+        yield int(item["first"]) + i, plan[offset + i]
 
 
 def _read_shard(uri: str, storage) -> pa.Table:
