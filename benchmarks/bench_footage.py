@@ -1,7 +1,7 @@
 """Crop quality gate and switch splitting, before / after, on pipeline output with ground truth.
 
 One synthetic corpus (people who walk in and out of frame, cross and occlude each other) goes through ingest ->
-embed -> correlate three times in one run: gate off and switch splitting off (the baseline), gate on only, both
+embed -> correlate four times in one run: gate off and switch splitting off (the baseline), gate on only, both
 on, and both on with the opt-in border check. Ground truth says, for every crop the ingest stage kept, whether it is dirty:
 
 - truncated: the matched person's true box leaves the frame;
