@@ -1,8 +1,8 @@
 """Crop quality gate and switch splitting, before / after, on pipeline output with ground truth.
 
 One synthetic corpus (people who walk in and out of frame, cross and occlude each other) goes through ingest ->
-embed -> correlate three times in one run: gate off and switch splitting off (the baseline), gate on only, both
-on. Ground truth says, for every crop the ingest stage kept, whether it is dirty:
+embed -> correlate four times in one run: gate off and switch splitting off (the baseline), gate on only, both
+on, and both on with the opt-in border check. Ground truth says, for every crop the ingest stage kept, whether it is dirty:
 
 - truncated: the matched person's true box leaves the frame;
 - occluded: the matched person is less than 60% visible;
@@ -38,6 +38,7 @@ SETTINGS = {
     "baseline (gate off, split off)": ({"enabled": False}, {"enabled": False}),
     "gate on, split off": ({}, {"enabled": False}),
     "gate on, split on": ({}, {}),
+    "gate + border check, split on": ({"border_margin": 0.005}, {}),
 }
 
 

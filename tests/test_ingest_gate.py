@@ -35,8 +35,9 @@ def test_each_reason_on_synthetic_boxes():
         person(105, 130, h=80),           # inside the first person's box (which it covers < half of)
         person(250, 50, h=30),            # tiny
     ], float)
-    reasons = assess(boxes, W, H, GateConfig())
+    reasons = assess(boxes, W, H, GateConfig(border_margin=0.005))
     assert reasons == ["", "border", "border", "two_person", "aspect", "aspect", "overlap", "tiny"]
+    assert assess(boxes, W, H, GateConfig())[1:3] == ["", ""]  # the border check is opt-in
     off = assess(boxes, W, H, GateConfig(enabled=False))
     assert off == [""] * len(boxes)
 

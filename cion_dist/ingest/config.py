@@ -92,8 +92,9 @@ class GateConfig(StrictModel):
     enabled: bool = True
     action: Literal["drop", "flag"] = Field("drop", description="drop failing crops, or keep them and only count")
     min_height: int = Field(40, ge=1, description="crops shorter than this (source pixels) are tiny")
-    border_margin: float = Field(0.005, ge=0, lt=0.5, description="boxes this close to a frame edge (share of the "
-                                 "frame's width / height) are cut by the border; 0 = no check")
+    border_margin: float = Field(0.0, ge=0, lt=0.5, description="boxes this close to a frame edge (share of the "
+                                 "frame's width / height) are cut by the border, e.g. 0.005; 0 = no check (default: "
+                                 "on the synthetic pipeline it lowered CION's pairwise F, see docs/footage.md)")
     min_aspect: float = Field(1.5, gt=0, description="height / width below this is not an upright person")
     max_aspect: float = Field(5.0, gt=0, description="height / width above this is not a whole person")
     two_person_aspect: float = Field(1.1, ge=0, description="height / width below this: two people side by side")
