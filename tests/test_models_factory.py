@@ -32,7 +32,7 @@ def test_pooled_output_for_global_and_local_crops(name, dim):
 def test_resnet50_family_matches_reference_sizes_and_last_stride():
     r50 = build_backbone("resnet50")
     ibn = build_backbone("resnet50_ibn_a")
-    # 23.51 M parameters for both (CION model zoo table, METHOD.md 7.1)
+    # 23.51 M parameters for both (the CION model zoo table)
     assert round(_params(r50) / 1e6, 2) == 23.51
     assert round(_params(ibn) / 1e6, 2) == 23.51
     assert r50.embed_dim == 2048

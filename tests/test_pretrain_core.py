@@ -19,7 +19,7 @@ from cion_dist.pretrain.schedules import Schedules, at, cosine_schedule, instanc
 
 
 def naive_loss(student_out, teacher_out, center, k, ncrops, ts=0.1, tt=0.04):
-    """METHOD.md 5.4 written loop by loop: 18 (a, b) pairs for ncrops=10, K(K-1)+1 terms each."""
+    """The loss of docs/method.md section 4.4 written loop by loop: 18 (a, b) pairs for ncrops=10, K(K-1)+1 terms each."""
     s_views = (student_out / ts).chunk(ncrops)
     t_views = F.softmax((teacher_out - center) / tt, dim=-1).chunk(2)
 

@@ -3,7 +3,7 @@
 The metric is the cosine distance ``1 - cos(a, b)`` (0 = same direction, 2 = opposite). A set's centroid is the
 *normalised* mean of its L2-normalised members, so an image-to-centroid distance is ``1 - <f, c>`` and two
 centroids compare the same way as two images. This matches the PLIP seed filter's cosine thresholds
-(similarity 0.60 = distance 0.40), CION's closest published relative (METHOD.md 3.3).
+(similarity 0.60 = distance 0.40), CION's closest published relative (docs/method.md section 2).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Person-shaped multi-crop augmentation (METHOD.md 5.2) with PIL and numpy only.
+"""Person-shaped multi-crop augmentation (docs/method.md section 4.2) with PIL and numpy only.
 
 Two global crops (256x128, scale 0.8-1, aspect w/h 0.4-0.6) and N local crops (128x64, scale 0.05-0.8); each gets
 horizontal flip, colour jitter (brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1; p=0.8, random order) and

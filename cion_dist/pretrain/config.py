@@ -1,6 +1,6 @@
 """Settings of the pretrain stage: identity-guided self-distillation on Ray Train + DeepSpeed.
 
-Defaults are sized for a laptop demo. The published ResNet50-IBN recipe (METHOD.md 5) is: backbone
+Defaults are sized for a laptop demo. The published ResNet50-IBN recipe (docs/method.md section 4) is: backbone
 resnet50_ibn_a, epochs 100, batch_size_per_worker 120 on 8 workers, local_crops 8, out_dim 65536, lr 5e-4 per 256
 images, warmup_epochs 10, gradual_epochs [40, 60, 80, 100] with gradual_instances [2, 4, 6, 8], precision fp16.
 """

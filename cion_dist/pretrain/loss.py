@@ -1,4 +1,4 @@
-"""Identity-guided self-distillation loss (CION, METHOD.md 5.4).
+"""Identity-guided self-distillation loss (CION, docs/method.md section 4.4).
 
 Batch layout (every tensor here): a batch of ``B = P * K`` images holds ``P`` identities with ``K`` consecutive
 images each, identity-major: row ``n * K + i`` is image ``i`` of identity ``n``. So ``x[i::K]`` is "image i of every

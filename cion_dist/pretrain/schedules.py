@@ -1,4 +1,4 @@
-"""Training schedules as arrays indexed by the global step (METHOD.md 5.3, 5.5).
+"""Training schedules as arrays indexed by the global step (docs/method.md sections 4.3, 4.5).
 
 Precomputing every value once makes schedules trivial to test and to resume: a restarted run reads entry
 ``step`` and lands on exactly the value the interrupted run would have used. Like the reference code, the arrays
