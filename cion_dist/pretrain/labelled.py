@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from cion_dist.errors import CionError, DataError
 from cion_dist.storage.fs import Storage
-from cion_dist.storage.stage_io import StageOutput, input_record, read_table, table_to_parquet_bytes
+from cion_dist.storage.stage_io import StageOutput, input_record, read_table, table_to_parquet_bytes, unit_filename
 
 log = logging.getLogger(__name__)
 STAGE = "labelled"
@@ -161,7 +161,7 @@ def _join_split(units: list[dict], ids, shard_of, shards: int, storage: Storage)
 def _write_parts(out_uri: str, storage: Storage, shard: int, *parts: pa.Table) -> dict:
     t = pa.concat_tables(parts)
     if t.num_rows == 0:
-        return {"shard": shard, "rows": 0}
+        return {"shard": shard, "rows": 0, "name": "", "sha256": "", "size": 0, "fingerprint": ""}
     return _write_shard(t, out_uri, storage).to_pylist()[0]
 
 
@@ -180,10 +180,19 @@ def _exchange_with_tasks(units, ids, shard_of, shards, out, storage) -> list[dic
 
 
 def _write_shard(group: pa.Table, out_uri: str, storage: Storage) -> pa.Table:
+    """Write one shard; returns its report (the driver records it, and never reads the shard back)."""
     shard = int(group["shard"][0].as_py())
     t = sort_shard(group.drop_columns(["shard"]))
-    StageOutput(out_uri, storage).write_unit(shard_unit(shard), t)
-    return pa.table({"shard": [shard], "rows": [t.num_rows]})
+    written = StageOutput(out_uri, storage).write_unit(shard_unit(shard), t)
+    return pa.table({"shard": [shard], "rows": [t.num_rows], "name": [unit_filename(shard_unit(shard))],
+                     "sha256": [written.sha256], "size": [int(written.size)], "fingerprint": [written.fingerprint]})
+
+
+def _report(out: StageOutput, written: list[dict]) -> None:
+    """The shards' reports, so ``finalize`` combines the digest without reading a shard."""
+    reports = out.report_writer()
+    reports.add([{k: r[k] for k in ("name", "sha256", "size", "fingerprint", "rows")} for r in written if r["name"]])
+    reports.flush()
 
 
 # ---------------------------------------------------------------- the step
@@ -279,6 +288,7 @@ def build(corr: StageOutput, crops: StageOutput, output: str, run_id: str, *, wo
     if bad:
         raise DataError(f"labelled set {out.uri}: shards {bad[:5]} hold {[rows.get(s, 0) for s in bad[:5]]} rows, "
                         f"expected {expect[bad[:5]].tolist()}")
+    _report(out, written)
     write_index(out, ids, shard_of, counts)
     return finalize(out, corr, crops, ids, counts, shards, config)
 
@@ -315,9 +325,13 @@ def write_table(table: pa.Table, output: str, run_id: str, *, world: int, shard_
     shards = num_shards(int(counts.sum()), len(ids), world, shard_images, min_ids_per_shard)
     shard_of = deal_shards(counts, shards, seed)
     row_shard = shard_of[np.searchsorted(ids, table["identity_id"].to_numpy())]
+    written = []
     for s in range(shards):
-        part = table.filter(pa.array(row_shard == s))
-        out.write_unit(shard_unit(s), sort_shard(part))
+        part = sort_shard(table.filter(pa.array(row_shard == s)))
+        w = out.write_unit(shard_unit(s), part)
+        written.append({"name": unit_filename(shard_unit(s)), "sha256": w.sha256, "size": int(w.size),
+                        "fingerprint": w.fingerprint, "rows": part.num_rows})
+    _report(out, written)
     write_index(out, ids, shard_of, counts)
     return finalize(out, None, None, ids, counts, shards, {"source": "table"})
 
