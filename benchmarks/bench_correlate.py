@@ -22,8 +22,9 @@ import numpy as np
 def in_process(c, r: float, d: float, window: int, stride: int, k: int, min_images: int) -> np.ndarray:
     from cion_dist.correlate.reference import correlate_in_process
 
-    return correlate_in_process(c.x, c.video, c.tracklet, r, d, window=window, stride=stride, k=k,
-                                min_images=min_images).identity
+    return correlate_in_process(
+        c.x, c.video, c.tracklet, r, d, window=window, stride=stride, k=k, min_images=min_images
+    ).identity
 
 
 _CHILD = r"""
@@ -70,29 +71,44 @@ def driver_memory(n: int, dim: int, cpus: int) -> None:
     videos = min(999, max(2, n // (per_video * images)))
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter()
-        c = make_corpus(people=videos * 2 + per_video, videos=videos, people_per_video=per_video, images=images,
-                        dim=dim, seed=0)
+        c = make_corpus(
+            people=videos * 2 + per_video, videos=videos, people_per_video=per_video, images=images, dim=dim, seed=0
+        )
         out = StageOutput.create(tmp, "embed", "fp16")
         bounds = np.flatnonzero(np.r_[True, c.video[1:] != c.video[:-1], True])
         for lo, hi in zip(bounds[:-1], bounds[1:]):
-            out.write_unit(c.video[lo], pa.table({
-                "image_id": pa.array(c.image_id[lo:hi]), "tracklet_id": pa.array(c.tracklet[lo:hi]),
-                "video_id": pa.array(c.video[lo:hi]), "embedding": embedding_array(c.x[lo:hi], "float16")}))
+            out.write_unit(
+                c.video[lo],
+                pa.table(
+                    {
+                        "image_id": pa.array(c.image_id[lo:hi]),
+                        "tracklet_id": pa.array(c.tracklet[lo:hi]),
+                        "video_id": pa.array(c.video[lo:hi]),
+                        "embedding": embedding_array(c.x[lo:hi], "float16"),
+                    }
+                ),
+            )
         out.finalize(stage="embed", rows={"images": len(c.x)})
         size = sum(os.path.getsize(f) for f in out.files()) / 2**20
-        print(f"\ndriver memory: {len(c.x)} images x {dim} float16 in {videos} parts ({size:.0f} MiB on disk), "
-              f"written in {time.perf_counter() - t:.0f} s")
+        print(
+            f"\ndriver memory: {len(c.x)} images x {dim} float16 in {videos} parts ({size:.0f} MiB on disk), "
+            f"written in {time.perf_counter() - t:.0f} s"
+        )
         del c
         print(f"{'process':>28} {'peak MiB':>9} {'over import':>11} {'seconds':>8}")
         for mode, label in (("load", "load corpus (baseline)"), ("stage", "correlate stage driver")):
-            r = subprocess.run([sys.executable, "-c", _CHILD, mode, tmp, out.uri, str(cpus)], capture_output=True,
-                               text=True)
+            r = subprocess.run(
+                [sys.executable, "-c", _CHILD, mode, tmp, out.uri, str(cpus)], capture_output=True, text=True
+            )
             if r.returncode:
                 print(r.stderr[-3000:])
                 raise SystemExit(f"{mode} child failed")
             m = json.loads(r.stdout.strip().splitlines()[-1])
-            print(f"{label:>28} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:11.0f} {m['seconds']:8.1f}"
-                  + (f"   identities {m['identities']}, {m['timings']}" if "timings" in m else ""), flush=True)
+            print(
+                f"{label:>28} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:11.0f} {m['seconds']:8.1f}"
+                + (f"   identities {m['identities']}, {m['timings']}" if "timings" in m else ""),
+                flush=True,
+            )
 
 
 def main() -> None:
@@ -119,19 +135,37 @@ def main() -> None:
     from cion_dist.storage.stage_io import StageOutput
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
-    print(f"{'N':>7} {'videos':>6} {'mode':>10} {'total_s':>8} {'img/s':>8} {'lvl12_s':>8} {'lvl3_s':>7} "
-          f"{'pair_F':>7} {'ids':>5} {'true':>5}")
+    print(
+        f"{'N':>7} {'videos':>6} {'mode':>10} {'total_s':>8} {'img/s':>8} {'lvl12_s':>8} {'lvl3_s':>7} "
+        f"{'pair_F':>7} {'ids':>5} {'true':>5}"
+    )
     for n in args.sizes:
         per_video, images = 8, 20
         videos = max(2, n // (per_video * images))
-        c = make_corpus(people=videos * 2 + per_video, videos=videos, people_per_video=per_video, images=images,
-                        dim=args.dim, seed=0)
+        c = make_corpus(
+            people=videos * 2 + per_video,
+            videos=videos,
+            people_per_video=per_video,
+            images=images,
+            dim=args.dim,
+            seed=0,
+        )
         with tempfile.TemporaryDirectory() as tmp:
             embed_uri = write_embed_output(tmp, c)
-            job = job_from_dict({"stage": "correlate", "output": tmp, "mlflow": {"enabled": False},
-                                 "correlate": {"input": embed_uri, "window_videos": args.window,
-                                               "stride_videos": args.stride, "num_shards": 2,
-                                               "videos_per_task": max(1, -(-videos // args.cpus))}})
+            job = job_from_dict(
+                {
+                    "stage": "correlate",
+                    "output": tmp,
+                    "mlflow": {"enabled": False},
+                    "correlate": {
+                        "input": embed_uri,
+                        "window_videos": args.window,
+                        "stride_videos": args.stride,
+                        "num_shards": 2,
+                        "videos_per_task": max(1, -(-videos // args.cpus)),
+                    },
+                }
+            )
             t = time.perf_counter()
             res = run(job)
             total = time.perf_counter() - t
@@ -140,16 +174,22 @@ def main() -> None:
             order = np.argsort(c.image_id)
             f = quality.score(c.identity[order], ident)["pairwise_f"]
             tm = res.summary["timings"]
-            print(f"{len(c.x):>7} {videos:>6} {'ray-stage':>10} {total:8.2f} {len(c.x) / total:8.0f} "
-                  f"{tm['levels12_s']:8.2f} {tm['level3_s']:7.2f} {f:7.3f} {res.rows['identities']:>5} "
-                  f"{len(np.unique(c.identity)):>5}", flush=True)
+            print(
+                f"{len(c.x):>7} {videos:>6} {'ray-stage':>10} {total:8.2f} {len(c.x) / total:8.0f} "
+                f"{tm['levels12_s']:8.2f} {tm['level3_s']:7.2f} {f:7.3f} {res.rows['identities']:>5} "
+                f"{len(np.unique(c.identity)):>5}",
+                flush=True,
+            )
             r, d = res.summary["radius"], res.summary["link_distance"]
         t = time.perf_counter()
         ident = in_process(c, r, d, args.window, args.stride, 10, 4)
         total = time.perf_counter() - t
         f = quality.score(c.identity, ident)["pairwise_f"]
-        print(f"{len(c.x):>7} {videos:>6} {'in-process':>10} {total:8.2f} {len(c.x) / total:8.0f} {'':>8} {'':>7} "
-              f"{f:7.3f} {len(np.unique(ident[ident >= 0])):>5} {len(np.unique(c.identity)):>5}", flush=True)
+        print(
+            f"{len(c.x):>7} {videos:>6} {'in-process':>10} {total:8.2f} {len(c.x) / total:8.0f} {'':>8} {'':>7} "
+            f"{f:7.3f} {len(np.unique(ident[ident >= 0])):>5} {len(np.unique(c.identity)):>5}",
+            flush=True,
+        )
     ray.shutdown()
 
 

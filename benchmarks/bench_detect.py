@@ -46,8 +46,7 @@ def load_frames(mot_root: Path):
 
 
 def run_setting(frames, model: str, grid: tuple[int, int], overlap: float, floor: float):
-    cfg = DetectorConfig(kind="yolox", model_uri=model, score_threshold=floor,
-                         tiles={"grid": grid, "overlap": overlap})
+    cfg = DetectorConfig(kind="yolox", model_uri=model, score_threshold=floor, tiles={"grid": grid, "overlap": overlap})
     det = make_detector(cfg)
     det.detect([frames[0][1]])  # warm-up
     preds, t0 = [], time.perf_counter()
@@ -87,11 +86,17 @@ def main() -> None:
         for t in thresholds:
             counts, by_h = score(frames, preds, t)
             if header is None:
-                header = f"{'setting':<18} {'thr':>5} {'P':>6} {'R':>6} " + " ".join(
-                    f"{'R' + lab + ' (' + str(n) + ')':>14}" for lab, n, _ in by_h) + f" {'frames/s':>9}"
+                header = (
+                    f"{'setting':<18} {'thr':>5} {'P':>6} {'R':>6} "
+                    + " ".join(f"{'R' + lab + ' (' + str(n) + ')':>14}" for lab, n, _ in by_h)
+                    + f" {'frames/s':>9}"
+                )
                 print(header)
-            print(f"{name:<18} {t:>5.2f} {counts.precision:>6.3f} {counts.recall:>6.3f} "
-                  + " ".join(f"{r:>14.3f}" for _, _, r in by_h) + f" {fps:>9.2f}")
+            print(
+                f"{name:<18} {t:>5.2f} {counts.precision:>6.3f} {counts.recall:>6.3f} "
+                + " ".join(f"{r:>14.3f}" for _, _, r in by_h)
+                + f" {fps:>9.2f}"
+            )
 
 
 if __name__ == "__main__":

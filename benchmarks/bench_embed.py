@@ -47,8 +47,14 @@ def child(spec: dict) -> None:
 
 
 def stage(spec: dict, pythonpath: str) -> dict:
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=pythonpath), cwd=pythonpath, timeout=3600)
+    p = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=pythonpath),
+        cwd=pythonpath,
+        timeout=3600,
+    )
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(p.stderr[-3000:])
@@ -97,16 +103,29 @@ def main() -> None:
         rows.append((label, "in-process, decoded, 1 thread (ceiling)", len(rgb) / (time.perf_counter() - t0), None))
         rates = {}
         for code, path in (("before", old_tree), ("now", str(ROOT))):
-            job = {"stage": "embed", "output": root, "run_id": f"bench-{spec['backbone']}-{code}",
-                   "mlflow": {"enabled": False}, "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1}}
+            job = {
+                "stage": "embed",
+                "output": root,
+                "run_id": f"bench-{spec['backbone']}-{code}",
+                "mlflow": {"enabled": False},
+                "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1},
+            }
             r = stage(job, path)
             assert r["rows"]["embeddings"] == len(crops), r
             rates[code] = len(crops) / r["wall"]
-            rows.append((label, f"stage {code}, 1 actor x 1 CPU", rates[code],
-                         rates[code] / rates["before"] if code == "now" else None))
+            rows.append(
+                (
+                    label,
+                    f"stage {code}, 1 actor x 1 CPU",
+                    rates[code],
+                    rates[code] / rates["before"] if code == "now" else None,
+                )
+            )
 
-    print(f"\nembed throughput per core: {len(crops)} MOT17 crops, {args.crops_per_part} per ingest part, "
-          f"{os.cpu_count()} cores, measured under load")
+    print(
+        f"\nembed throughput per core: {len(crops)} MOT17 crops, {args.crops_per_part} per ingest part, "
+        f"{os.cpu_count()} cores, measured under load"
+    )
     print(f"{'backbone':<20} {'setting':<42} {'crops/s/core':>12} {'x before':>9}")
     for label, setting, rate, ratio in rows:
         print(f"{label:<20} {setting:<42} {rate:>12.1f} {'' if ratio is None else f'{ratio:.2f}':>9}")

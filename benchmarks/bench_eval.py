@@ -52,14 +52,26 @@ def _case(kind: str, n: int, dim: int, chunk: int, threads: int, out) -> None:
     base = _current_rss_mib()
     t0, c0 = time.perf_counter(), time.process_time()
     if kind in ("chunked", "chunked-sort"):
-        m = evaluate_features(qf, gf, qp, gp, qc, gc, chunk_size=chunk, ranking="sort" if kind == "chunked-sort" else "count")
+        m = evaluate_features(
+            qf, gf, qp, gp, qc, gc, chunk_size=chunk, ranking="sort" if kind == "chunked-sort" else "count"
+        )
     else:
         q = torch.nn.functional.normalize(torch.from_numpy(qf), dim=1)
         g = torch.nn.functional.normalize(torch.from_numpy(gf), dim=1)
         m = evaluate_distances(distance_block(q, g), qp, gp, qc, gc, ranking="sort")
     secs, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out.put({"kind": kind, "n": n, "seconds": secs, "cpu_seconds": cpu, "peak_mib": max(0.0, _rss_mib() - base), "mAP": m.mAP,
-             "rank1": m.rank1, "valid": m.num_valid})
+    out.put(
+        {
+            "kind": kind,
+            "n": n,
+            "seconds": secs,
+            "cpu_seconds": cpu,
+            "peak_mib": max(0.0, _rss_mib() - base),
+            "mAP": m.mAP,
+            "rank1": m.rank1,
+            "valid": m.num_valid,
+        }
+    )
 
 
 def run_case(kind: str, n: int, dim: int, chunk: int, threads: int) -> dict:
@@ -91,14 +103,18 @@ def main() -> None:
         else:
             est = n * n * 26 / 2**20  # bytes per matrix cell: distances, sort indices, gathered ids, masks, ranks
             rows.append({"kind": "full-matrix", "n": n, "skipped": f"not run: needs roughly {est:,.0f} MiB"})
-    print(f"re-ID evaluation, queries = gallery = N, d = {a.dim}, chunk = {a.chunk} queries, torch threads = {a.threads}")
+    print(
+        f"re-ID evaluation, queries = gallery = N, d = {a.dim}, chunk = {a.chunk} queries, torch threads = {a.threads}"
+    )
     print(f"{'N':>7} {'method':<12} {'wall s':>9} {'CPU s':>9} {'peak MiB':>9} {'mAP':>8} {'rank1':>7}")
     for r in rows:
         if "skipped" in r:
             print(f"{r['n']:>7} {r['kind']:<12} {r['skipped']}")
         else:
-            print(f"{r['n']:>7} {r['kind']:<12} {r['seconds']:>9.2f} {r['cpu_seconds']:>9.2f} {r['peak_mib']:>9.0f} "
-                  f"{r['mAP']:>8.4f} {r['rank1']:>7.4f}")
+            print(
+                f"{r['n']:>7} {r['kind']:<12} {r['seconds']:>9.2f} {r['cpu_seconds']:>9.2f} {r['peak_mib']:>9.0f} "
+                f"{r['mAP']:>8.4f} {r['rank1']:>7.4f}"
+            )
     same = [r["mAP"] for r in rows if r["n"] == sizes[0] and "mAP" in r]
     if len(same) > 1:
         print(f"agreement at N={sizes[0]}: largest |mAP difference| = {max(same) - min(same):.2e}")

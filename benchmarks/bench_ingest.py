@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
 import cion_dist.config  # noqa: F401  (job model first: stage configs import it)
 
 
@@ -70,7 +68,11 @@ def bench_decode(clips: dict[str, bytes]) -> list[tuple]:
     rows = []
     for name, data in clips.items():
         for step in (1, 5):
-            for lib, fn in (("decord (ingest)", decode_ingest), ("decord get_batch", decode_decord), ("pyav", decode_pyav)):
+            for lib, fn in (
+                ("decord (ingest)", decode_ingest),
+                ("decord get_batch", decode_decord),
+                ("pyav", decode_pyav),
+            ):
                 fn(data, step)  # warm up codecs and caches
                 n, sec = fn(data, step)
                 rows.append((name, step, lib, n, round(n / sec, 1)))
@@ -82,8 +84,9 @@ def make_corpus(root: str, videos: int, frames: int, seed: int = 0) -> dict:
     from cion_dist.synth.config import SynthConfig
     from cion_dist.synth.generate import generate_corpus
 
-    cfg = SynthConfig(out=root, videos=videos, frames=frames, identities=8, people_per_video=4,
-                      benchmark_identities=0, seed=seed)
+    cfg = SynthConfig(
+        out=root, videos=videos, frames=frames, identities=8, people_per_video=4, benchmark_identities=0, seed=seed
+    )
     return generate_corpus(cfg, Storage())
 
 
@@ -99,18 +102,39 @@ def bench_concurrency(work: str, frames: int) -> list[tuple]:
     try:
         shutil.rmtree(os.path.join(work, "warm"), ignore_errors=True)
         # a warm-up run so both measured runs find worker processes started and modules imported
-        run(job_from_dict({"stage": "ingest", "output": os.path.join(work, "warm"), "mlflow": {"enabled": False},
-                           "ingest": {"manifest": corpus["manifest_uri"], "max_frames": 8, "concurrency": 2}}))
+        run(
+            job_from_dict(
+                {
+                    "stage": "ingest",
+                    "output": os.path.join(work, "warm"),
+                    "mlflow": {"enabled": False},
+                    "ingest": {"manifest": corpus["manifest_uri"], "max_frames": 8, "concurrency": 2},
+                }
+            )
+        )
         for conc in (1, 2):
             shutil.rmtree(os.path.join(work, f"conc{conc}"), ignore_errors=True)
-            job = job_from_dict({"stage": "ingest", "output": os.path.join(work, f"conc{conc}"),
-                                 "mlflow": {"enabled": False},
-                                 "ingest": {"manifest": corpus["manifest_uri"], "concurrency": conc}})
+            job = job_from_dict(
+                {
+                    "stage": "ingest",
+                    "output": os.path.join(work, f"conc{conc}"),
+                    "mlflow": {"enabled": False},
+                    "ingest": {"manifest": corpus["manifest_uri"], "concurrency": conc},
+                }
+            )
             t = time.perf_counter()
             res = run(job)
             sec = time.perf_counter() - t
-            rows.append((conc, res.rows["clips"], res.summary["frames_decoded"], round(sec, 2),
-                         round(res.rows["clips"] / sec, 3), round(res.summary["frames_decoded"] / sec, 1)))
+            rows.append(
+                (
+                    conc,
+                    res.rows["clips"],
+                    res.summary["frames_decoded"],
+                    round(sec, 2),
+                    round(res.rows["clips"] / sec, 3),
+                    round(res.summary["frames_decoded"] / sec, 1),
+                )
+            )
     finally:
         ray.shutdown()
     return rows
@@ -144,11 +168,20 @@ def bench_memory(work: str) -> list[tuple]:
 
         uri = pq.read_table(corpus["manifest_uri"]).column("uri")[0].as_py()
         for chunk, label in ((64, "chunked 64"), (seconds * 10, "whole clip")):
-            out = subprocess.run([sys.executable, "-c", _CHILD, uri, str(chunk)], capture_output=True, text=True,
-                                 check=True)
+            out = subprocess.run(
+                [sys.executable, "-c", _CHILD, uri, str(chunk)], capture_output=True, text=True, check=True
+            )
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append((f"{seconds} s", label, r["frames"], round(r["peak_mb"], 1),
-                         round(r["peak_mb"] - r["base_mb"], 1), round(r["seconds"], 2)))
+            rows.append(
+                (
+                    f"{seconds} s",
+                    label,
+                    r["frames"],
+                    round(r["peak_mb"], 1),
+                    round(r["peak_mb"] - r["base_mb"], 1),
+                    round(r["seconds"], 2),
+                )
+            )
     return rows
 
 
@@ -163,9 +196,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cion-bench-ingest"))
-    ap.add_argument("--clip-frames", type=int, default=400,
-                    help="frames per clip of the concurrency corpus: clips long enough that a task's work, not "
-                         "Ray's per-task scheduling, is what is measured")
+    ap.add_argument(
+        "--clip-frames",
+        type=int,
+        default=400,
+        help="frames per clip of the concurrency corpus: clips long enough that a task's work, not "
+        "Ray's per-task scheduling, is what is measured",
+    )
     ap.add_argument("--skip", nargs="*", default=[], choices=["decode", "ingest", "memory"])
     args = ap.parse_args()
     os.makedirs(args.work, exist_ok=True)
@@ -179,14 +216,22 @@ def main() -> None:
         synth = make_corpus(os.path.join(args.work, "corpus-d"), videos=1, frames=200)
         import pyarrow.parquet as pq
 
-        clips["synthetic 640x360 h264"] = open(pq.read_table(synth["manifest_uri"]).column("uri")[0].as_py(), "rb").read()
+        clips["synthetic 640x360 h264"] = open(
+            pq.read_table(synth["manifest_uri"]).column("uri")[0].as_py(), "rb"
+        ).read()
         table("decode, one thread: frames/s", ("clip", "every_n", "decoder", "frames", "frames/s"), bench_decode(clips))
     if "ingest" not in args.skip:
-        table(f"ingest stage (background detector), 8 clips x {args.clip_frames} frames, local Ray",
-              ("concurrency", "clips", "frames", "seconds", "clips/s", "frames/s"), bench_concurrency(args.work, args.clip_frames))
+        table(
+            f"ingest stage (background detector), 8 clips x {args.clip_frames} frames, local Ray",
+            ("concurrency", "clips", "frames", "seconds", "clips/s", "frames/s"),
+            bench_concurrency(args.work, args.clip_frames),
+        )
     if "memory" not in args.skip:
-        table("one clip task, background detector, fresh process",
-              ("clip", "decode", "frames", "peak RSS MB", "over import MB", "seconds"), bench_memory(args.work))
+        table(
+            "one clip task, background detector, fresh process",
+            ("clip", "decode", "frames", "peak RSS MB", "over import MB", "seconds"),
+            bench_memory(args.work),
+        )
 
 
 if __name__ == "__main__":

@@ -96,14 +96,27 @@ def main() -> None:
         search = (time.perf_counter() - t) * scale
         del flat
         note = f" (from {len(q_idx)} queries)" if sampled else ""
-        print(f"{n:>9} {'faiss-1proc':>12} {build:8.2f} {search:9.2f} {flops / search / 1e9:8.1f} "
-              f"{flops / search / ref_flops:8.2f} {1.0:8.3f}{note}", flush=True)
+        print(
+            f"{n:>9} {'faiss-1proc':>12} {build:8.2f} {search:9.2f} {flops / search / 1e9:8.1f} "
+            f"{flops / search / ref_flops:8.2f} {1.0:8.3f}{note}",
+            flush=True,
+        )
         exact_search = search
-        runs = [("ivf-2", 2, "ivf")] if sampled else [("sharded-1", 1, "flat"), ("sharded-2", 2, "flat"), ("ivf-2", 2, "ivf")]
+        runs = (
+            [("ivf-2", 2, "ivf")]
+            if sampled
+            else [("sharded-1", 1, "flat"), ("sharded-2", 2, "flat"), ("ivf-2", 2, "ivf")]
+        )
         for name, shards, kind in runs:
             t = time.perf_counter()
-            index = ShardedKnnIndex(x, num_shards=shards, kind=kind, nlist=max(1, int(np.sqrt(n / shards))),
-                                    nprobe=args.nprobe, shard_cpus=max(1, args.cpus // 2) if shards == 1 else 1)
+            index = ShardedKnnIndex(
+                x,
+                num_shards=shards,
+                kind=kind,
+                nlist=max(1, int(np.sqrt(n / shards))),
+                nprobe=args.nprobe,
+                shard_cpus=max(1, args.cpus // 2) if shards == 1 else 1,
+            )
             build = time.perf_counter() - t
             t = time.perf_counter()
             _, ids = index.search(x, args.k)  # the whole graph, every point a query
@@ -112,8 +125,11 @@ def main() -> None:
             rate = flops / search
             exact = kind == "flat"
             speed = "" if exact else f"  {exact_search / search:.1f}x the exact full graph"
-            print(f"{n:>9} {name:>12} {build:8.2f} {search:9.2f} {rate / 1e9 if exact else float('nan'):8.1f} "
-                  f"{rate / ref_flops if exact else float('nan'):8.2f} {recall(ids[q_idx], ref):8.3f}{speed}", flush=True)
+            print(
+                f"{n:>9} {name:>12} {build:8.2f} {search:9.2f} {rate / 1e9 if exact else float('nan'):8.1f} "
+                f"{rate / ref_flops if exact else float('nan'):8.2f} {recall(ids[q_idx], ref):8.3f}{speed}",
+                flush=True,
+            )
     if args.windows:
         windowed(args)
     ray.shutdown()
@@ -141,8 +157,10 @@ def windowed(args) -> None:
                     index.search(x[s : s + rows], args.k + 1, id_range=(int(s), int(s) + rows))
                 ms[layout] = (time.perf_counter() - t) / reps * 1e3
                 index.close()
-            print(f"{rows:>7} {shards:>6} {ms['blocks']:10.2f} {ms['striped']:10.2f} {ms['blocks'] / ms['striped']:8.2f}",
-                  flush=True)
+            print(
+                f"{rows:>7} {shards:>6} {ms['blocks']:10.2f} {ms['striped']:10.2f} {ms['blocks'] / ms['striped']:8.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

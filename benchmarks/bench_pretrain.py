@@ -6,7 +6,8 @@ to drawn figures when the folder is absent. Prints, per configuration: images/s 
 first), the fraction of step time spent waiting for the multi-crop batches (made in Ray Data tasks, or inline
 with --augment worker), peak RSS of the larger worker, the loss curve's ends, and the student's model state per
 worker (weights, gradients and optimizer state): measured, as the distinct tensor storages the worker holds
-between steps less the teacher's (``cion_dist.pretrain.hooks.MemoryProbe``), beside ZeRO's accounting (fp32 weights + grads +
+between steps less the teacher's (``cion_dist.pretrain.hooks.MemoryProbe``), beside ZeRO's accounting (fp32 weights
++ grads +
 2 AdamW moments, divided as the stage partitions them). Peak RSS includes the full student built on every rank
 before DeepSpeed partitions it and the teacher (a replica under ZeRO 0-2, partitioned under ZeRO-3); end RSS is
 the steady state.
@@ -57,7 +58,9 @@ def mot17_crops(min_visibility: float = 0.3, min_height: int = 60) -> pa.Table:
             ids.append(track_ids[int(tid)])
             image_ids.append(f"{seq.name}-{int(tid)}-{int(f)}")
             jpegs.append(buf.getvalue())
-    return pa.table({"image_id": image_ids, "identity_id": pa.array(ids, pa.int64()), "jpeg": pa.array(jpegs, pa.binary())})
+    return pa.table(
+        {"image_id": image_ids, "identity_id": pa.array(ids, pa.int64()), "jpeg": pa.array(jpegs, pa.binary())}
+    )
 
 
 def drawn_crops(identities: int = 48, per_identity: int = 6) -> pa.Table:
@@ -74,7 +77,9 @@ def drawn_crops(identities: int = 48, per_identity: int = 6) -> pa.Table:
             ids.append(i)
             image_ids.append(f"{i}-{v}")
             jpegs.append(buf.getvalue())
-    return pa.table({"image_id": image_ids, "identity_id": pa.array(ids, pa.int64()), "jpeg": pa.array(jpegs, pa.binary())})
+    return pa.table(
+        {"image_id": image_ids, "identity_id": pa.array(ids, pa.int64()), "jpeg": pa.array(jpegs, pa.binary())}
+    )
 
 
 def model_state_mb(backbone: str, out_dim: int, zero: int, world: int) -> float:
@@ -117,19 +122,35 @@ def main() -> None:
         keep_ids = np.unique(table["identity_id"].to_numpy())[: args.identities]
         table = table.filter(pa.array(np.isin(table["identity_id"].to_numpy(), keep_ids)))
     n_ids = len(np.unique(table["identity_id"].to_numpy()))
-    print(f"data: {table.num_rows} crops of {n_ids} identities ({'MOT17' if MOT.exists() else 'drawn'}); "
-          f"backbone {args.backbone}, head out_dim {args.out_dim}, 2 workers x {args.batch} images, "
-          f"2 global + {args.local_crops} local crops, augmentation in {args.augment}")
+    print(
+        f"data: {table.num_rows} crops of {n_ids} identities ({'MOT17' if MOT.exists() else 'drawn'}); "
+        f"backbone {args.backbone}, head out_dim {args.out_dim}, 2 workers x {args.batch} images, "
+        f"2 global + {args.local_crops} local crops, augmentation in {args.augment}"
+    )
     rows, parts = [], []
     for token in args.stages.split(","):
         stage, replicated = int(token.rstrip("r")), token.endswith("r")
-        job = Job(stage="pretrain", output=tempfile.gettempdir(), ray={"num_cpus": 4, "log_to_driver": False},
-                  mlflow={"enabled": False},
-                  pretrain={"backbone": args.backbone, "out_dim": args.out_dim, "batch_size_per_worker": args.batch,
-                            "local_crops": args.local_crops, "epochs": args.epochs, "gradual_epochs": [args.epochs],
-                            "gradual_instances": [2], "zero_stage": stage, "num_workers": 2,
-                            "partition_teacher": not replicated,
-                            "cpu_shm_comm": False, "augment_in": args.augment, "max_failures": 0})
+        job = Job(
+            stage="pretrain",
+            output=tempfile.gettempdir(),
+            ray={"num_cpus": 4, "log_to_driver": False},
+            mlflow={"enabled": False},
+            pretrain={
+                "backbone": args.backbone,
+                "out_dim": args.out_dim,
+                "batch_size_per_worker": args.batch,
+                "local_crops": args.local_crops,
+                "epochs": args.epochs,
+                "gradual_epochs": [args.epochs],
+                "gradual_instances": [2],
+                "zero_stage": stage,
+                "num_workers": 2,
+                "partition_teacher": not replicated,
+                "cpu_shm_comm": False,
+                "augment_in": args.augment,
+                "max_failures": 0,
+            },
+        )
         t0 = time.time()
         ckpt_dir = os.path.join(tempfile.gettempdir(), f"cion-bench-pretrain-z{token}-{int(t0)}")
         try:
@@ -141,23 +162,42 @@ def main() -> None:
             raise res.error
         m = res.metrics
         name = "DDP (ZeRO 0)" if stage == 0 else f"ZeRO {stage}" + (", replica T" if replicated else "")
-        rows.append((name, m.get("images_per_s_mean", float("nan")), m.get("data_wait_fraction_mean", float("nan")),
-                     m["peak_rss_mb_max_worker"], m["rss_mb_max_worker"], m["student_state_mb"],
-                     model_state_mb(args.backbone, args.out_dim, stage, 2),
-                     m["first_loss"], m["last_loss"], m["global_step"], time.time() - t0))
+        rows.append(
+            (
+                name,
+                m.get("images_per_s_mean", float("nan")),
+                m.get("data_wait_fraction_mean", float("nan")),
+                m["peak_rss_mb_max_worker"],
+                m["rss_mb_max_worker"],
+                m["student_state_mb"],
+                model_state_mb(args.backbone, args.out_dim, stage, 2),
+                m["first_loss"],
+                m["last_loss"],
+                m["global_step"],
+                time.time() - t0,
+            )
+        )
         parts.append((name, *(m[f"student_{k}_mb"] for k in PARTS), m["teacher_mb"]))
-    print(f"{'config':<18}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
-          f"{'vs DDP':>8}{'accounting MB':>15}{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}")
+    print(
+        f"{'config':<18}{'images/s':>10}{'data wait':>11}{'peak RSS MB':>13}{'end RSS MB':>12}{'state MB':>10}"
+        f"{'vs DDP':>8}{'accounting MB':>15}{'first loss':>12}{'last loss':>11}{'steps':>7}{'wall s':>8}"
+    )
     ddp_state = next((r[5] for r in rows if r[0].startswith("DDP")), float("nan"))
     for name, ips, wait, peak, rss, state_mb, acct_mb, l0, l1, steps, wall in rows:
-        print(f"{name:<18}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>10.1f}{state_mb / ddp_state:>8.2f}"
-              f"{acct_mb:>15.1f}{l0:>12.4f}{l1:>11.4f}{steps:>7}{wall:>8.1f}")
-    print("state MB, measured, by part (max over workers): "
-          + ", ".join(f"{name} {' / '.join(f'{p[1 + i]:.1f}' for p in parts)}" for i, name in enumerate(PARTS))
-          + f"; teacher {' / '.join(f'{p[-1]:.1f}' for p in parts)}"
-          + f" for {' / '.join(p[0] for p in parts)}")
-    print("images/s counts every image of the global batch (2 global + local crops each); RSS includes the Python, "
-          "torch and Ray runtime of the worker process.")
+        print(
+            f"{name:<18}{ips:>10.2f}{wait:>11.1%}{peak:>13.0f}{rss:>12.0f}{state_mb:>10.1f}{state_mb / ddp_state:>8.2f}"
+            f"{acct_mb:>15.1f}{l0:>12.4f}{l1:>11.4f}{steps:>7}{wall:>8.1f}"
+        )
+    print(
+        "state MB, measured, by part (max over workers): "
+        + ", ".join(f"{name} {' / '.join(f'{p[1 + i]:.1f}' for p in parts)}" for i, name in enumerate(PARTS))
+        + f"; teacher {' / '.join(f'{p[-1]:.1f}' for p in parts)}"
+        + f" for {' / '.join(p[0] for p in parts)}"
+    )
+    print(
+        "images/s counts every image of the global batch (2 global + local crops each); RSS includes the Python, "
+        "torch and Ray runtime of the worker process."
+    )
 
 
 if __name__ == "__main__":

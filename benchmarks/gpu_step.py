@@ -53,10 +53,22 @@ def pretrain_config(args, backbone: str, zero_stage: int = 0):
 
     cuda = torch.cuda.is_available()
     return PretrainConfig(
-        backbone=backbone, out_dim=args.out_dim, hidden_dim=args.hidden_dim, bottleneck_dim=args.bottleneck_dim,
-        batch_size_per_worker=args.batch, local_crops=args.local_crops, image_size=tuple(args.global_size),
-        local_size=tuple(args.local_size), gradual_epochs=[1], gradual_instances=[args.k], zero_stage=zero_stage,
-        use_gpu=cuda, precision="bf16" if cuda else "fp32", cpu_shm_comm=False, optimizer="adamw", num_workers=1,
+        backbone=backbone,
+        out_dim=args.out_dim,
+        hidden_dim=args.hidden_dim,
+        bottleneck_dim=args.bottleneck_dim,
+        batch_size_per_worker=args.batch,
+        local_crops=args.local_crops,
+        image_size=tuple(args.global_size),
+        local_size=tuple(args.local_size),
+        gradual_epochs=[1],
+        gradual_instances=[args.k],
+        zero_stage=zero_stage,
+        use_gpu=cuda,
+        precision="bf16" if cuda else "fp32",
+        cpu_shm_comm=False,
+        optimizer="adamw",
+        num_workers=1,
     )
 
 
@@ -156,8 +168,16 @@ def init_single_rank(device) -> str | None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "LOCAL_RANK": "0",
-                       "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
+    os.environ.update(
+        {
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_WORLD_SIZE": "1",
+        }
+    )
     deepspeed.init_distributed(dist_backend="nccl" if device.type == "cuda" else "gloo", auto_mpi_discovery=False)
     return None
 
@@ -259,8 +279,15 @@ def pieces(args, backbone: str, device, dtype, reps: int) -> list[tuple]:
 
         _lerp_(t_params, s_params, 0.996)
 
-    rows = [("EMA over %d tensors" % len(t_params), median_ms(ema_loop, device, reps),
-             median_ms(ema_foreach, device, reps), float("nan"), float("nan"))]
+    rows = [
+        (
+            "EMA over %d tensors" % len(t_params),
+            median_ms(ema_loop, device, reps),
+            median_ms(ema_foreach, device, reps),
+            float("nan"),
+            float("nan"),
+        )
+    ]
     t_params.clear()  # free the models before the next piece
     s_params.clear()
     del student, teacher
@@ -273,23 +300,38 @@ def pieces(args, backbone: str, device, dtype, reps: int) -> list[tuple]:
     def lsm_fused():
         F.log_softmax(logits / 0.1, dim=-1, dtype=torch.float32).sum().backward()
 
-    rows.append((f"student log-softmax {n_rows} x {args.out_dim}", median_ms(lsm_cast, device, reps),
-                 median_ms(lsm_fused, device, reps), peak_mib(lsm_cast, device), peak_mib(lsm_fused, device)))
+    rows.append(
+        (
+            f"student log-softmax {n_rows} x {args.out_dim}",
+            median_ms(lsm_cast, device, reps),
+            median_ms(lsm_fused, device, reps),
+            peak_mib(lsm_cast, device),
+            peak_mib(lsm_fused, device),
+        )
+    )
     logits = None  # noqa: F841 - free it before the next piece
     rng = np.random.default_rng(0)
     shapes = [args.global_size] * 2 + [args.local_size] * args.local_crops
     views = [rng.integers(0, 256, (args.batch, 3, *hw), dtype=np.uint8) for hw in shapes]
 
     def per_view():
-        crops = [normalize(torch.from_numpy(np.array(v, copy=True)).to(device, non_blocking=True), dtype)
-                 for v in views]
+        crops = [
+            normalize(torch.from_numpy(np.array(v, copy=True)).to(device, non_blocking=True), dtype) for v in views
+        ]
         return [torch.cat(crops[:2]), torch.cat(crops[2:])]  # the multi-crop wrapper's concatenation
 
     def per_resolution():
         return [torch.cat([c]) for c in device_batches(views, device, dtype)]
 
-    rows.append((f"crops to device ({len(views)} views)", median_ms(per_view, device, reps),
-                 median_ms(per_resolution, device, reps), peak_mib(per_view, device), peak_mib(per_resolution, device)))
+    rows.append(
+        (
+            f"crops to device ({len(views)} views)",
+            median_ms(per_view, device, reps),
+            median_ms(per_resolution, device, reps),
+            peak_mib(per_view, device),
+            peak_mib(per_resolution, device),
+        )
+    )
     return rows
 
 
@@ -331,13 +373,19 @@ def main(argv=None) -> list[dict]:
     configs = [] if args.pieces_only else args.configs.split(",")
     ds_missing = init_single_rank(device) if any(c.startswith("ds") for c in configs) else None
     name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
-    print(f"{name}, torch {torch.__version__}, {dtype}; batch {args.batch} images (K={args.k}), 2 global "
-          f"{tuple(args.global_size)} + {args.local_crops} local {tuple(args.local_size)} crops, head out_dim "
-          f"{args.out_dim}; median of {args.steps} steps after {args.warmup}", flush=True)
+    print(
+        f"{name}, torch {torch.__version__}, {dtype}; batch {args.batch} images (K={args.k}), 2 global "
+        f"{tuple(args.global_size)} + {args.local_crops} local {tuple(args.local_size)} crops, head out_dim "
+        f"{args.out_dim}; median of {args.steps} steps after {args.warmup}",
+        flush=True,
+    )
     if ds_missing:
         print(f"ds rows skipped: {ds_missing}", flush=True)
-    print(f"{'model':<16}{'config':<15}{'images/s':>10}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"
-          f"{'vs plain':>9}{'loss':>9}{'build+warm s':>13}", flush=True)
+    print(
+        f"{'model':<16}{'config':<15}{'images/s':>10}{'step ms':>9}{'TFLOP/s':>9}{'MFU':>7}{'peak GiB':>10}"
+        f"{'vs plain':>9}{'loss':>9}{'build+warm s':>13}",
+        flush=True,
+    )
     rows = []
     for backbone in args.models.split(","):
         views = make_views(args, device) if configs else []
@@ -368,26 +416,45 @@ def main(argv=None) -> list[dict]:
             base_ips = ips if config == "plain" else base_ips
             tflops = flops / med / 1e12
             mfu = tflops / args.peak_tflops if args.peak_tflops else float("nan")
-            row = {"model": backbone, "config": config, "images_per_s": ips, "step_ms": med * 1e3,
-                   "tflops": tflops, "mfu": mfu, "peak_gib": peak, "vs_plain": ips / base_ips if base_ips else None,
-                   "loss": loss, "build_warm_s": warm_s, "flops_per_step": flops}
+            row = {
+                "model": backbone,
+                "config": config,
+                "images_per_s": ips,
+                "step_ms": med * 1e3,
+                "tflops": tflops,
+                "mfu": mfu,
+                "peak_gib": peak,
+                "vs_plain": ips / base_ips if base_ips else None,
+                "loss": loss,
+                "build_warm_s": warm_s,
+                "flops_per_step": flops,
+            }
             rows.append(row)
             vs = f"{row['vs_plain']:.2f}" if row["vs_plain"] else "-"
-            print(f"{backbone:<16}{config:<15}{ips:>10.1f}{med * 1e3:>9.1f}{tflops:>9.3g}"
-                  f"{mfu:>7.1%}{peak:>10.2f}{vs:>9}{loss:>9.3f}{warm_s:>13.1f}", flush=True)
+            print(
+                f"{backbone:<16}{config:<15}{ips:>10.1f}{med * 1e3:>9.1f}{tflops:>9.3g}"
+                f"{mfu:>7.1%}{peak:>10.2f}{vs:>9}{loss:>9.3f}{warm_s:>13.1f}",
+                flush=True,
+            )
             del step
             free(device)
         if configs:
-            print(f"{backbone}: {flops / 1e12:.3f} TFLOP per step (torch.utils.flop_counter, one eager plain step)",
-                  flush=True)
+            print(
+                f"{backbone}: {flops / 1e12:.3f} TFLOP per step (torch.utils.flop_counter, one eager plain step)",
+                flush=True,
+            )
         if not args.no_pieces:
             print(f"  {'piece':<40}{'before ms':>10}{'after ms':>10}{'speed-up':>9}{'before MiB':>11}{'after MiB':>10}")
             for piece, before, after, mb0, mb1 in pieces(args, backbone, device, dtype, reps=max(10, args.steps)):
-                print(f"  {piece:<40}{before:>10.2f}{after:>10.2f}{before / after:>9.2f}{mb0:>11.0f}{mb1:>10.0f}",
-                      flush=True)
+                print(
+                    f"  {piece:<40}{before:>10.2f}{after:>10.2f}{before / after:>9.2f}{mb0:>11.0f}{mb1:>10.0f}",
+                    flush=True,
+                )
             free(device)
-    print(f"total {time.perf_counter() - t_start:.0f} s; images/s counts images (each {2 + args.local_crops} crops)",
-          flush=True)
+    print(
+        f"total {time.perf_counter() - t_start:.0f} s; images/s counts images (each {2 + args.local_crops} crops)",
+        flush=True,
+    )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows

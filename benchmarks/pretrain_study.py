@@ -54,11 +54,21 @@ def corpus_config(args, out: str):
     from cion_dist.synth.config import SynthConfig
 
     return SynthConfig(
-        out=out, identities=args.identities, cameras=args.cameras, videos=args.videos, frames=args.frames,
-        people_per_video=args.people_per_video, benchmark_identities=2 * args.test_identities,
-        benchmark_images_per_camera=args.images_per_camera, look_alike_fraction=args.look_alike_fraction,
-        texture_look_alikes=True, details=True, benchmark_light_jitter=0.25, benchmark_far=0.4,
-        benchmark_occlusion=0.3, seed=args.corpus_seed,
+        out=out,
+        identities=args.identities,
+        cameras=args.cameras,
+        videos=args.videos,
+        frames=args.frames,
+        people_per_video=args.people_per_video,
+        benchmark_identities=2 * args.test_identities,
+        benchmark_images_per_camera=args.images_per_camera,
+        look_alike_fraction=args.look_alike_fraction,
+        texture_look_alikes=True,
+        details=True,
+        benchmark_light_jitter=0.25,
+        benchmark_far=0.4,
+        benchmark_occlusion=0.3,
+        seed=args.corpus_seed,
     )
 
 
@@ -87,9 +97,16 @@ def crop_truth(crops: pa.Table, gt_uri: str) -> np.ndarray:
     from cion_dist.synth.groundtruth import label_boxes, read_ground_truth
 
     bbox = np.asarray(crops.column("bbox").to_pylist(), dtype=np.float64).reshape(-1, 4)
-    boxes = pd.DataFrame({"video_id": crops.column("video_id").to_pylist(),
-                          "frame_index": crops.column("frame_index").to_numpy(),
-                          "x1": bbox[:, 0], "y1": bbox[:, 1], "x2": bbox[:, 2], "y2": bbox[:, 3]})
+    boxes = pd.DataFrame(
+        {
+            "video_id": crops.column("video_id").to_pylist(),
+            "frame_index": crops.column("frame_index").to_numpy(),
+            "x1": bbox[:, 0],
+            "y1": bbox[:, 1],
+            "x2": bbox[:, 2],
+            "y2": bbox[:, 3],
+        }
+    )
     return label_boxes(boxes, read_ground_truth(gt_uri))
 
 
@@ -121,7 +138,7 @@ def embed_backbone(backbone: torch.nn.Module, images: list[np.ndarray], height: 
     from cion_dist.evaluate.features import embed_tensor, to_tensor
 
     backbone = backbone.eval()
-    out = [embed_tensor(backbone, to_tensor(images[s:s + 256], height, width)) for s in range(0, len(images), 256)]
+    out = [embed_tensor(backbone, to_tensor(images[s : s + 256], height, width)) for s in range(0, len(images), 256)]
     x = np.concatenate(out).astype(np.float32)
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
@@ -145,8 +162,9 @@ def correlate(x: np.ndarray, crops: pa.Table, truth: np.ndarray, window: int, st
     _, tracklet = np.unique(tkey, return_inverse=True)
     frame = crops.column("frame_index").to_numpy()
     cal = calibrate(x, tkey, video)
-    res = correlate_in_process(x, video, tracklet, cal.radius, cal.link_distance, window=window, stride=stride,
-                               frame=frame)
+    res = correlate_in_process(
+        x, video, tracklet, cal.radius, cal.link_distance, window=window, stride=stride, frame=frame
+    )
     known = truth >= 0
     quality = {"cion": score(truth[known], res.identity[known]), "tracklet": score(truth[known], tracklet[known])}
     return Correlation(np.asarray(res.identity), cal.radius, cal.link_distance, quality)
@@ -206,8 +224,10 @@ class Benchmarks:
         self.sets = {"synth": load_dataset(market_root)}
         if mot17_list:
             self.sets["mot17"] = load_dataset(mot17_list)
-        self.images = {name: {s: load_images([r.uri for r in ds.split(s)]) for s in ("query", "gallery")}
-                       for name, ds in self.sets.items()}
+        self.images = {
+            name: {s: load_images([r.uri for r in ds.split(s)]) for s in ("query", "gallery")}
+            for name, ds in self.sets.items()
+        }
 
     def frozen(self, model: torch.nn.Module) -> dict:
         from cion_dist.evaluate.features import embed_tensor, to_tensor
@@ -217,8 +237,10 @@ class Benchmarks:
         for name, ds in self.sets.items():
             feats = {}
             for s, ims in self.images[name].items():
-                parts = [embed_tensor(model, to_tensor(ims[i:i + 256], self.height, self.width))
-                         for i in range(0, len(ims), 256)]
+                parts = [
+                    embed_tensor(model, to_tensor(ims[i : i + 256], self.height, self.width))
+                    for i in range(0, len(ims), 256)
+                ]
                 feats[s] = np.concatenate(parts)
             out[name] = reid_scores(feats["query"], feats["gallery"], ds)
         return out
@@ -237,8 +259,9 @@ class Benchmarks:
         from cion_dist.evaluate.finetune import finetune
 
         cfg = FinetuneConfig(iterations=iterations, p=8, k=4)
-        model, _ = finetune(backbone, self.sets["synth"].train, cfg, height=self.height, width=self.width,
-                            device="cpu", seed=seed)
+        model, _ = finetune(
+            backbone, self.sets["synth"].train, cfg, height=self.height, width=self.width, device="cpu", seed=seed
+        )
         return {"synth": self.frozen(model)["synth"]}
 
     def sizes(self) -> dict:
@@ -253,11 +276,22 @@ def pretrain_config(args, instances: list[int]):
     from cion_dist.pretrain.config import PretrainConfig
 
     return PretrainConfig(
-        backbone=args.backbone, backbone_kwargs=backbone_kwargs(args), out_dim=args.out_dim, hidden_dim=args.hidden_dim,
-        bottleneck_dim=args.bottleneck_dim, batch_size_per_worker=args.batch, local_crops=args.local_crops,
-        image_size=(args.height, args.width), local_size=(args.height // 2, args.width // 2),
-        epochs=len(instances), gradual_epochs=list(range(1, len(instances) + 1)), gradual_instances=list(instances),
-        lr=args.lr, warmup_epochs=0, freeze_last_layer=0, num_workers=1,
+        backbone=args.backbone,
+        backbone_kwargs=backbone_kwargs(args),
+        out_dim=args.out_dim,
+        hidden_dim=args.hidden_dim,
+        bottleneck_dim=args.bottleneck_dim,
+        batch_size_per_worker=args.batch,
+        local_crops=args.local_crops,
+        image_size=(args.height, args.width),
+        local_size=(args.height // 2, args.width // 2),
+        epochs=len(instances),
+        gradual_epochs=list(range(1, len(instances) + 1)),
+        gradual_instances=list(instances),
+        lr=args.lr,
+        warmup_epochs=0,
+        freeze_last_layer=0,
+        num_workers=1,
     )
 
 
@@ -309,8 +343,11 @@ def health_of(history: list[dict], args) -> dict:
 
     w = max(1, len(history) // 10)
     verdict, _ = health_verdict(history, args.out_dim)
-    return {"loss_first": float(np.mean([h["loss"] for h in history[:w]])),
-            "loss_last": float(np.mean([h["loss"] for h in history[-w:]])), "verdict": verdict}
+    return {
+        "loss_first": float(np.mean([h["loss"] for h in history[:w]])),
+        "loss_last": float(np.mean([h["loss"] for h in history[-w:]])),
+        "verdict": verdict,
+    }
 
 
 def backbone_kwargs(args) -> dict:
@@ -336,9 +373,16 @@ def spread(values: list[float]) -> str:
     return f"{v.mean():.3f} +- {v.std(ddof=1):.3f} [{v.min():.3f}-{v.max():.3f}]"
 
 
-COLUMNS = (("synth", "frozen", "mAP"), ("synth", "frozen", "rank1"), ("synth", "frozen", "mINP"),
-           ("synth", "finetune", "mAP"), ("synth", "finetune", "rank1"),
-           ("mot17", "frozen", "mAP"), ("mot17", "frozen", "rank1"), ("mot17", "frozen", "mINP"))
+COLUMNS = (
+    ("synth", "frozen", "mAP"),
+    ("synth", "frozen", "rank1"),
+    ("synth", "frozen", "mINP"),
+    ("synth", "finetune", "mAP"),
+    ("synth", "finetune", "rank1"),
+    ("mot17", "frozen", "mAP"),
+    ("mot17", "frozen", "rank1"),
+    ("mot17", "frozen", "mINP"),
+)
 
 
 def table(results: dict[str, list[dict]], handcrafted: dict) -> str:
@@ -360,6 +404,7 @@ def table(results: dict[str, list[dict]], handcrafted: dict) -> str:
 
 def verdict(results: dict[str, list[dict]], against=("instance", "tracklet")) -> list[str]:
     """CION against each baseline on synthetic frozen mAP: mean gap and whether it exceeds the seed spread."""
+
     def maps(arm):
         return np.asarray([r["frozen"]["synth"]["mAP"] for r in results.get(arm, [])])
 
@@ -372,8 +417,10 @@ def verdict(results: dict[str, list[dict]], against=("instance", "tracklet")) ->
         gap = c.mean() - o.mean()
         sd = max(c.std(ddof=1) if len(c) > 1 else 0.0, o.std(ddof=1) if len(o) > 1 else 0.0)
         separated = c.min() > o.max()
-        lines.append(f"cion - {other}: {gap:+.3f} mAP (largest seed std {sd:.3f}; every cion seed above every "
-                     f"{other} seed: {'yes' if separated else 'no'}) -> {'holds' if gap > sd and separated else 'does not hold'}")
+        lines.append(
+            f"cion - {other}: {gap:+.3f} mAP (largest seed std {sd:.3f}; every cion seed above every "
+            f"{other} seed: {'yes' if separated else 'no'}) -> {'holds' if gap > sd and separated else 'does not hold'}"
+        )
     return lines
 
 
@@ -381,7 +428,9 @@ def verdict(results: dict[str, list[dict]], against=("instance", "tracklet")) ->
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--work", default="./study-out", help="working folder (corpus, crops, results); reused if present")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--arms", default=",".join(ARMS))
@@ -397,9 +446,12 @@ def parse_args(argv=None):
     p.add_argument("--images-per-camera", type=int, default=3)
     p.add_argument("--corpus-seed", type=int, default=0)
     p.add_argument("--every-n", type=int, default=2, help="ingest every n-th frame")
-    p.add_argument("--embedder", default="auto",
-                   help="features for correlation: an ONNX re-ID model path, 'handcrafted', or auto (the OSNet file "
-                        "under ../shared/data/models when present, else handcrafted)")
+    p.add_argument(
+        "--embedder",
+        default="auto",
+        help="features for correlation: an ONNX re-ID model path, 'handcrafted', or auto (the OSNet file "
+        "under ../shared/data/models when present, else handcrafted)",
+    )
     p.add_argument("--window", type=int, default=0, help="videos per level-3 window; 0: the whole corpus")
     p.add_argument("--stride", type=int, default=0, help="0: half the window")
     # pretraining
@@ -417,10 +469,15 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=0.02, help="peak lr per 256 images")
     # evaluation
     p.add_argument("--finetune-iterations", type=int, default=60)
-    p.add_argument("--mot17", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                   "mot17_mini", "train"))
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (0: torch's default); 1 is several times faster on a loaded 2-core machine")
+    p.add_argument(
+        "--mot17", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mot17_mini", "train")
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default); 1 is several times faster on a loaded 2-core machine",
+    )
     return p.parse_args(argv)
 
 
@@ -448,7 +505,9 @@ def main(argv=None) -> dict:
     t = time.time()
     images = decode_all(crops.column("jpeg").to_pylist())
     if args.embedder == "auto":
-        osnet = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "models", "osnet_x0_25_msmt17.onnx")
+        osnet = os.path.join(
+            os.path.dirname(__file__), "..", "..", "shared", "data", "models", "osnet_x0_25_msmt17.onnx"
+        )
         args.embedder = osnet if os.path.exists(osnet) else "handcrafted"
     args.window = args.window or args.videos
     args.stride = args.stride or max(1, args.window // 2)
@@ -462,11 +521,17 @@ def main(argv=None) -> dict:
         mot17 = build_benchmark(args.mot17, os.path.join(work, "mot17-reid"))["list_uri"]
     bench = Benchmarks(info["market_uri"], mot17, args.height, args.width)
     handcrafted = bench.handcrafted()
-    print(f"corpus: {info['videos']} videos, {info['identities']} identities, {crops.num_rows} crops "
-          f"({int((truth >= 0).sum())} on a true person), {len(np.unique(crops.column('tracklet_id').to_pylist()))} tracklets")
+    print(
+        f"corpus: {info['videos']} videos, {info['identities']} identities, {crops.num_rows} crops "
+        f"({int((truth >= 0).sum())} on a true person), "
+        f"{len(np.unique(crops.column('tracklet_id').to_pylist()))} tracklets"
+    )
     print(f"evaluation sets: {json.dumps(bench.sizes())}")
-    print(f"correlation round 1 ({os.path.basename(args.embedder)} features, window {args.window} videos): r={corr1.radius:.3f} d={corr1.link_distance:.3f} "
-          f"pairwise F CION {corr1.quality['cion']['pairwise_f']:.3f} / tracklet {corr1.quality['tracklet']['pairwise_f']:.3f}")
+    print(
+        f"correlation round 1 ({os.path.basename(args.embedder)} features, window {args.window} videos): "
+        f"r={corr1.radius:.3f} d={corr1.link_distance:.3f} pairwise F CION {corr1.quality['cion']['pairwise_f']:.3f} "
+        f"/ tracklet {corr1.quality['tracklet']['pairwise_f']:.3f}"
+    )
 
     results: dict[str, list[dict]] = {a: [] for a in arms}
     labels_info = {}
@@ -485,12 +550,22 @@ def main(argv=None) -> dict:
                 model, curve = train_arm([images[i] for i in rows], lab, ks, args, seed)
                 if arm == "cion":
                     cion_backbones[seed] = model
-            run = {"seed": seed, "frozen": bench.frozen(model),
-                   "finetune": bench.finetuned(model, args.finetune_iterations, seed) if args.finetune_iterations else {},
-                   **health_of(curve, args), "seconds": time.time() - ts}
+            run = {
+                "seed": seed,
+                "frozen": bench.frozen(model),
+                "finetune": bench.finetuned(model, args.finetune_iterations, seed) if args.finetune_iterations else {},
+                **health_of(curve, args),
+                "seconds": time.time() - ts,
+            }
             results[arm].append(run)
-            log.info("%s seed %d: synth mAP %.3f (finetuned %s), %.0f s", arm, seed, run["frozen"]["synth"]["mAP"],
-                     f"{run['finetune']['synth']['mAP']:.3f}" if run["finetune"] else "-", run["seconds"])
+            log.info(
+                "%s seed %d: synth mAP %.3f (finetuned %s), %.0f s",
+                arm,
+                seed,
+                run["frozen"]["synth"]["mAP"],
+                f"{run['finetune']['synth']['mAP']:.3f}" if run["finetune"] else "-",
+                run["seconds"],
+            )
     timings["arms"] = time.time() - t
 
     rounds = {}
@@ -500,20 +575,32 @@ def main(argv=None) -> dict:
         rounds["round1"] = corr1.quality
         rounds["round2"] = []
         for seed, model in cion_backbones.items():
-            corr2 = correlate(embed_backbone(model, images, args.height, args.width), crops, truth, args.window,
-                              args.stride)
-            rounds["round2"].append({"seed": seed, **corr2.quality["cion"], "r": corr2.radius, "d": corr2.link_distance})
+            corr2 = correlate(
+                embed_backbone(model, images, args.height, args.width), crops, truth, args.window, args.stride
+            )
+            rounds["round2"].append(
+                {"seed": seed, **corr2.quality["cion"], "r": corr2.radius, "d": corr2.link_distance}
+            )
             rows, lab = arm_labels("cion2", crops, truth, corr2.labels)
             model2, curve = train_arm([images[i] for i in rows], lab, args.instances, args, seed)
-            results["cion round 2"].append({
-                "seed": seed, "frozen": bench.frozen(model2),
-                "finetune": bench.finetuned(model2, args.finetune_iterations, seed) if args.finetune_iterations else {},
-                **health_of(curve, args), "labels": label_stats(lab)})
+            results["cion round 2"].append(
+                {
+                    "seed": seed,
+                    "frozen": bench.frozen(model2),
+                    "finetune": bench.finetuned(model2, args.finetune_iterations, seed)
+                    if args.finetune_iterations
+                    else {},
+                    **health_of(curve, args),
+                    "labels": label_stats(lab),
+                }
+            )
         timings["round2"] = time.time() - t
 
-    print(f"\npretraining: {args.backbone} {args.widths or ''}, {args.steps} steps x {args.batch} images "
-          f"({args.steps * args.batch} images seen), {args.height}x{args.width} global crops + {args.local_crops} local, "
-          f"K {args.instances} (instance arm K=1), seeds {args.seeds}")
+    print(
+        f"\npretraining: {args.backbone} {args.widths or ''}, {args.steps} steps x {args.batch} images "
+        f"({args.steps * args.batch} images seen), {args.height}x{args.width} global crops + {args.local_crops} local, "
+        f"K {args.instances} (instance arm K=1), seeds {args.seeds}"
+    )
     print("labels per arm: " + json.dumps(labels_info))
     print("\nmAP / Rank-1 / mINP on held-out identities, mean +- std [min-max] over seeds\n")
     print(table(results, handcrafted))
@@ -524,13 +611,21 @@ def main(argv=None) -> dict:
         f2 = [r["pairwise_f"] for r in rounds["round2"]]
         m1 = [r["frozen"]["synth"]["mAP"] for r in results.get("cion", [])]
         m2 = [r["frozen"]["synth"]["mAP"] for r in results["cion round 2"]]
-        print(f"bootstrapping: correlation pairwise F round 1 {rounds['round1']['cion']['pairwise_f']:.3f} -> round 2 "
-              f"{spread(f2)}; synth frozen mAP round 1 {spread(m1)} -> round 2 {spread(m2)}")
+        print(
+            f"bootstrapping: correlation pairwise F round 1 {rounds['round1']['cion']['pairwise_f']:.3f} -> round 2 "
+            f"{spread(f2)}; synth frozen mAP round 1 {spread(m1)} -> round 2 {spread(m2)}"
+        )
     timings["total"] = time.time() - t_start
     print("seconds: " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
-    summary = {"args": vars(args), "results": results, "handcrafted": handcrafted, "labels": labels_info,
-               "correlation": {"round1": corr1.quality, **({"round2": rounds["round2"]} if rounds else {})},
-               "sizes": bench.sizes(), "timings": timings}
+    summary = {
+        "args": vars(args),
+        "results": results,
+        "handcrafted": handcrafted,
+        "labels": labels_info,
+        "correlation": {"round1": corr1.quality, **({"round2": rounds["round2"]} if rounds else {})},
+        "sizes": bench.sizes(),
+        "timings": timings,
+    }
     with open(os.path.join(work, "results.json"), "w") as f:
         json.dump(summary, f, indent=1, default=float)
     return summary

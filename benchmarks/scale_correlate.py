@@ -82,9 +82,17 @@ def write_corpus(root: str, n: int, dim: int, videos_per_part: int) -> tuple[str
                 img += [f"v{v:07d}-p{pid}-{i}" for i in range(IMAGES)]
                 trk += [int(pid)] * IMAGES
                 vid += [f"v{v:07d}"] * IMAGES
-        out.write_unit(f"p{p0:07d}", pa.table({
-            "image_id": pa.array(img), "tracklet_id": pa.array(trk, pa.int64()), "video_id": pa.array(vid),
-            "embedding": embedding_array(np.concatenate(xs), "float16")}))
+        out.write_unit(
+            f"p{p0:07d}",
+            pa.table(
+                {
+                    "image_id": pa.array(img),
+                    "tracklet_id": pa.array(trk, pa.int64()),
+                    "video_id": pa.array(vid),
+                    "embedding": embedding_array(np.concatenate(xs), "float16"),
+                }
+            ),
+        )
     out.finalize(stage="embed", rows={"images": videos * PER_VIDEO * IMAGES})
     return out.uri, videos
 
@@ -92,8 +100,13 @@ def write_corpus(root: str, n: int, dim: int, videos_per_part: int) -> tuple[str
 def run_child(tree: str, output: str, embed_uri: str, cpus: int, timeout: float) -> dict:
     env = dict(os.environ, PYTHONPATH=tree)
     try:
-        r = subprocess.run([sys.executable, "-c", _CHILD, output, embed_uri, str(cpus)], capture_output=True,
-                           text=True, env=env, timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, "-c", _CHILD, output, embed_uri, str(cpus)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=timeout,
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"over {timeout:.0f} s"}
     if r.returncode:
@@ -121,8 +134,10 @@ def main() -> None:
     os.makedirs(args.work, exist_ok=True)
     free = shutil.disk_usage(args.work).free / 2**30
     need = max(args.sizes) * args.dim * 2 * 1.3 / 2**30
-    print(f"cores={os.cpu_count()} ray_cpus={args.cpus} dim={args.dim} float16; work {args.work} "
-          f"({free:.0f} GiB free, ~{need:.1f} GiB needed for the largest size)")
+    print(
+        f"cores={os.cpu_count()} ray_cpus={args.cpus} dim={args.dim} float16; work {args.work} "
+        f"({free:.0f} GiB free, ~{need:.1f} GiB needed for the largest size)"
+    )
     if need > free * 0.8:
         raise SystemExit("not enough disk for the largest size")
     trees = [("this", ROOT)] + ([("baseline", os.path.abspath(args.baseline))] if args.baseline else [])
@@ -144,8 +159,11 @@ def main() -> None:
                     print(f"{n:>9} {videos:>7} {name:>9}  failed: {m['error']}", flush=True)
                     continue
                 rows[name].append((n, m["peak_mb"], m["seconds"]))
-                print(f"{n:>9} {videos:>7} {name:>9} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:11.0f} "
-                      f"{m['seconds']:8.1f} {m['identities']:>8}  {m['timings']}", flush=True)
+                print(
+                    f"{n:>9} {videos:>7} {name:>9} {m['peak_mb']:9.0f} {m['peak_mb'] - m['base_mb']:11.0f} "
+                    f"{m['seconds']:8.1f} {m['identities']:>8}  {m['timings']}",
+                    flush=True,
+                )
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
     finally:
@@ -155,8 +173,10 @@ def main() -> None:
     for name, r in rows.items():
         if len(r) >= 2:
             ns, mem, sec = zip(*r)
-            print(f"  {name:>9}: peak RSS ~ N^{slope(ns, mem):.2f}, wall time ~ N^{slope(ns, sec):.2f} "
-                  f"({ns[0]}..{ns[-1]})")
+            print(
+                f"  {name:>9}: peak RSS ~ N^{slope(ns, mem):.2f}, wall time ~ N^{slope(ns, sec):.2f} "
+                f"({ns[0]}..{ns[-1]})"
+            )
 
 
 if __name__ == "__main__":

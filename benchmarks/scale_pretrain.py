@@ -6,7 +6,8 @@ The input path alone: a synthetic corpus of tiny JPEGs written as real per-video
 train loop takes ``--steps`` P x K multi-crop batches and no model step. Each (implementation, size) runs in its own
 driver process. Figures: driver peak RSS (the driver process), per-worker peak RSS (largest training worker),
 object-store peak (sampled every 0.2 s), time to first step (from the driver's start, the labelled set included),
-input images/s from the first step to the last (the rate the Ray Data producers sustain), the time to build the labelled set. Memory exponents are fitted as
+input images/s from the first step to the last (the rate the Ray Data producers sustain), the time to build the
+labelled set. Memory exponents are fitted as
 log(memory) against log(crops) over the sizes each implementation ran.
 
     python benchmarks/scale_pretrain.py [--sizes 1e4,1e5,1e6] [--baseline-max 1e5] [--steps 6] [--workers 2]
@@ -74,8 +75,9 @@ def make_corpus(root: str, n: int) -> str:
         image_ids = [f"{vid}-{i}" for i in range(m)]
         jpeg = pa.array([pool[j] for j in rng.integers(0, len(pool), m)], pa.binary())
         ingest.write_unit(vid, pa.table({"image_id": image_ids, "video_id": [vid] * m, "jpeg": jpeg}))
-        corr.write_unit(vid, pa.table({"image_id": image_ids, "video_id": [vid] * m,
-                                       "identity_id": pa.array(ident, pa.int64())}))
+        corr.write_unit(
+            vid, pa.table({"image_id": image_ids, "video_id": [vid] * m, "identity_id": pa.array(ident, pa.int64())})
+        )
     ingest.finalize(stage="ingest", rows={"crops": n})
     corr.finalize(stage="correlate", rows={"images": n}, inputs=[input_record(ingest)])
     return corr.uri
@@ -148,10 +150,18 @@ def loop_old(config: dict) -> None:
 
 def _record(config, rank, t0, first, n):
     end = time.time()
-    Path(config["out"], f"rank{rank}.json").write_text(json.dumps({
-        "peak_rss_mb": _peak_rss_mb(), "first_step_at": first, "steps": n,
-        "images_per_s": (n - 1) * config["batch"] * config["world"] / max(end - first, 1e-9) if n > 1 else float("nan"),
-    }))
+    Path(config["out"], f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "peak_rss_mb": _peak_rss_mb(),
+                "first_step_at": first,
+                "steps": n,
+                "images_per_s": (n - 1) * config["batch"] * config["world"] / max(end - first, 1e-9)
+                if n > 1
+                else float("nan"),
+            }
+        )
+    )
 
 
 def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: str) -> dict:
@@ -160,8 +170,13 @@ def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: st
     from ray.train.torch import TorchConfig, TorchTrainer
 
     t_start = time.time()
-    ctx = ray.init(num_cpus=workers + 2, include_dashboard=False, log_to_driver=False,
-                   object_store_memory=2 * 1024**3, _temp_dir=os.path.join(work, "ray"))
+    ctx = ray.init(
+        num_cpus=workers + 2,
+        include_dashboard=False,
+        log_to_driver=False,
+        object_store_memory=2 * 1024**3,
+        _temp_dir=os.path.join(work, "ray"),
+    )
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     peak = StorePeak(ctx.address_info["address"])
     peak.start()
@@ -180,17 +195,29 @@ def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: st
         from cion_dist.pretrain.augment import MultiCropSpec
         from cion_dist.pretrain.stream import DATASET, RunPlan, ingest_config, make_cursor, work_items
 
-        data = labelled.build(corr, crops, work, f"lab-{os.getpid()}", world=workers, shard_images=4096,
-                              min_ids_per_shard=2 * batch // 2, seed=0, config={})
+        data = labelled.build(
+            corr,
+            crops,
+            work,
+            f"lab-{os.getpid()}",
+            world=workers,
+            shard_images=4096,
+            min_ids_per_shard=2 * batch // 2,
+            seed=0,
+            config={},
+        )
         set_s = time.time() - t_set
         plan = RunPlan.build(labelled.read_index(data), labelled.shard_files(data), workers, batch, 0, 1, [1], [2], 8)
         plan.check()
         cursor = make_cursor()
         config["cursor"] = cursor
         items, bounds = work_items(plan, 1)
-        kwargs = {"datasets": {DATASET: items},
-                  "dataset_config": ingest_config(plan, bounds, spec=MultiCropSpec(local_crops=2), augment=True,
-                                                  cursor=cursor, storage=st)}
+        kwargs = {
+            "datasets": {DATASET: items},
+            "dataset_config": ingest_config(
+                plan, bounds, spec=MultiCropSpec(local_crops=2), augment=True, cursor=cursor, storage=st
+            ),
+        }
         loop = loop_new
     else:
         from cion_dist.pretrain.job import labelled_crops
@@ -201,10 +228,14 @@ def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: st
         config["table_ref"] = ray.put(table)
         del table
         loop = loop_old
-    trainer = TorchTrainer(loop, train_loop_config=config, torch_config=TorchConfig(backend="gloo"),
-                           scaling_config=ScalingConfig(num_workers=workers),
-                           run_config=RunConfig(name=f"scale-{impl}", storage_path=os.path.join(work, "train")),
-                           **kwargs)
+    trainer = TorchTrainer(
+        loop,
+        train_loop_config=config,
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=ScalingConfig(num_workers=workers),
+        run_config=RunConfig(name=f"scale-{impl}", storage_path=os.path.join(work, "train")),
+        **kwargs,
+    )
     res = trainer.fit()
     if res.error is not None:
         raise res.error
@@ -212,11 +243,13 @@ def one(impl: str, corr_uri: str, workers: int, steps: int, batch: int, work: st
     ranks = [json.loads(p.read_text()) for p in sorted(Path(out_dir).glob("rank*.json"))]
     ray.shutdown()
     return {
-        "impl": impl, "driver_peak_rss_mb": _peak_rss_mb(),
+        "impl": impl,
+        "driver_peak_rss_mb": _peak_rss_mb(),
         "worker_peak_rss_mb": max(r["peak_rss_mb"] for r in ranks),
         "object_store_peak_mb": peak.peak / 2**20,
         "first_step_s": min(r["first_step_at"] for r in ranks) - t_start,
-        "images_per_s": float(np.mean([r["images_per_s"] for r in ranks])), "set_s": set_s,
+        "images_per_s": float(np.mean([r["images_per_s"] for r in ranks])),
+        "set_s": set_s,
         "steps": min(r["steps"] for r in ranks),
     }
 
@@ -228,8 +261,9 @@ def baseline_src(rev: str, work: str) -> str:
     dest = os.path.join(work, f"baseline-{rev}")
     if not os.path.isdir(dest):
         os.makedirs(dest)
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "cion_dist"], check=True,
-                                 capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", rev, "cion_dist"], check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", dest], input=archive, check=True)
     return dest
 
@@ -246,8 +280,12 @@ def main() -> None:
     ap.add_argument("--baseline-max", type=float, default=1e5, help="largest size the baseline is run at")
     ap.add_argument("--baseline-rev", default=BASELINE_REV)
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=40, help="steps per worker (enough that prefetch does not hide "
-                    "the producers' rate)")
+    ap.add_argument(
+        "--steps",
+        type=int,
+        default=40,
+        help="steps per worker (enough that prefetch does not hide the producers' rate)",
+    )
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cion-scale-pretrain"))
     ap.add_argument("--one", nargs=2, metavar=("IMPL", "CORRELATE_URI"), help=argparse.SUPPRESS)
@@ -268,8 +306,21 @@ def main() -> None:
                 continue
             # the baseline runs from its own folder: Ray workers put the driver's working directory on their path
             env = dict(os.environ, PYTHONPATH=base if impl == "old" else str(ROOT))
-            cmd = [sys.executable, __file__, "--one", impl, corr, "--workers", str(args.workers),
-                   "--steps", str(args.steps), "--batch", str(args.batch), "--work", args.work]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                impl,
+                corr,
+                "--workers",
+                str(args.workers),
+                "--steps",
+                str(args.steps),
+                "--batch",
+                str(args.batch),
+                "--work",
+                args.work,
+            ]
             t = time.time()
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=base if impl == "old" else ROOT)
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -281,33 +332,45 @@ def main() -> None:
             r = json.loads(line[0][7:])
             r["n"] = n
             rows.append(r)
-            print(f"{impl:>4} {n:>9} crops: driver {r['driver_peak_rss_mb']:.0f} MB, worker {r['worker_peak_rss_mb']:.0f} "
-                  f"MB, store {r['object_store_peak_mb']:.0f} MB, first step {r['first_step_s']:.1f} s, "
-                  f"{r['images_per_s']:.1f} images/s", flush=True)
-    print(f"\n{'impl':<6}{'crops':>10}{'driver MB':>11}{'worker MB':>11}{'store MB':>10}{'set s':>8}{'1st step s':>12}"
-          f"{'images/s':>10}")
+            print(
+                f"{impl:>4} {n:>9} crops: driver {r['driver_peak_rss_mb']:.0f} MB, "
+                f"worker {r['worker_peak_rss_mb']:.0f} MB, store {r['object_store_peak_mb']:.0f} MB, "
+                f"first step {r['first_step_s']:.1f} s, "
+                f"{r['images_per_s']:.1f} images/s",
+                flush=True,
+            )
+    print(
+        f"\n{'impl':<6}{'crops':>10}{'driver MB':>11}{'worker MB':>11}{'store MB':>10}{'set s':>8}{'1st step s':>12}"
+        f"{'images/s':>10}"
+    )
     for r in rows:
         if r.get("failed"):
             print(f"{r['impl']:<6}{r['n']:>10}   failed")
             continue
-        print(f"{r['impl']:<6}{r['n']:>10}{r['driver_peak_rss_mb']:>11.0f}{r['worker_peak_rss_mb']:>11.0f}"
-              f"{r['object_store_peak_mb']:>10.0f}{r['set_s']:>8.1f}{r['first_step_s']:>12.1f}{r['images_per_s']:>10.1f}")
+        print(
+            f"{r['impl']:<6}{r['n']:>10}{r['driver_peak_rss_mb']:>11.0f}{r['worker_peak_rss_mb']:>11.0f}"
+            f"{r['object_store_peak_mb']:>10.0f}{r['set_s']:>8.1f}{r['first_step_s']:>12.1f}{r['images_per_s']:>10.1f}"
+        )
     for impl in ("old", "new"):
         ok = [r for r in rows if r["impl"] == impl and not r.get("failed")]
         if len(ok) >= 2:
             ns = [r["n"] for r in ok]
-            print(f"{impl}: growth exponents over {ns[0]:.0e}..{ns[-1]:.0e} crops: driver "
-                  f"{exponent(ns, [r['driver_peak_rss_mb'] for r in ok]):.3f}, worker "
-                  f"{exponent(ns, [r['worker_peak_rss_mb'] for r in ok]):.3f}, object store "
-                  f"{exponent(ns, [max(r['object_store_peak_mb'], 1e-3) for r in ok]):.3f}")
+            print(
+                f"{impl}: growth exponents over {ns[0]:.0e}..{ns[-1]:.0e} crops: driver "
+                f"{exponent(ns, [r['driver_peak_rss_mb'] for r in ok]):.3f}, worker "
+                f"{exponent(ns, [r['worker_peak_rss_mb'] for r in ok]):.3f}, object store "
+                f"{exponent(ns, [max(r['object_store_peak_mb'], 1e-3) for r in ok]):.3f}"
+            )
     from cion_dist.pretrain.sampler import counts_plan
 
     counts = np.random.default_rng(0).geometric(1 / 16, 250_000)
     counts = np.maximum(1, (counts * 4_000_000 / counts.sum()).astype(np.int64))
     t = time.time()
     plan = counts_plan(counts, 2, 60, np.random.default_rng(0))
-    print(f"P x K plan, {counts.sum()} images / {len(counts)} identities, K = 2, P = 60: {time.time() - t:.2f} s "
-          f"({len(plan)} batches, {len(np.unique(plan)) / counts.sum():.4f} of the images)")
+    print(
+        f"P x K plan, {counts.sum()} images / {len(counts)} identities, K = 2, P = 60: {time.time() - t:.2f} s "
+        f"({len(plan)} batches, {len(np.unique(plan)) / counts.sum():.4f} of the images)"
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,10 @@ def child(spec: dict) -> None:
         rows, skipped, err = {}, False, f"{type(e).__name__}: {e}"[:300]
     wall = time.perf_counter() - t0
     peak = _status_mb("VmHWM")
-    print("RESULT " + json.dumps({"wall": wall, "peak_mb": peak, "base_mb": base, "rows": rows, "skipped": skipped,
-                                  "error": err}))
+    print(
+        "RESULT "
+        + json.dumps({"wall": wall, "peak_mb": peak, "base_mb": base, "rows": rows, "skipped": skipped, "error": err})
+    )
 
 
 def _status_mb(key: str) -> float:
@@ -88,8 +90,14 @@ def run_child(spec: dict, counter, pythonpath: str) -> dict:
     counter.reset()
     env = dict(os.environ, PYTHONPATH=pythonpath, RAY_DEDUP_LOGS="0")
     # cwd is the code's own tree: Ray workers put the driver's working directory on their path
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)], env=env,
-                       cwd=pythonpath, capture_output=True, text=True, timeout=3600)
+    p = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)],
+        env=env,
+        cwd=pythonpath,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     line = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
     if not line:
         raise RuntimeError(f"child failed: {p.stderr[-3000:]}")
@@ -117,9 +125,19 @@ def crop_table(video_id: str, jpeg: bytes):
 
     from cion_dist.ingest.schema import CROPS
 
-    return pa.table({"image_id": [f"{video_id}-t0-f0"], "video_id": [video_id], "tracklet_id": [f"{video_id}-t0"],
-                     "frame_index": [0], "timestamp_s": [0.0], "bbox": [[0.0, 0.0, 8.0, 16.0]], "score": [1.0],
-                     "jpeg": [jpeg]}, schema=CROPS)
+    return pa.table(
+        {
+            "image_id": [f"{video_id}-t0-f0"],
+            "video_id": [video_id],
+            "tracklet_id": [f"{video_id}-t0"],
+            "frame_index": [0],
+            "timestamp_s": [0.0],
+            "bbox": [[0.0, 0.0, 8.0, 16.0]],
+            "score": [1.0],
+            "jpeg": [jpeg],
+        },
+        schema=CROPS,
+    )
 
 
 def setup_ingest(root: str, n: int, run_id: str) -> dict:
@@ -133,8 +151,18 @@ def setup_ingest(root: str, n: int, run_id: str) -> dict:
     st = Storage()
     ids = [f"v{i:07d}" for i in range(n)]
     manifest = f"{root}/manifest.parquet"
-    write_table_atomic(manifest, pa.table({"video_id": ids, "uri": [f"{root}/clips/{v}.mp4" for v in ids],
-                                           "source": ["cam"] * n, "start_time": [0.0] * n}), st)
+    write_table_atomic(
+        manifest,
+        pa.table(
+            {
+                "video_id": ids,
+                "uri": [f"{root}/clips/{v}.mp4" for v in ids],
+                "source": ["cam"] * n,
+                "start_time": [0.0] * n,
+            }
+        ),
+        st,
+    )
     out = StageOutput.create(root, "ingest", run_id, st)
     jpeg = tiny_jpeg()
 
@@ -146,8 +174,17 @@ def setup_ingest(root: str, n: int, run_id: str) -> dict:
     w = out.report_writer(flush_rows=5000, flush_seconds=1e9)
     w.add(recs)
     w.flush()
-    out.write_unit("errors", pa.table({"video_id": pa.array([], pa.string()), "uri": pa.array([], pa.string()),
-                                       "reason": pa.array([], pa.string())}), subdir="errors")
+    out.write_unit(
+        "errors",
+        pa.table(
+            {
+                "video_id": pa.array([], pa.string()),
+                "uri": pa.array([], pa.string()),
+                "reason": pa.array([], pa.string()),
+            }
+        ),
+        subdir="errors",
+    )
     return {"manifest": manifest, "ids": ids, "out": out}
 
 
@@ -177,8 +214,11 @@ def main() -> None:
     ap.add_argument("--old-rev", default="1b98bbf", help="git revision of the code before")
     ap.add_argument("--embed-max", type=int, default=10000, help="largest size embedded from nothing")
     ap.add_argument("--correlate", action="store_true", help="add benchmarks/scale_correlate.py's figures")
-    ap.add_argument("--memory-only", action="store_true",
-                    help="local folders, only the scenarios without Ray (resume, rerun): driver memory at larger N")
+    ap.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="local folders, only the scenarios without Ray (resume, rerun): driver memory at larger N",
+    )
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -208,17 +248,24 @@ def main() -> None:
             ing = setup_ingest(root, n, "ingest-scale")
             print(f"[{n}] setup: {n} ingest parts written in {time.perf_counter() - t0:.0f} s", flush=True)
             common = {"output": root, "mlflow": {"enabled": False}}
-            ingest_job = {**common, "stage": "ingest", "run_id": "ingest-scale",
-                          "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0, "concurrency": 2}}
+            ingest_job = {
+                **common,
+                "stage": "ingest",
+                "run_id": "ingest-scale",
+                "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0, "concurrency": 2},
+            }
             success = ing["out"].success_uri
 
-            def measure(label, stage, job, pythonpath, ray_=False, code="new"):
+            def measure(label, stage, job, pythonpath, ray_=False, code="new", n=n):
                 r = run_child({"stage": stage, "job": job, "ray": ray_}, counter, pythonpath)
                 r.update(n=n, scenario=label, code=code)
                 rows.append(r)
                 req = r["driver_requests"] if code == "new" else r["untagged_requests"]
-                print(f"[{n}] {code:>3} {label:<18} requests {req:>8}  peak {r['peak_mb']:7.0f} MB "
-                      f"(+{r['peak_mb'] - r['base_mb']:5.0f})  {r['wall']:7.1f} s  {r['error'][:80]}", flush=True)
+                print(
+                    f"[{n}] {code:>3} {label:<18} requests {req:>8}  peak {r['peak_mb']:7.0f} MB "
+                    f"(+{r['peak_mb'] - r['base_mb']:5.0f})  {r['wall']:7.1f} s  {r['error'][:80]}",
+                    flush=True,
+                )
                 return r
 
             # ingest: resume with every part present, then 1% missing, then the complete rerun
@@ -227,7 +274,7 @@ def main() -> None:
             if n <= args.old_max:
                 remove([success])
                 measure("ingest resume", "ingest", ingest_job, old_tree, code="old")
-            lost = [ing["out"].unit_uri(v) for v in ing["ids"][:: 100]]
+            lost = [ing["out"].unit_uri(v) for v in ing["ids"][::100]]
             remove(lost + [success])
             measure("ingest plan+1%", "ingest", ingest_job, new_path, ray_=True)
             if n <= args.old_max:
@@ -252,7 +299,7 @@ def main() -> None:
 
             eo = StageOutput(f"{root}/embed/embed-scale")
             units = eo.files()
-            remove(units[:: 10] + [eo_success])
+            remove(units[::10] + [eo_success])
             measure("embed plan+10%", "embed", embed_job, new_path, ray_=True)
             if n <= args.old_max:
                 old_embed = {**embed_job, "run_id": "embed-old", "embed": {k: v for k, v in embed.items()}}
@@ -292,20 +339,33 @@ def memory_only(sizes: list[int]) -> None:
     for n in sizes:
         root = tempfile.mkdtemp(prefix=f"scale-{n}-")
         ing = setup_ingest(root, n, "ingest-scale")
-        job = {"output": root, "mlflow": {"enabled": False}, "stage": "ingest", "run_id": "ingest-scale",
-               "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0}}
+        job = {
+            "output": root,
+            "mlflow": {"enabled": False},
+            "stage": "ingest",
+            "run_id": "ingest-scale",
+            "ingest": {"manifest": ing["manifest"], "max_error_fraction": 1.0},
+        }
         r = run_child({"stage": "ingest", "job": job, "ray": False}, NoCounter(), str(ROOT))
         rows.append(("ingest resume", n, r))
-        ej = {"output": root, "mlflow": {"enabled": False}, "stage": "embed", "run_id": "embed-scale",
-              "embed": {"backbone": "handcrafted", "height": 16, "width": 8}}
+        ej = {
+            "output": root,
+            "mlflow": {"enabled": False},
+            "stage": "embed",
+            "run_id": "embed-scale",
+            "embed": {"backbone": "handcrafted", "height": 16, "width": 8},
+        }
         eo = StageOutput.create(root, "embed", "embed-scale")
         measure_setup_embed(eo, ing["out"], job_from_dict(ej).embed)
         remove_local(eo.success_uri)
         r = run_child({"stage": "embed", "job": ej, "ray": False}, NoCounter(), str(ROOT))
         rows.append(("embed resume", n, r))
         for label, m, r in rows[-2:]:
-            print(f"[{m}] {label:<14} peak {r['peak_mb']:7.1f} MB (after imports {r['base_mb']:6.1f}) "
-                  f"{r['wall']:6.1f} s {r['error'][:80]}", flush=True)
+            print(
+                f"[{m}] {label:<14} peak {r['peak_mb']:7.1f} MB (after imports {r['base_mb']:6.1f}) "
+                f"{r['wall']:6.1f} s {r['error'][:80]}",
+                flush=True,
+            )
     print("\ndriver peak RSS (VmHWM) on local folders, measured under load")
     for label in ("ingest resume", "embed resume"):
         ns = [n for lb, n, _ in rows if lb == label]
@@ -334,8 +394,9 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
     files, _ = write_plan(ingest, eo, cfg.crops_per_unit, cfg.parts_per_unit)
     recs = []
     for f in files:
-        for unit, crops in zip(*[read_table(f, Storage(), ["unit", "crops"]).column(c).to_pylist()
-                                 for c in ("unit", "crops")]):
+        for unit, crops in zip(
+            *[read_table(f, Storage(), ["unit", "crops"]).column(c).to_pylist() for c in ("unit", "crops")]
+        ):
             t = pa.table({"image_id": [unit], "tracklet_id": ["t"], "video_id": ["v"], "frame_index": [0]})
             t = t.append_column("embedding", embedding_array(np.ones((1, 4), np.float32) / 2))
             t = t.replace_schema_metadata({DIM_KEY: b"4", BACKBONE_KEY: b"bench"})
@@ -364,8 +425,10 @@ def print_table(rows: list[dict], sizes: list[int]) -> None:
             ns.append(n), req.append(q), mb.append(r["peak_mb"]), s.append(r["wall"])
         exps = f"{fit_exponent(ns, req):5.2f} {fit_exponent(ns, mb):5.2f} {fit_exponent(ns, s):5.2f}"
         print(f"{scen:<18} {code:<4} " + " ".join(cells) + f"   {exps}")
-    print("requests: new = the driver's only (tagged cion/driver); old = every request (untagged), its workers ran "
-          "only the 1% / 10% of units that were missing. MB: peak RSS of the driver process.")
+    print(
+        "requests: new = the driver's only (tagged cion/driver); old = every request (untagged), its workers ran "
+        "only the 1% / 10% of units that were missing. MB: peak RSS of the driver process."
+    )
 
 
 if __name__ == "__main__":

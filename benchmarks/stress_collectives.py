@@ -69,12 +69,22 @@ def _worker(config: dict) -> None:
 
     metrics: dict = {}
     for stage in config["stages"]:
-        cfg = PretrainConfig(backbone=config["backbone"], out_dim=config["out_dim"], local_crops=0,
-                             batch_size_per_worker=4, gradual_epochs=[1], gradual_instances=[2], zero_stage=stage)
+        cfg = PretrainConfig(
+            backbone=config["backbone"],
+            out_dim=config["out_dim"],
+            local_crops=0,
+            batch_size_per_worker=4,
+            gradual_epochs=[1],
+            gradual_instances=[2],
+            zero_stage=stage,
+        )
         student, teacher = build_networks(cfg, seed=0)
         groups, _ = param_groups(student)
-        engine, *_ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(groups, lr=config["lr"]),
-                                          config=deepspeed_config(cfg, world, sum(p.numel() for p in student.parameters())))
+        engine, *_ = deepspeed.initialize(
+            model=student,
+            optimizer=torch.optim.AdamW(groups, lr=config["lr"]),
+            config=deepspeed_config(cfg, world, sum(p.numel() for p in student.parameters())),
+        )
         counts = dict.fromkeys(KEYS, 0)
         step_s, worst_err, m = 0.0, 0.0, 0.9
         for step in range(config["steps"]):
@@ -130,11 +140,20 @@ def run(stages: list[int], mode: str, args) -> dict:
 
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"stages": stages, "steps": args.steps, "mode": mode, "backbone": args.backbone,
-                           "out_dim": args.out_dim, "lr": args.lr, "pause_s": args.pause},
+        train_loop_config={
+            "stages": stages,
+            "steps": args.steps,
+            "mode": mode,
+            "backbone": args.backbone,
+            "out_dim": args.out_dim,
+            "lr": args.lr,
+            "pause_s": args.pause,
+        },
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=2),
-        run_config=RunConfig(name=f"stress-{mode}-{int(time.time())}", storage_path=tempfile.mkdtemp(prefix="cion-stress-")),
+        run_config=RunConfig(
+            name=f"stress-{mode}-{int(time.time())}", storage_path=tempfile.mkdtemp(prefix="cion-stress-")
+        ),
     )
     result = trainer.fit()
     if result.error is not None:
@@ -158,15 +177,22 @@ def main() -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     stages = [int(s) for s in args.stages.split(",")]
-    print(f"{args.backbone}, head out_dim {args.out_dim}, 2 gloo workers, {args.steps} steps per stage and mode, "
-          f"{args.pause * 1000:.0f} ms between the two reads; steps with:")
-    print(f"{'mode':<11}{'stage':>6}{'unsettled':>11}{'wrong':>7}{'split':>7}{'non-finite':>12}{'EMA off':>9}"
-          f"{'max EMA err':>13}{'step s':>8}")
+    print(
+        f"{args.backbone}, head out_dim {args.out_dim}, 2 gloo workers, {args.steps} steps per stage and mode, "
+        f"{args.pause * 1000:.0f} ms between the two reads; steps with:"
+    )
+    print(
+        f"{'mode':<11}{'stage':>6}{'unsettled':>11}{'wrong':>7}{'split':>7}{'non-finite':>12}{'EMA off':>9}"
+        f"{'max EMA err':>13}{'step s':>8}"
+    )
     for mode in args.modes.split(","):
         m = run(stages, mode, args)
         for s in stages:
-            print(f"{mode:<11}{s:>6}" + "".join(f"{m[f'z{s}_{k}']:>{w}}" for k, w in zip(KEYS, (11, 7, 7, 12, 9)))
-                  + f"{m[f'z{s}_max_err']:>13.2e}{m[f'z{s}_step_s']:>8.3f}")
+            print(
+                f"{mode:<11}{s:>6}"
+                + "".join(f"{m[f'z{s}_{k}']:>{w}}" for k, w in zip(KEYS, (11, 7, 7, 12, 9)))
+                + f"{m[f'z{s}_max_err']:>13.2e}{m[f'z{s}_step_s']:>8.3f}"
+            )
     ray.shutdown()
 
 

@@ -23,8 +23,17 @@ from cion_dist.synth.render import SensorNoise
 
 CONFIGS = {
     "default": {},
-    "tiny": dict(identities=6, cameras=2, videos=3, frames=40, width=320, height=192, people_per_video=3,
-                 benchmark_identities=4, benchmark_images_per_camera=3),
+    "tiny": dict(
+        identities=6,
+        cameras=2,
+        videos=3,
+        frames=40,
+        width=320,
+        height=192,
+        people_per_video=3,
+        benchmark_identities=4,
+        benchmark_images_per_camera=3,
+    ),
 }
 
 
@@ -48,7 +57,7 @@ def main(argv=None) -> None:
     print(f"{'config':8} {'frames':>6} {'generate_s':>10} {'fps':>7} {'encode_only_s':>13} {'ratio':>6}")
     for name, kw in CONFIGS.items():
         gen, base = [], []
-        for r in range(args.repeat):
+        for _r in range(args.repeat):
             with tempfile.TemporaryDirectory() as d:
                 cfg = SynthConfig(out=f"{d}/c", **kw)
                 t0 = time.perf_counter()

@@ -64,8 +64,15 @@ def synth(
     from cion_dist.synth.config import SynthConfig
     from cion_dist.synth.generate import generate_corpus
 
-    cfg = SynthConfig(out=out, identities=identities, cameras=cameras, videos=videos, frames=frames, seed=seed,
-                      benchmark_identities=benchmark_identities)
+    cfg = SynthConfig(
+        out=out,
+        identities=identities,
+        cameras=cameras,
+        videos=videos,
+        frames=frames,
+        seed=seed,
+        benchmark_identities=benchmark_identities,
+    )
     info = generate_corpus(cfg, Storage(StorageConfig()))
     typer.echo(json.dumps(info, indent=2, default=str))
 
@@ -83,14 +90,19 @@ def demo(
 
 
 @app.command()
-def up(num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="logical CPUs (default: max(4, cores))")) -> None:
+def up(
+    num_cpus: Optional[int] = typer.Option(None, "--num-cpus", help="logical CPUs (default: max(4, cores))"),
+) -> None:
     """Start one local Ray head that later ``cion run`` / ``cion demo`` calls join (stop it with ``cion down``)."""
-    from cion_dist.localcluster import record_path, up as start
+    from cion_dist.localcluster import record_path
+    from cion_dist.localcluster import up as start
 
     rec, started = start(num_cpus=num_cpus)
     state = "started" if started else "already running"
     typer.echo(f"local Ray cluster {state}: {rec.address} ({rec.num_cpus} CPUs), dashboard {rec.dashboard}")
-    typer.echo(f"recorded in {record_path()}; jobs: ray job submit --address {rec.dashboard} --working-dir . jobs/<stage>.yaml")
+    typer.echo(
+        f"recorded in {record_path()}; jobs: ray job submit --address {rec.dashboard} --working-dir . jobs/<stage>.yaml"
+    )
 
 
 @app.command()
@@ -188,8 +200,9 @@ def _user_message(e: CionError) -> str:
 def manifest(
     root: str = typer.Argument(..., help="folder or s3:// prefix holding the videos"),
     out: str = typer.Option(..., "--out", help="manifest Parquet URI to write (errors go beside it)"),
-    source_pattern: Optional[str] = typer.Option(None, help="regex with a (?P<source>...) group over the path "
-                                                 "below ROOT; default: the parent folder's name"),
+    source_pattern: Optional[str] = typer.Option(
+        None, help="regex with a (?P<source>...) group over the path below ROOT; default: the parent folder's name"
+    ),
     time_pattern: Optional[str] = typer.Option(None, help="regex with a (?P<time>...) group over the file name"),
     time_format: Optional[str] = typer.Option(None, help="strptime format of the time group (UTC), e.g. %Y%m%d_%H%M%S"),
     segment_s: Optional[float] = typer.Option(None, help="cut each video into clips of at most this many seconds"),
@@ -203,8 +216,15 @@ def manifest(
     from cion_dist.ingest.manifest_builder import ManifestSpec, build_manifest
     from cion_dist.storage import Storage
 
-    spec = ManifestSpec(root=root, out=out, source_pattern=source_pattern, time_pattern=time_pattern,
-                        time_format=time_format, segment_s=segment_s, files_per_task=files_per_task)
+    spec = ManifestSpec(
+        root=root,
+        out=out,
+        source_pattern=source_pattern,
+        time_pattern=time_pattern,
+        time_format=time_format,
+        segment_s=segment_s,
+        files_per_task=files_per_task,
+    )
     typer.echo(json.dumps(build_manifest(spec, Storage(StorageConfig())), indent=2))
 
 

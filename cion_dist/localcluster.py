@@ -40,7 +40,9 @@ def join_env(rec: ClusterRecord) -> dict[str, str]:
 
 
 def record_path() -> str:
-    return os.environ.get("CION_CLUSTER_FILE") or os.path.join(os.path.expanduser("~"), ".cache", "cion", "cluster.json")
+    return os.environ.get("CION_CLUSTER_FILE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "cion", "cluster.json"
+    )
 
 
 def read_record() -> ClusterRecord | None:
@@ -108,11 +110,24 @@ def up(num_cpus: int | None = None, timeout_s: float = 120.0) -> tuple[ClusterRe
     temp_dir = tempfile.mkdtemp(prefix="cion-ray-")
     gcs, dash, client, agent, agent_grpc, rt_agent, metrics, node_mgr, obj_mgr = _free_ports(9)
     cmd = [
-        ray_bin, "start", "--head", "--disable-usage-stats", f"--temp-dir={temp_dir}", "--node-ip-address=127.0.0.1",
-        f"--port={gcs}", f"--num-cpus={cpus}", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}", f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={rt_agent}",
-        f"--metrics-export-port={metrics}", f"--node-manager-port={node_mgr}", f"--object-manager-port={obj_mgr}",
+        ray_bin,
+        "start",
+        "--head",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        f"--num-cpus={cpus}",
+        "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--runtime-env-agent-port={rt_agent}",
+        f"--metrics-export-port={metrics}",
+        f"--node-manager-port={node_mgr}",
+        f"--object-manager-port={obj_mgr}",
     ]
     from cion_dist.quiet import local_instance_env
 
@@ -125,8 +140,14 @@ def up(num_cpus: int | None = None, timeout_s: float = 120.0) -> tuple[ClusterRe
         shutil.rmtree(temp_dir, ignore_errors=True)
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
         raise CionError(f"ray start failed (exit {proc.returncode}):\n{tail}")
-    rec = ClusterRecord(address=f"127.0.0.1:{gcs}", dashboard=f"http://127.0.0.1:{dash}", temp_dir=temp_dir,
-                        num_cpus=cpus, started_at=time.time(), auth_mode=env.get("RAY_AUTH_MODE", "token"))
+    rec = ClusterRecord(
+        address=f"127.0.0.1:{gcs}",
+        dashboard=f"http://127.0.0.1:{dash}",
+        temp_dir=temp_dir,
+        num_cpus=cpus,
+        started_at=time.time(),
+        auth_mode=env.get("RAY_AUTH_MODE", "token"),
+    )
     _write_record(rec)
     return rec, True
 

@@ -51,8 +51,13 @@ def lock_uri(output: str) -> str:
 
 def _holder(stage: str, token: str, lease_s: Optional[float] = None) -> dict:
     now = time.time()
-    rec = {"host": socket.gethostname(), "pid": os.getpid(), "stage": stage, "token": token,
-           "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+    rec = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "stage": stage,
+        "token": token,
+        "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+    }
     if lease_s is not None:
         rec["expires_at"] = now + lease_s
     return rec
@@ -61,7 +66,10 @@ def _holder(stage: str, token: str, lease_s: Optional[float] = None) -> dict:
 def _describe(rec: dict) -> str:
     if not rec:
         return "another run"
-    return f"the {rec.get('stage', '?')} run of pid {rec.get('pid', '?')} on {rec.get('host', '?')} (since {rec.get('since', '?')})"
+    return (
+        f"the {rec.get('stage', '?')} run of pid {rec.get('pid', '?')} on {rec.get('host', '?')} "
+        f"(since {rec.get('since', '?')})"
+    )
 
 
 @contextlib.contextmanager
@@ -95,7 +103,7 @@ def output_lock(job, stage: str = "run", lease_s: float = LEASE_S, renew_s: floa
 
 @contextlib.contextmanager
 def _local_flock(uri: str, stage: str) -> Iterator[None]:
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     path = os.path.abspath(path)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -107,8 +115,10 @@ def _local_flock(uri: str, stage: str) -> Iterator[None]:
                 rec = json.loads(os.pread(fd, 65536, 0) or b"{}")
             except ValueError:
                 rec = {}
-            raise OutputBusy(f"output {os.path.dirname(path)} is in use by {_describe(rec)}; "
-                             "wait for it to finish (only one run per output folder at a time)") from None
+            raise OutputBusy(
+                f"output {os.path.dirname(path)} is in use by {_describe(rec)}; "
+                "wait for it to finish (only one run per output folder at a time)"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder(stage, uuid.uuid4().hex)).encode(), 0)
         try:
@@ -153,13 +163,17 @@ def _s3_lease(uri: str, storage, stage: str, lease_s: float, renew_s: float) -> 
     if not _put_if_absent(fs, bucket, key, rec):
         held = _read_lease(fs, bucket, key) or {}
         if float(held.get("expires_at", 0)) > time.time():
-            raise OutputBusy(f"output {uri.rsplit('/', 1)[0]} is in use by {_describe(held)}, lease renewed until "
-                             f"{time.strftime('%H:%M:%SZ', time.gmtime(held['expires_at']))}; wait for it to finish "
-                             "(only one run per output folder at a time)")
+            raise OutputBusy(
+                f"output {uri.rsplit('/', 1)[0]} is in use by {_describe(held)}, lease renewed until "
+                f"{time.strftime('%H:%M:%SZ', time.gmtime(held['expires_at']))}; wait for it to finish "
+                "(only one run per output folder at a time)"
+            )
         log.warning("taking over the expired lease %s of %s", uri, _describe(held))
         fs.call_s3("delete_object", Bucket=bucket, Key=key)
         if not _put_if_absent(fs, bucket, key, rec):
-            raise OutputBusy(f"output {uri.rsplit('/', 1)[0]} was just taken by {_describe(_read_lease(fs, bucket, key) or {})}")
+            raise OutputBusy(
+                f"output {uri.rsplit('/', 1)[0]} was just taken by {_describe(_read_lease(fs, bucket, key) or {})}"
+            )
     stop = threading.Event()
 
     def renew() -> None:
@@ -169,8 +183,12 @@ def _s3_lease(uri: str, storage, stage: str, lease_s: float, renew_s: float) -> 
                 if cur.get("token") != token:
                     log.error("lease %s was taken over by %s", uri, _describe(cur))
                     return
-                fs.call_s3("put_object", Bucket=bucket, Key=key,
-                           Body=json.dumps({**rec, "expires_at": time.time() + lease_s}).encode())
+                fs.call_s3(
+                    "put_object",
+                    Bucket=bucket,
+                    Key=key,
+                    Body=json.dumps({**rec, "expires_at": time.time() + lease_s}).encode(),
+                )
             except Exception as e:  # noqa: BLE001 - a missed renewal is retried; the lease has slack
                 log.warning("could not renew lease %s: %s", uri, e)
 

@@ -161,7 +161,7 @@ def _output_uri(pf: Preflight) -> None:
         raise CionError(err)
     if job.output.startswith(("s3://", "s3a://")):
         return
-    path = os.path.abspath(job.output[len("file://"):] if job.output.startswith("file://") else job.output)
+    path = os.path.abspath(job.output[len("file://") :] if job.output.startswith("file://") else job.output)
     if os.path.exists(path) and not os.path.isdir(path):
         raise CionError(f"output {job.output!r} is a file, not a folder: point output= at a folder (or a new path)")
     probe_dir = path
@@ -197,8 +197,10 @@ def _credentials(pf: Preflight) -> None:
         where = "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
     if key != secret:
         have, lack = ("access key id", "secret access key") if key else ("secret access key", "access key id")
-        raise CionError(f"incomplete S3 credentials: a {have} is set but no {lack} ({where}; set both, or neither "
-                        "to use the environment or the instance's role)")
+        raise CionError(
+            f"incomplete S3 credentials: a {have} is set but no {lack} ({where}; set both, or neither "
+            "to use the environment or the instance's role)"
+        )
 
 
 @check("storage-endpoint")
@@ -209,8 +211,10 @@ def _endpoint_reachable(pf: Preflight) -> None:
         return
     why = _reachable(endpoint)
     if why:
-        raise CionError(f"S3 endpoint {redact_text(endpoint)} is unreachable ({why}); check storage.endpoint_url "
-                        "or AWS_ENDPOINT_URL")
+        raise CionError(
+            f"S3 endpoint {redact_text(endpoint)} is unreachable ({why}); check storage.endpoint_url "
+            "or AWS_ENDPOINT_URL"
+        )
 
 
 @check("s3-buckets")
@@ -260,8 +264,10 @@ def _mlflow(pf: Preflight) -> None:
     if uri.startswith(("http://", "https://")):
         why = _reachable(uri)
         if why:
-            raise CionError(f"MLflow tracking server {redact_text(uri)} is unreachable ({why}); check "
-                            "mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false")
+            raise CionError(
+                f"MLflow tracking server {redact_text(uri)} is unreachable ({why}); check "
+                "mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false"
+            )
 
 
 def probe_write(uri: str, storage) -> None:

@@ -54,8 +54,10 @@ def _detector(pf: Preflight) -> None:
     det = pf.job.ingest.detector
     if det.kind in ("yolox", "torchvision"):
         if not det.model_uri:
-            raise CionError(f"ingest.detector.model_uri: the {det.kind} detector needs a weights file "
-                            f"(path or s3://), e.g. ingest.detector.model_uri=models/yolox_nano.onnx")
+            raise CionError(
+                f"ingest.detector.model_uri: the {det.kind} detector needs a weights file "
+                f"(path or s3://), e.g. ingest.detector.model_uri=models/yolox_nano.onnx"
+            )
         _readable_file(det.model_uri, "ingest.detector.model_uri", _storage(pf))
 
 

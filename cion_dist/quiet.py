@@ -27,9 +27,30 @@ import warnings
 
 VERBOSITY_ENV = "CION_VERBOSITY"
 PROGRESS_INTERVAL_S = 30  # one progress line per running dataset this often, when the output is not a terminal
-_LIBRARIES = ("ray", "ray.train", "ray.tune", "ray.serve", "DeepSpeed", "deepspeed", "faiss",
-              "faiss.loader", "mlflow", "alembic", "urllib3", "botocore", "s3fs", "fsspec", "werkzeug", "filelock",
-              "torch", "timm", "matplotlib", "PIL", "numexpr", "py.warnings")
+_LIBRARIES = (
+    "ray",
+    "ray.train",
+    "ray.tune",
+    "ray.serve",
+    "DeepSpeed",
+    "deepspeed",
+    "faiss",
+    "faiss.loader",
+    "mlflow",
+    "alembic",
+    "urllib3",
+    "botocore",
+    "s3fs",
+    "fsspec",
+    "werkzeug",
+    "filelock",
+    "torch",
+    "timm",
+    "matplotlib",
+    "PIL",
+    "numexpr",
+    "py.warnings",
+)
 
 
 def verbosity() -> int:
@@ -121,7 +142,9 @@ def worker_setup() -> None:
 
         if not glob.glob("/dev/nvidia[0-9]*"):
             os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    logging.getLogger("cion_dist").setLevel(logging.DEBUG if level > 0 else logging.WARNING if level < 0 else logging.INFO)
+    logging.getLogger("cion_dist").setLevel(
+        logging.DEBUG if level > 0 else logging.WARNING if level < 0 else logging.INFO
+    )
     if level <= 0:
         _quiet_python_warnings()
 
@@ -205,7 +228,9 @@ def configure_ray_data() -> None:
             ctx.enable_progress_bars = False
         # the driver's Ray Data console handler, set up when ray.data was imported
         for h in logging.getLogger("ray.data").handlers:
-            if type(h).__name__ == "PlainRayHandler" and not any(isinstance(f, RayDataConsoleFilter) for f in h.filters):
+            if type(h).__name__ == "PlainRayHandler" and not any(
+                isinstance(f, RayDataConsoleFilter) for f in h.filters
+            ):
                 h.addFilter(RayDataConsoleFilter())
     except Exception:
         logging.getLogger(__name__).debug("could not configure Ray Data's progress", exc_info=True)

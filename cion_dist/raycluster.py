@@ -65,8 +65,10 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         _reload_ray_config()
         ray.init(address=rec.address, _node_ip_address="127.0.0.1", **kwargs)
         configure_ray_data()
-        _announce(f"joined the local cluster from `cion up` at {rec.address}, dashboard {rec.dashboard} "
-                  f"({time.time() - t0:.1f} s)")
+        _announce(
+            f"joined the local cluster from `cion up` at {rec.address}, dashboard {rec.dashboard} "
+            f"({time.time() - t0:.1f} s)"
+        )
         return
     from cion_dist.quiet import local_instance_env
 
@@ -79,5 +81,7 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         kwargs["object_store_memory"] = cfg.object_store_memory
     ray.init(**kwargs)
     configure_ray_data()
-    _announce(f"started a private local instance with {kwargs['num_cpus']} CPUs ({time.time() - t0:.1f} s); "
-              "`cion up` keeps one running for later commands")
+    _announce(
+        f"started a private local instance with {kwargs['num_cpus']} CPUs ({time.time() - t0:.1f} s); "
+        "`cion up` keeps one running for later commands"
+    )

@@ -82,7 +82,13 @@ def redact_url(url: str) -> str:
 
 
 def _mask_key_value(m: re.Match) -> str:
-    if not is_secret_name(m.group("name") or m.group("qname")) or m.group("value") in (MASK, "None", "null", "''", '""'):
+    if not is_secret_name(m.group("name") or m.group("qname")) or m.group("value") in (
+        MASK,
+        "None",
+        "null",
+        "''",
+        '""',
+    ):
         return m.group(0)
     q = m.group("q")
     return f"{m.group('key')}{q}{MASK}{q}"

@@ -25,15 +25,18 @@ def colour_descriptor(crops: list[np.ndarray], stripes: int = 6) -> np.ndarray:
         hsv = cv2.cvtColor(img, cv2.COLOR_RGB2HSV).astype(np.int64)
         h, s, v = hsv[..., 0] * 8 // 180, hsv[..., 1] * 4 // 256, hsv[..., 2] * 4 // 256
         code = (h * 4 + s) * 4 + v
-        feats = [np.bincount(code[i * 96 // stripes : (i + 1) * 96 // stripes].ravel(), minlength=128)
-                 for i in range(stripes)]
+        feats = [
+            np.bincount(code[i * 96 // stripes : (i + 1) * 96 // stripes].ravel(), minlength=128)
+            for i in range(stripes)
+        ]
         f = np.sqrt(np.concatenate(feats).astype(np.float32))
         out.append(f)
     return l2_normalise(np.stack(out))
 
 
-def tracker_noise(identity: np.ndarray, frame: np.ndarray, rng: np.random.Generator,
-                  split_prob: float = 0.3, swap_prob: float = 0.5) -> np.ndarray:
+def tracker_noise(
+    identity: np.ndarray, frame: np.ndarray, rng: np.random.Generator, split_prob: float = 0.3, swap_prob: float = 0.5
+) -> np.ndarray:
     """Tracklet ids for the boxes of one video from its true identities, with a tracker's typical errors.
 
     Each person's run is one tracklet, cut in two with ``split_prob`` (a lost track); with ``swap_prob`` a
@@ -61,8 +64,9 @@ def tracker_noise(identity: np.ndarray, frame: np.ndarray, rng: np.random.Genera
     return trk
 
 
-def synthetic_video_corpus(root: str, seed: int = 0, min_visibility: float = 0.7, min_height: int = 24,
-                           embed=None) -> Corpus:
+def synthetic_video_corpus(
+    root: str, seed: int = 0, min_visibility: float = 0.7, min_height: int = 24, embed=None
+) -> Corpus:
     """Render the project's synthetic corpus, cut ground-truth crops, embed them and add tracker noise."""
     import decord
     import pyarrow.parquet as pq
@@ -72,8 +76,18 @@ def synthetic_video_corpus(root: str, seed: int = 0, min_visibility: float = 0.7
     from cion_dist.synth.generate import generate_corpus
     from cion_dist.synth.groundtruth import read_ground_truth
 
-    cfg = SynthConfig(out=root, identities=10, cameras=2, videos=8, frames=60, width=320, height=192,
-                      people_per_video=4, benchmark_identities=0, seed=seed)
+    cfg = SynthConfig(
+        out=root,
+        identities=10,
+        cameras=2,
+        videos=8,
+        frames=60,
+        width=320,
+        height=192,
+        people_per_video=4,
+        benchmark_identities=0,
+        seed=seed,
+    )
     info = generate_corpus(cfg, Storage())
     gt = read_ground_truth(info["gt_uri"])
     manifest = pq.read_table(info["manifest_uri"]).to_pandas().set_index("video_id")
@@ -85,7 +99,7 @@ def synthetic_video_corpus(root: str, seed: int = 0, min_visibility: float = 0.7
         frames = sorted(rows.frame_index.unique().tolist())
         batch = vr.get_batch(frames).asnumpy()
         pos = {f: i for i, f in enumerate(frames)}
-        crops = [batch[pos[r.frame_index], int(r.y1):int(r.y2), int(r.x1):int(r.x2)] for r in rows.itertuples()]
+        crops = [batch[pos[r.frame_index], int(r.y1) : int(r.y2), int(r.x1) : int(r.x2)] for r in rows.itertuples()]
         xs.append((embed or colour_descriptor)(crops))
         ident = rows.identity_id.to_numpy()
         trks.append(tracker_noise(ident, rows.frame_index.to_numpy(), rng))
@@ -95,13 +109,19 @@ def synthetic_video_corpus(root: str, seed: int = 0, min_visibility: float = 0.7
         srcs += [manifest.loc[video, "source"]] * len(rows)
         starts += [float(manifest.loc[video, "start_time"])] * len(rows)
         fidx += rows.frame_index.astype(int).tolist()
-    return Corpus(x=np.concatenate(xs), video=np.array(vids), tracklet=np.concatenate(trks),
-                  identity=np.concatenate(ids), image_id=np.array(names),
-                  extra={"source": srcs, "start_time": starts, "frame_index": fidx})
+    return Corpus(
+        x=np.concatenate(xs),
+        video=np.array(vids),
+        tracklet=np.concatenate(trks),
+        identity=np.concatenate(ids),
+        image_id=np.array(names),
+        extra={"source": srcs, "start_time": starts, "frame_index": fidx},
+    )
 
 
-def mot17_osnet_corpus(mot_root, model_path, seed: int = 0, min_visibility: float = 0.4, min_height: int = 48,
-                       max_per_sequence: int = 120) -> Corpus:
+def mot17_osnet_corpus(
+    mot_root, model_path, seed: int = 0, min_visibility: float = 0.4, min_height: int = 48, max_per_sequence: int = 120
+) -> Corpus:
     """Real people: MOT17 ground-truth pedestrians cut from the frames and embedded with OSNet (onnxruntime).
 
     Each sequence is a video; a person's true identity is (sequence, gt id); tracklets get ``tracker_noise``.
@@ -125,7 +145,7 @@ def mot17_osnet_corpus(mot_root, model_path, seed: int = 0, min_visibility: floa
             continue
         crops = []
         frames = {}
-        for f, pid, x, y, w, h in gt[:, :6]:
+        for f, _pid, x, y, w, h in gt[:, :6]:
             img = frames.get(f)
             if img is None:
                 img = frames[f] = cv2.cvtColor(cv2.imread(str(seq / "img1" / f"{int(f):06d}.jpg")), cv2.COLOR_BGR2RGB)
@@ -133,8 +153,9 @@ def mot17_osnet_corpus(mot_root, model_path, seed: int = 0, min_visibility: floa
             x0, y0, x1, y1 = max(0, int(x)), max(0, int(y)), min(W, int(x + w)), min(H, int(y + h))
             crops.append(cv2.resize(img[y0:y1, x0:x1], (128, 256), interpolation=cv2.INTER_LINEAR))
         batch = ((np.stack(crops).astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
-        feats = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: batch[i : i + 32]})[0]
-                                for i in range(0, len(batch), 32)])
+        feats = np.concatenate(
+            [sess.run(None, {sess.get_inputs()[0].name: batch[i : i + 32]})[0] for i in range(0, len(batch), 32)]
+        )
         xs.append(l2_normalise(feats))
         pid = gt[:, 1].astype(np.int64)
         trks.append(tracker_noise(pid, gt[:, 0].astype(np.int64), rng))
@@ -143,5 +164,11 @@ def mot17_osnet_corpus(mot_root, model_path, seed: int = 0, min_visibility: floa
         names += [f"{seq.name}/{int(f):06d}/{int(p)}" for f, p in gt[:, :2]]
         fidx += gt[:, 0].astype(int).tolist()
     identity = np.unique(np.array(ids), return_inverse=True)[1]
-    return Corpus(x=np.concatenate(xs), video=np.array(vids), tracklet=np.concatenate(trks), identity=identity,
-                  image_id=np.array(names), extra={"frame_index": fidx})
+    return Corpus(
+        x=np.concatenate(xs),
+        video=np.array(vids),
+        tracklet=np.concatenate(trks),
+        identity=identity,
+        image_id=np.array(names),
+        extra={"frame_index": fidx},
+    )

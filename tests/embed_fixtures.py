@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
-
-import json
 
 import cv2
 import numpy as np
@@ -18,8 +17,9 @@ from cion_dist.storage.reports import part_record
 from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 
-def mot17_crops(root: Path, ids_per_seq: int = 3, frames_per_id: int = 3, min_height: int = 80,
-                seqs: Optional[list[str]] = None) -> list[dict]:
+def mot17_crops(
+    root: Path, ids_per_seq: int = 3, frames_per_id: int = 3, min_height: int = 80, seqs: Optional[list[str]] = None
+) -> list[dict]:
     """Crops of pedestrians (class 1, consider flag 1, visibility > 0.5) cut from MOT17 frames by their gt boxes.
 
     Per sequence, the ``ids_per_seq`` identities with the most qualifying frames are taken (tallest boxes break
@@ -50,15 +50,33 @@ def mot17_crops(root: Path, ids_per_seq: int = 3, frames_per_id: int = 3, min_he
                 x1, y1 = min(img.shape[1], x + w), min(img.shape[0], y + h)
                 if x1 - x0 < 8 or y1 - y0 < 16:
                     continue
-                out.append({"seq": seq_dir.name, "pid": f"{seq_dir.name}/{pid}", "frame": f,
-                            "bbox": [float(x0), float(y0), float(x1), float(y1)], "rgb": img[y0:y1, x0:x1].copy()})
+                out.append(
+                    {
+                        "seq": seq_dir.name,
+                        "pid": f"{seq_dir.name}/{pid}",
+                        "frame": f,
+                        "bbox": [float(x0), float(y0), float(x1), float(y1)],
+                        "rgb": img[y0:y1, x0:x1].copy(),
+                    }
+                )
     return out
 
 
-_COLOURS = np.array([
-    (200, 30, 30), (30, 160, 40), (30, 60, 200), (230, 210, 40), (240, 240, 240), (25, 25, 25),
-    (150, 60, 170), (240, 130, 20), (110, 70, 40), (20, 170, 180),
-], dtype=np.float64)
+_COLOURS = np.array(
+    [
+        (200, 30, 30),
+        (30, 160, 40),
+        (30, 60, 200),
+        (230, 210, 40),
+        (240, 240, 240),
+        (25, 25, 25),
+        (150, 60, 170),
+        (240, 130, 20),
+        (110, 70, 40),
+        (20, 170, 180),
+    ],
+    dtype=np.float64,
+)
 
 
 def draw_person(rng: np.random.Generator, shirt, trousers, h: int = 128, w: int = 64) -> np.ndarray:
@@ -97,19 +115,23 @@ def synthetic_people(n_ids: int = 6, per_id: int = 5, seed: int = 0) -> tuple[li
 def ingest_table(crops: list[dict], video_id: str, start_index: int = 0) -> pa.Table:
     """Rows in the ingest stage's layout for crops of one video."""
     n = len(crops)
-    return pa.table({
-        "image_id": [f"{video_id}-{start_index + i:05d}" for i in range(n)],
-        "video_id": [video_id] * n,
-        "tracklet_id": [str(c["pid"]) for c in crops],
-        "frame_index": pa.array([int(c["frame"]) for c in crops], pa.int64()),
-        "timestamp_s": pa.array([c["frame"] / 30.0 for c in crops], pa.float64()),
-        "bbox": pa.array([c["bbox"] for c in crops], pa.list_(pa.float32())),
-        "score": pa.array([1.0] * n, pa.float32()),
-        "jpeg": pa.array([c.get("jpeg") or encode_jpeg(c["rgb"]) for c in crops], pa.binary()),
-    })
+    return pa.table(
+        {
+            "image_id": [f"{video_id}-{start_index + i:05d}" for i in range(n)],
+            "video_id": [video_id] * n,
+            "tracklet_id": [str(c["pid"]) for c in crops],
+            "frame_index": pa.array([int(c["frame"]) for c in crops], pa.int64()),
+            "timestamp_s": pa.array([c["frame"] / 30.0 for c in crops], pa.float64()),
+            "bbox": pa.array([c["bbox"] for c in crops], pa.list_(pa.float32())),
+            "score": pa.array([1.0] * n, pa.float32()),
+            "jpeg": pa.array([c.get("jpeg") or encode_jpeg(c["rgb"]) for c in crops], pa.binary()),
+        }
+    )
 
 
-def write_ingest(output: str, crops: list[dict], storage: Optional[Storage] = None, run_id: str = "ingest-test") -> StageOutput:
+def write_ingest(
+    output: str, crops: list[dict], storage: Optional[Storage] = None, run_id: str = "ingest-test"
+) -> StageOutput:
     """A complete ingest output: one part per MOT17 sequence (= one video), then ``_SUCCESS.json``."""
     st = storage or Storage()
     out = StageOutput.create(output, "ingest", run_id, st)
@@ -147,14 +169,21 @@ def tiny_backbone_folder(folder):
                 m.running_var.uniform_(0.5, 1.5)
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "backbone.safetensors"))
-    meta = {"architecture": "resnet_tiny", "embed_dim": int(model.embed_dim), "kwargs": TINY_KWARGS,
-            "input_size": list(TINY_INPUT), "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    meta = {
+        "architecture": "resnet_tiny",
+        "embed_dim": int(model.embed_dim),
+        "kwargs": TINY_KWARGS,
+        "input_size": list(TINY_INPUT),
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     (folder / "backbone.json").write_text(json.dumps(meta))
     return model
 
 
 def register_backbone(tmp_path: Path, name: str, alias: str) -> str:
-    """Log ``tmp_path/model`` as a run's ``model/`` artifact folder, register it, set an alias; returns the store URI."""
+    """Log ``tmp_path/model`` as a run's ``model/`` artifact folder, register it, set an alias; returns the store
+    URI."""
     import mlflow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

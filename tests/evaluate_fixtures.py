@@ -31,8 +31,15 @@ def person_image(pid: int, cam: int, k: int, rng: np.random.Generator, h: int = 
     return img.astype(np.uint8)
 
 
-def write_market(root: Path, train_ids=range(1, 13), test_ids=range(13, 25), cams: int = 3, per_cam: int = 2,
-                 seed: int = 0, extras: bool = True) -> Path:
+def write_market(
+    root: Path,
+    train_ids=range(1, 13),
+    test_ids=range(13, 25),
+    cams: int = 3,
+    per_cam: int = 2,
+    seed: int = 0,
+    extras: bool = True,
+) -> Path:
     """Write ``bounding_box_train``, ``bounding_box_test`` and ``query`` folders; returns ``root``.
 
     Test identities get one query image per camera and ``per_cam`` gallery images per camera. With ``extras``,

@@ -33,8 +33,9 @@ def person_jpeg(identity: int, variant: int, size=(64, 128)) -> bytes:
     return buf.getvalue()
 
 
-def write_labelled_corpus(output: str, identities: int = 8, per_identity: int = 6, storage: Storage | None = None,
-                          noise_rows: int = 2) -> dict:
+def write_labelled_corpus(
+    output: str, identities: int = 8, per_identity: int = 6, storage: Storage | None = None, noise_rows: int = 2
+) -> dict:
     """ingest (jpeg) -> embed -> correlate (identity_id, a few rows at -1) under ``output``; returns URIs."""
     st = storage or Storage()
     image_ids, ids, jpegs = [], [], []
@@ -49,14 +50,30 @@ def write_labelled_corpus(output: str, identities: int = 8, per_identity: int = 
         jpegs.append(person_jpeg(100 + j, 0))
     n = len(image_ids)
     ingest = StageOutput.create(output, "ingest", "ingest-test", st)
-    ingest.write_unit("all", pa.table({"image_id": image_ids, "video_id": [s.split("-")[0] for s in image_ids],
-                                       "jpeg": pa.array(jpegs, pa.binary())}))
+    ingest.write_unit(
+        "all",
+        pa.table(
+            {
+                "image_id": image_ids,
+                "video_id": [s.split("-")[0] for s in image_ids],
+                "jpeg": pa.array(jpegs, pa.binary()),
+            }
+        ),
+    )
     ingest.finalize(stage="ingest", rows={"crops": n})
     embed = StageOutput.create(output, "embed", "embed-test", st)
     embed.write_unit("all", pa.table({"image_id": image_ids, "embedding": [[0.0, 1.0]] * n}))
     embed.finalize(stage="embed", rows={"embeddings": n}, inputs=[input_record(ingest)])
     corr = StageOutput.create(output, "correlate", "correlate-test", st)
-    corr.write_unit("all", pa.table({"image_id": image_ids, "identity_id": pa.array(ids, pa.int64()),
-                                     "video_id": [s.split("-")[0] for s in image_ids]}))
+    corr.write_unit(
+        "all",
+        pa.table(
+            {
+                "image_id": image_ids,
+                "identity_id": pa.array(ids, pa.int64()),
+                "video_id": [s.split("-")[0] for s in image_ids],
+            }
+        ),
+    )
     corr.finalize(stage="correlate", rows={"images": n}, inputs=[input_record(embed)])
     return {"ingest": ingest.uri, "embed": embed.uri, "correlate": corr.uri, "images": n - noise_rows}

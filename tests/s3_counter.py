@@ -44,10 +44,10 @@ def _op(environ) -> str:
 @contextmanager
 def counting_s3_server() -> Iterator[tuple[str, RequestCounter]]:
     """(endpoint URL, counter) of a moto S3 server on 127.0.0.1 whose requests are counted."""
+    import logging
+
     from moto.server import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import make_server
-
-    import logging
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     counter = RequestCounter()

@@ -57,11 +57,19 @@ def write_job(tmp_path: Path, job: dict, name: str = "job.yaml") -> str:
 
 # ---- 1. secrets ------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("value", [MARK, "12345678", "true", "2024-01-01", "[a, b]", "{x: 1}", "1.25"])
 def test_validate_never_shows_a_secret_field_whatever_yaml_makes_of_it(value, capsys):
     rc, out = cli(["validate", "jobs/ingest.yaml", f"storage.secret_access_key={value}"], capsys)
-    shown = {MARK: MARK, "12345678": "12345678", "true": "True", "2024-01-01": "2024", "[a, b]": "'a'",
-             "{x: 1}": "'x'", "1.25": "1.25"}[value]
+    shown = {
+        MARK: MARK,
+        "12345678": "12345678",
+        "true": "True",
+        "2024-01-01": "2024",
+        "[a, b]": "'a'",
+        "{x: 1}": "'x'",
+        "1.25": "1.25",
+    }[value]
     assert shown not in out and value not in out, out
     if value == MARK:
         assert rc == 0 and '"secret_access_key": "***"' in out
@@ -71,10 +79,18 @@ def test_validate_never_shows_a_secret_field_whatever_yaml_makes_of_it(value, ca
 
 
 def test_validate_masks_runtime_env_secrets_and_url_credentials(capsys):
-    rc, out = cli(["validate", "jobs/ingest.yaml", f"runtime_env.env_vars.AWS_SECRET_ACCESS_KEY={MARK}",
-                   f"runtime_env.env_vars.MY_TOKEN={MARK}x", "runtime_env.env_vars.REGION=eu-west-1",
-                   f"storage.endpoint_url=http://minio:{MARK}@127.0.0.1:9000",
-                   f"mlflow.tracking_uri=https://admin:{MARK}@mlflow.internal/"], capsys)
+    rc, out = cli(
+        [
+            "validate",
+            "jobs/ingest.yaml",
+            f"runtime_env.env_vars.AWS_SECRET_ACCESS_KEY={MARK}",
+            f"runtime_env.env_vars.MY_TOKEN={MARK}x",
+            "runtime_env.env_vars.REGION=eu-west-1",
+            f"storage.endpoint_url=http://minio:{MARK}@127.0.0.1:9000",
+            f"mlflow.tracking_uri=https://admin:{MARK}@mlflow.internal/",
+        ],
+        capsys,
+    )
     assert rc == 0, out
     assert MARK not in out
     cfg = json.loads(out[: out.rindex("}") + 1])
@@ -90,17 +106,24 @@ def test_submit_moves_secret_overrides_into_the_runtime_env(tmp_path):
         split_overrides,
     )
 
-    overrides = [f"storage.secret_access_key={MARK}", "synth.videos=2", f"mlflow.tracking_uri=http://a:{MARK}@h:5000",
-                 f"runtime_env.env_vars.API_TOKEN={MARK}"]
+    overrides = [
+        f"storage.secret_access_key={MARK}",
+        "synth.videos=2",
+        f"mlflow.tracking_uri=http://a:{MARK}@h:5000",
+        f"runtime_env.env_vars.API_TOKEN={MARK}",
+    ]
     plain, env = split_overrides(overrides)
     entry = build_entrypoint("jobs/x.yaml", plain)
     # before: "cion run jobs/x.yaml storage.secret_access_key=..." (kept by Ray in the job record and driver log)
     assert MARK not in entry and entry == "cion run jobs/x.yaml synth.videos=2"
     assert env == {"CION__STORAGE__SECRET_ACCESS_KEY": MARK, "CION__MLFLOW__TRACKING_URI": f"http://a:{MARK}@h:5000"}
-    job = job_from_dict({"stage": "synth", "runtime_env": {"working_dir": None, "env_vars": {"A": "${CLUSTER_A}"}}},
-                        overrides=overrides[-1:])
-    rt = build_runtime_env(job, str(tmp_path / "j.yaml"), env, environ={"AWS_SECRET_ACCESS_KEY": "sub-secret",
-                                                                       "HOME": "/root"})
+    job = job_from_dict(
+        {"stage": "synth", "runtime_env": {"working_dir": None, "env_vars": {"A": "${CLUSTER_A}"}}},
+        overrides=overrides[-1:],
+    )
+    rt = build_runtime_env(
+        job, str(tmp_path / "j.yaml"), env, environ={"AWS_SECRET_ACCESS_KEY": "sub-secret", "HOME": "/root"}
+    )
     assert rt["env_vars"] == {"A": "${CLUSTER_A}", "API_TOKEN": MARK, "AWS_SECRET_ACCESS_KEY": "sub-secret", **env}
     # the cluster's `cion run` reads the secret back from its environment as the same override
     os.environ["CION__STORAGE__SECRET_ACCESS_KEY"] = MARK
@@ -119,9 +142,14 @@ def test_logs_exceptions_and_mlflow_params_are_masked(tmp_path, capsys):
     from cion_dist.redact import install_log_redaction, redact_text
     from cion_dist.tracking.mlflow_run import stage_run
 
-    job = job_from_dict({"stage": "ingest", "output": str(tmp_path / "out"),
-                         "storage": {"secret_access_key": MARK, "endpoint_url": f"http://u:{MARK}a@h:1"},
-                         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "experiment": "mask"}})
+    job = job_from_dict(
+        {
+            "stage": "ingest",
+            "output": str(tmp_path / "out"),
+            "storage": {"secret_access_key": MARK, "endpoint_url": f"http://u:{MARK}a@h:1"},
+            "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/m.db", "experiment": "mask"},
+        }
+    )
     install_log_redaction()
     handler = logging.StreamHandler(sys.stderr)
     logging.getLogger("cion-test").addHandler(handler)
@@ -136,9 +164,12 @@ def test_logs_exceptions_and_mlflow_params_are_masked(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "boom with *** in it" in err and "http://***@h:1" in err and MARK not in err
     assert MARK not in redact_text(f"anything {MARK} anywhere")  # a configured secret is known process-wide
-    with stage_run(job, "ingest", params={"storage": job.storage.model_dump(), "cfg": {"token": MARK + "2",
-                                                                                         "url": job.storage.endpoint_url}},
-                   inputs=({"uri": f"s3://b/x?X-Amz-Signature={MARK}", "stage": "manifest"},)) as run:
+    with stage_run(
+        job,
+        "ingest",
+        params={"storage": job.storage.model_dump(), "cfg": {"token": MARK + "2", "url": job.storage.endpoint_url}},
+        inputs=({"uri": f"s3://b/x?X-Amz-Signature={MARK}", "stage": "manifest"},),
+    ) as run:
         run_id = run.info.run_id
     data = mlflow.MlflowClient().get_run(run_id).data
     assert MARK not in json.dumps(data.params) + json.dumps(data.tags)
@@ -147,6 +178,7 @@ def test_logs_exceptions_and_mlflow_params_are_masked(tmp_path, capsys):
 
 
 # ---- 2. promotion ----------------------------------------------------------------------------------------------
+
 
 def _registered(store: str, name: str, n: int) -> list[str]:
     from cion_dist.models import build_backbone
@@ -172,12 +204,21 @@ def test_reevaluating_the_champion_with_other_settings_never_crowns_a_worse_mode
     base = job_from_dict({"stage": "evaluate", "output": str(tmp_path)}).evaluate
     small = base.model_copy(update={"height": 128, "width": 64})
     s_full, s_small = evaluation_settings(base, digest, "1"), evaluation_settings(small, digest, "1")
-    pjob = job_from_dict({"stage": "promote", "output": str(tmp_path / "o"),
-                          "mlflow": {"tracking_uri": store, "experiment": name},
-                          "promote": {"model_name": name, "floor": 0.3}})
+    pjob = job_from_dict(
+        {
+            "stage": "promote",
+            "output": str(tmp_path / "o"),
+            "mlflow": {"tracking_uri": store, "experiment": name},
+            "promote": {"model_name": name, "floor": 0.3},
+        }
+    )
     record_evaluation(name, v1, "frozen", digest, {"mAP": 0.777}, settings=s_full)
-    assert promote(pjob.model_copy(update={"promote": pjob.promote.model_copy(update={"candidate": v1})})).summary[
-        "decision"] == "promoted"
+    assert (
+        promote(pjob.model_copy(update={"promote": pjob.promote.model_copy(update={"candidate": v1})})).summary[
+            "decision"
+        ]
+        == "promoted"
+    )
     # the champion re-evaluated at 128x64: a new record, the 256x128 one untouched (before: overwritten, 0.777 -> 0.472)
     record_evaluation(name, v1, "frozen", digest, {"mAP": 0.472}, settings=s_small)
     import mlflow
@@ -204,8 +245,15 @@ def test_first_promotion_needs_a_floor_or_an_explicit_flag_and_version_numbers_p
     store, name = f"sqlite:///{tmp_path}/m.db", "abuse-first"
     (v1,) = _registered(store, name, 1)
     record_evaluation(name, v1, "frozen", "e" * 64, {"mAP": 0.22})  # a zero-weights model
-    path = write_job(tmp_path, {"stage": "promote", "output": str(tmp_path / "o"),
-                                "mlflow": {"tracking_uri": store, "experiment": name}, "promote": {"model_name": name}})
+    path = write_job(
+        tmp_path,
+        {
+            "stage": "promote",
+            "output": str(tmp_path / "o"),
+            "mlflow": {"tracking_uri": store, "experiment": name},
+            "promote": {"model_name": name},
+        },
+    )
     job = load_job(path, ["promote.candidate=1"])  # before: rejected (an int in YAML)
     assert job.promote.candidate == "1"
     r = promote(job)
@@ -220,6 +268,7 @@ def test_first_promotion_needs_a_floor_or_an_explicit_flag_and_version_numbers_p
 
 # ---- 3. one bad clip -------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def one_clip(tmp_path_factory):
     from cion_dist.storage import Storage
@@ -227,9 +276,21 @@ def one_clip(tmp_path_factory):
     from cion_dist.synth.generate import generate_corpus
 
     root = tmp_path_factory.mktemp("clip")
-    info = generate_corpus(SynthConfig(out=str(root / "corpus"), identities=2, cameras=1, videos=1, frames=40,
-                                       fps=10, width=320, height=180, people_per_video=2, benchmark_identities=0),
-                           Storage())
+    info = generate_corpus(
+        SynthConfig(
+            out=str(root / "corpus"),
+            identities=2,
+            cameras=1,
+            videos=1,
+            frames=40,
+            fps=10,
+            width=320,
+            height=180,
+            people_per_video=2,
+            benchmark_identities=0,
+        ),
+        Storage(),
+    )
     return root, info
 
 
@@ -261,8 +322,14 @@ def test_a_torn_part_found_on_resume_is_redone(one_clip, tmp_path, ray_local):
     from cion_dist.ingest.job import run
 
     root, _ = one_clip
-    job = job_from_dict({"stage": "ingest", "output": str(tmp_path / "out"), "mlflow": {"enabled": False},
-                         "ingest": {"manifest": str(root / "corpus" / "manifest.parquet")}})
+    job = job_from_dict(
+        {
+            "stage": "ingest",
+            "output": str(tmp_path / "out"),
+            "mlflow": {"enabled": False},
+            "ingest": {"manifest": str(root / "corpus" / "manifest.parquet")},
+        }
+    )
     first = run(job)
     (part,) = [p for p in Path(first.uri).iterdir() if p.suffix == ".parquet"]
     good = part.read_bytes()
@@ -290,8 +357,12 @@ with output_lock(job, "ingest"):
 
 
 def _holder(output: str, seconds: float) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", _HOLD, output, str(seconds)], stdout=subprocess.PIPE, text=True,
-                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    p = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, output, str(seconds)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -352,8 +423,12 @@ def test_two_runs_creating_one_sqlite_store_at_once(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     out = str(tmp_path / "fresh")
-    procs = [subprocess.Popen([sys.executable, "-c", _CONFIGURE, out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, env=env) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _CONFIGURE, out], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(2)
+    ]
     results = [p.communicate(timeout=120) for p in procs]
     # before: "Online migration expected to match one row ... alembic_version" in one of them
     assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
@@ -361,6 +436,7 @@ def test_two_runs_creating_one_sqlite_store_at_once(tmp_path):
 
 
 # ---- 6. ordinary mistakes: one error line, rc 2, no traceback ---------------------------------------------------
+
 
 def _ingest_job(tmp_path, **over) -> str:
     job = {"stage": "ingest", "output": str(tmp_path / "out"), "mlflow": {"enabled": False}}
@@ -402,8 +478,9 @@ def test_incomplete_credentials_and_credentials_in_the_endpoint(tmp_path, capsys
 def test_unreachable_endpoint_and_missing_bucket_found_before_any_task(tmp_path, capsys, s3_endpoint):
     port = free_port()
     t0 = time.monotonic()
-    rc, out = cli(["run", _ingest_job(tmp_path, output="s3://b/x", storage={"endpoint_url": f"http://127.0.0.1:{port}"})],
-                  capsys)
+    rc, out = cli(
+        ["run", _ingest_job(tmp_path, output="s3://b/x", storage={"endpoint_url": f"http://127.0.0.1:{port}"})], capsys
+    )
     _one_error(rc, out, f"S3 endpoint http://127.0.0.1:{port} is unreachable")  # before: EndpointConnectionError
     rc, out = cli(["run", _ingest_job(tmp_path, output="s3://no-such-bucket-x/run")], capsys)
     _one_error(rc, out, "bucket 'no-such-bucket-x'", "does not exist")  # before: found after the clips ran (34 s)
@@ -434,6 +511,7 @@ def test_an_unexpected_error_is_one_masked_line_and_the_trace_only_with_v(tmp_pa
 
 # ---- 7. an unreachable MLflow server fails in seconds ----------------------------------------------------------
 
+
 def test_unreachable_mlflow_fails_fast_with_a_masked_message(tmp_path, capsys):
     from cion_dist.tracking.mlflow_run import configure
 
@@ -443,28 +521,37 @@ def test_unreachable_mlflow_fails_fast_with_a_masked_message(tmp_path, capsys):
     with pytest.raises(CionError, match=r"MLflow at http://\*\*\*@127.0.0.1") as e:
         configure(job)  # before: ~4.3 min of retries, then a traceback carrying the password
     assert time.monotonic() - t0 < 30 and MARK not in str(e.value)
-    rc, out = cli(["run", write_job(tmp_path, {"stage": "evaluate", "output": str(tmp_path / "o"),
-                                               "mlflow": {"tracking_uri": url}})], capsys)
+    rc, out = cli(
+        [
+            "run",
+            write_job(tmp_path, {"stage": "evaluate", "output": str(tmp_path / "o"), "mlflow": {"tracking_uri": url}}),
+        ],
+        capsys,
+    )
     _one_error(rc, out, "MLflow tracking server http://***@127.0.0.1")
     assert MARK not in out
 
 
 # ---- 8. refused ------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("override, key", [
-    ("pretrain.teacher_temp=0", "pretrain.teacher_temp"),
-    ("pretrain.student_temp=-1", "pretrain.student_temp"),
-    ("pretrain.image_size=[0,0]", "pretrain.image_size"),
-    ("pretrain.local_size=[64,0]", "pretrain.local_size"),
-    ("ingest.detector.input_size=-416", "ingest.detector.input_size"),
-    ("embed.handcrafted.hsv_bins=[8,0,2]", "embed.handcrafted.hsv_bins"),
-    ("embed.handcrafted.lab_bins=[0,8,8]", "embed.handcrafted.lab_bins"),
-    ("ray.object_store_memory=-1", "ray.object_store_memory"),
-    ("ingest.detector.kind=yolox", "model_uri"),
-    ("pipeline.stages=[]", "pipeline.stages"),
-    ("output=ftp://host/x", "unsupported scheme 'ftp'"),
-    ("synth.out=gs://b/c", "unsupported scheme 'gs'"),
-])
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("pretrain.teacher_temp=0", "pretrain.teacher_temp"),
+        ("pretrain.student_temp=-1", "pretrain.student_temp"),
+        ("pretrain.image_size=[0,0]", "pretrain.image_size"),
+        ("pretrain.local_size=[64,0]", "pretrain.local_size"),
+        ("ingest.detector.input_size=-416", "ingest.detector.input_size"),
+        ("embed.handcrafted.hsv_bins=[8,0,2]", "embed.handcrafted.hsv_bins"),
+        ("embed.handcrafted.lab_bins=[0,8,8]", "embed.handcrafted.lab_bins"),
+        ("ray.object_store_memory=-1", "ray.object_store_memory"),
+        ("ingest.detector.kind=yolox", "model_uri"),
+        ("pipeline.stages=[]", "pipeline.stages"),
+        ("output=ftp://host/x", "unsupported scheme 'ftp'"),
+        ("synth.out=gs://b/c", "unsupported scheme 'gs'"),
+    ],
+)
 def test_validate_refuses(override, key, capsys):
     rc, out = cli(["validate", "jobs/pipeline.yaml", override], capsys)
     _one_error(rc, out, key)
@@ -487,12 +574,15 @@ def test_synth_out_ftp_is_refused_and_writes_nothing(tmp_path, capsys, monkeypat
     assert not (tmp_path / "ftp:").exists()  # before: a local folder ./ftp:
 
 
-@pytest.mark.parametrize("table, words", [
-    (pa.table({"video_id": [1, 2], "uri": ["a.mp4", "b.mp4"]}), "column 'video_id' must be a string, got int64"),
-    (pa.table({"video_id": ["a"], "uri": [3]}), "column 'uri' must be a string"),
-    (pa.table({"video_id": ["a"], "uri": ["a.mp4"], "start_time": ["10"]}), "'start_time' must be a number"),
-    (pa.table({"video_id": pa.array([], pa.string()), "uri": pa.array([], pa.string())}), "has no rows"),
-])
+@pytest.mark.parametrize(
+    "table, words",
+    [
+        (pa.table({"video_id": [1, 2], "uri": ["a.mp4", "b.mp4"]}), "column 'video_id' must be a string, got int64"),
+        (pa.table({"video_id": ["a"], "uri": [3]}), "column 'uri' must be a string"),
+        (pa.table({"video_id": ["a"], "uri": ["a.mp4"], "start_time": ["10"]}), "'start_time' must be a number"),
+        (pa.table({"video_id": pa.array([], pa.string()), "uri": pa.array([], pa.string())}), "has no rows"),
+    ],
+)
 def test_manifest_types_and_empty_manifests(table, words, tmp_path):
     from cion_dist.ingest.manifest import load_manifest
 
@@ -506,9 +596,14 @@ def test_zero_valid_queries_is_an_error_and_nothing_is_recorded(tmp_path):
     from tests.evaluate_fixtures import write_market
 
     bench = write_market(tmp_path / "m", train_ids=range(1, 3), test_ids=range(3, 6), cams=1, per_cam=2, extras=False)
-    job = job_from_dict({"stage": "evaluate", "output": str(tmp_path / "out"), "mlflow": {"enabled": False},
-                         "evaluate": {"dataset": str(bench), "model": "init:resnet_tiny", "height": 64, "width": 32,
-                                      "flip": False}})
+    job = job_from_dict(
+        {
+            "stage": "evaluate",
+            "output": str(tmp_path / "out"),
+            "mlflow": {"enabled": False},
+            "evaluate": {"dataset": str(bench), "model": "init:resnet_tiny", "height": 64, "width": 32, "flip": False},
+        }
+    )
     with pytest.raises(DataError, match="none of the 3 queries"):  # before: rc 0 and mAP NaN recorded
         evaluate(job)
     assert not list((tmp_path / "out").rglob("_SUCCESS.json"))

@@ -31,8 +31,21 @@ def corpus(tmp_path_factory):
     from cion_dist.synth.generate import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(SynthConfig(out=str(root), identities=4, cameras=2, videos=3, frames=60, fps=10, width=320,
-                                height=180, people_per_video=2, benchmark_identities=0), Storage())
+    generate_corpus(
+        SynthConfig(
+            out=str(root),
+            identities=4,
+            cameras=2,
+            videos=3,
+            frames=60,
+            fps=10,
+            width=320,
+            height=180,
+            people_per_video=2,
+            benchmark_identities=0,
+        ),
+        Storage(),
+    )
     return root
 
 
@@ -43,9 +56,14 @@ def test_one_folder_among_the_clips_is_an_error_row_and_the_run_completes(ray_lo
     (tmp_path / "folder.mp4").mkdir()
     rows.append({**rows[0], "video_id": "zz-folder", "uri": str(tmp_path / "folder.mp4")})
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "manifest.parquet")
-    job = job_from_dict({"stage": "ingest", "output": str(tmp_path / "out"), "mlflow": {"enabled": False},
-                         "ingest": {"manifest": str(tmp_path / "manifest.parquet"), "max_error_fraction": 0.5,
-                                    "concurrency": 2}})
+    job = job_from_dict(
+        {
+            "stage": "ingest",
+            "output": str(tmp_path / "out"),
+            "mlflow": {"enabled": False},
+            "ingest": {"manifest": str(tmp_path / "manifest.parquet"), "max_error_fraction": 0.5, "concurrency": 2},
+        }
+    )
     res = run_stage(job)
     # before: IsADirectoryError failed the Ray dataset: no errors table, no _SUCCESS.json, max_error_fraction bypassed
     success = json.loads((Path(res.uri) / "_SUCCESS.json").read_text())
@@ -65,14 +83,27 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
 
     store = f"sqlite:///{tmp_path}/m.db"
     job = tmp_path / "job.yaml"
-    job.write_text(yaml.safe_dump({
-        "stage": "ingest", "output": str(tmp_path / "out"), "ray": {"num_cpus": 2},
-        "mlflow": {"tracking_uri": store, "experiment": "busy"},
-        "ingest": {"manifest": str(corpus / "manifest.parquet"), "concurrency": 1, "chunk_frames": 4}}))
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "ingest",
+                "output": str(tmp_path / "out"),
+                "ray": {"num_cpus": 2},
+                "mlflow": {"tracking_uri": store, "experiment": "busy"},
+                "ingest": {"manifest": str(corpus / "manifest.parquet"), "concurrency": 1, "chunk_frames": 4},
+            }
+        )
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
-    first = subprocess.Popen([sys.executable, "-m", "cion_dist.cli", "run", str(job)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cion_dist.cli", "run", str(job)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     client = mlflow.MlflowClient(tracking_uri=store)
     try:
         deadline, running = time.monotonic() + 240, []
@@ -85,8 +116,13 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
             except Exception:  # noqa: BLE001 - the store may be mid-creation
                 running = []
         assert running and running[0].info.status == "RUNNING"
-        second = subprocess.run([sys.executable, "-m", "cion_dist.cli", "run", str(job)], env=env,
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "cion_dist.cli", "run", str(job)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stdout + second.stderr
         assert f"is in use by the ingest run of pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
         assert first.poll() is None  # the first one is still at work
@@ -104,11 +140,11 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
 # ---- a secret marker everywhere --------------------------------------------------------------------------------
 
 MARKS = {
-    "submitter env": "EnvMark4f1c9a",         # AWS_SECRET_ACCESS_KEY of the submitter (forwarded to the job)
-    "storage config": "YamlMark77b2e0",       # storage.secret_access_key in the job file
-    "runtime_env": "RtMark0c3d5e",            # runtime_env.env_vars.SERVICE_TOKEN in the job file
-    "override": "OvrMark9a8b7c",              # storage.secret_access_key=... on the command line
-    "URL userinfo": "UrlMark5d6e7f",          # mlflow.tracking_uri=http://alice:<mark>@host on the command line
+    "submitter env": "EnvMark4f1c9a",  # AWS_SECRET_ACCESS_KEY of the submitter (forwarded to the job)
+    "storage config": "YamlMark77b2e0",  # storage.secret_access_key in the job file
+    "runtime_env": "RtMark0c3d5e",  # runtime_env.env_vars.SERVICE_TOKEN in the job file
+    "override": "OvrMark9a8b7c",  # storage.secret_access_key=... on the command line
+    "URL userinfo": "UrlMark5d6e7f",  # mlflow.tracking_uri=http://alice:<mark>@host on the command line
 }
 
 
@@ -116,7 +152,7 @@ def _grep(text: str, where: str, found: list) -> None:
     for what, mark in MARKS.items():
         if mark in text:
             i = text.index(mark)
-            found.append(f"{what} marker in {where}: ...{text[max(0, i - 120):i + 40]!r}")
+            found.append(f"{what} marker in {where}: ...{text[max(0, i - 120) : i + 40]!r}")
 
 
 @pytest.mark.slow
@@ -125,23 +161,42 @@ def test_no_secret_marker_in_any_output(ray_head, s3_bucket, mlflow_server, tmp_
     import s3fs
 
     host = mlflow_server.split("://", 1)[1]
-    job = {**TINY_SYNTH, "stage": "pipeline", "name": "secrets", "output": f"{s3_bucket}/run",
-           "pipeline": {"stages": ["synth", "ingest"]}, "ingest": {"concurrency": 1},
-           "mlflow": {"enabled": True, "experiment": "secrets"},
-           "storage": {"access_key_id": "testing", "secret_access_key": MARKS["storage config"]},
-           "runtime_env": {"working_dir": ".", "env_vars": {
-               "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "AWS_DEFAULT_REGION": "us-east-1",
-               "SERVICE_TOKEN": MARKS["runtime_env"]}}}
+    job = {
+        **TINY_SYNTH,
+        "stage": "pipeline",
+        "name": "secrets",
+        "output": f"{s3_bucket}/run",
+        "pipeline": {"stages": ["synth", "ingest"]},
+        "ingest": {"concurrency": 1},
+        "mlflow": {"enabled": True, "experiment": "secrets"},
+        "storage": {"access_key_id": "testing", "secret_access_key": MARKS["storage config"]},
+        "runtime_env": {
+            "working_dir": ".",
+            "env_vars": {
+                "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+                "AWS_DEFAULT_REGION": "us-east-1",
+                "SERVICE_TOKEN": MARKS["runtime_env"],
+            },
+        },
+    }
     _repo(tmp_path / "repo", job)
     cwd = tmp_path / "repo"
-    overrides = [f"storage.secret_access_key={MARKS['override']}",
-                 f"mlflow.tracking_uri=http://alice:{MARKS['URL userinfo']}@{host}"]
-    env = {**ray_head.env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": MARKS["submitter env"],
-           "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "AWS_DEFAULT_REGION": "us-east-1"}
+    overrides = [
+        f"storage.secret_access_key={MARKS['override']}",
+        f"mlflow.tracking_uri=http://alice:{MARKS['URL userinfo']}@{host}",
+    ]
+    env = {
+        **ray_head.env,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": MARKS["submitter env"],
+        "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
     def cion(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "cion"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            [str(BIN / "cion"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        )
 
     found: list[str] = []
     res = cion("validate", "jobs/tiny.yaml", *overrides)
@@ -187,9 +242,17 @@ def test_no_secret_marker_in_any_output(ray_head, s3_bucket, mlflow_server, tmp_
     runs = client.search_runs([exp.experiment_id])
     assert {r.data.tags.get("cion.stage") for r in runs} >= {"ingest"}
     for r in runs:
-        _grep(json.dumps({"params": r.data.params, "tags": r.data.tags,
-                          "inputs": [str(d.dataset) for d in r.inputs.dataset_inputs]}), f"MLflow run {r.info.run_id}",
-              found)
+        _grep(
+            json.dumps(
+                {
+                    "params": r.data.params,
+                    "tags": r.data.tags,
+                    "inputs": [str(d.dataset) for d in r.inputs.dataset_inputs],
+                }
+            ),
+            f"MLflow run {r.info.run_id}",
+            found,
+        )
     server_root = Path(mlflow_server_root(mlflow_server))
     for path in server_root.rglob("*"):
         if path.is_file() and path.name != "server.log":

@@ -30,8 +30,10 @@ def test_every_shipped_job_file_validates():
 
 
 def test_overrides_set_nested_keys_with_yaml_types(tmp_path):
-    job = load_job(write(tmp_path, "stage: ingest\n"), ["ingest.every_n=3", "ingest.detector.kind=yolox",
-                                                           "ingest.detector.model_uri=y.onnx", "ray.num_cpus=8"])
+    job = load_job(
+        write(tmp_path, "stage: ingest\n"),
+        ["ingest.every_n=3", "ingest.detector.kind=yolox", "ingest.detector.model_uri=y.onnx", "ray.num_cpus=8"],
+    )
     assert job.ingest.every_n == 3 and isinstance(job.ingest.every_n, int)
     assert job.ingest.detector.kind == "yolox"
     assert job.ray.num_cpus == 8
@@ -63,7 +65,9 @@ def test_bad_stage_missing_file_and_bad_override(tmp_path):
 
 
 def test_secrets_are_masked_when_echoed(tmp_path):
-    job = load_job(write(tmp_path, "stage: ingest\nstorage:\n  access_key_id: AKIAEXAMPLE\n  secret_access_key: sup3rs3cret\n"))
+    job = load_job(
+        write(tmp_path, "stage: ingest\nstorage:\n  access_key_id: AKIAEXAMPLE\n  secret_access_key: sup3rs3cret\n")
+    )
     dumped = job.model_dump_json()
     assert "sup3rs3cret" not in dumped and "AKIAEXAMPLE" not in dumped
     assert job.storage.secret_access_key.get_secret_value() == "sup3rs3cret"

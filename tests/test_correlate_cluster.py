@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faiss
-import numpy as np
 import pytest
 
 pytestmark = pytest.mark.slow
@@ -12,9 +11,9 @@ pytestmark = pytest.mark.slow
 def test_sharded_index_on_two_nodes_equals_single_index():
     import ray
     from ray.cluster_utils import Cluster
+    from test_correlate_knn import assert_same_topk, clustered
 
     from cion_dist.correlate.knn_index import ShardedKnnIndex
-    from test_correlate_knn import assert_same_topk, clustered
 
     if ray.is_initialized():
         ray.shutdown()  # the shared local instance; ray_local restarts it for later tests
@@ -27,7 +26,9 @@ def test_sharded_index_on_two_nodes_equals_single_index():
         x = clustered(4000, 64, seed=3)
         index = ShardedKnnIndex(x, num_shards=2, kind="flat")
         try:
-            nodes = ray.get([s.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for s in index.shards])
+            nodes = ray.get(
+                [s.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()) for s in index.shards]
+            )
             assert len(set(nodes)) == 2  # SPREAD put one shard on each node
             sim, ids = index.search(x[:1000], 10, batch=300)
         finally:

@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from correlate_fixtures import make_corpus
 from sklearn.metrics import normalized_mutual_info_score
 
 from cion_dist.correlate import baselines, quality
 from cion_dist.correlate.calibrate import (
-    calibrate, nearest_cross_video_distances, otsu_threshold, tracker_disagreements,
+    calibrate,
+    nearest_cross_video_distances,
+    otsu_threshold,
+    tracker_disagreements,
 )
 from cion_dist.correlate.denoise import (
-    IDENTITY_RADIUS, IDENTITY_TOO_SMALL, KEPT, TRACKLET_OUTLIER, TRACKLET_TOO_SMALL, VIDEO_RADIUS,
-    denoise_tracklets, denoise_video, guarded_merge, shrink_to_radius,
+    IDENTITY_RADIUS,
+    IDENTITY_TOO_SMALL,
+    KEPT,
+    TRACKLET_OUTLIER,
+    TRACKLET_TOO_SMALL,
+    VIDEO_RADIUS,
+    denoise_tracklets,
+    denoise_video,
+    guarded_merge,
+    shrink_to_radius,
 )
 from cion_dist.correlate.geometry import centroid, distance_to, l2_normalise
 from cion_dist.correlate.linking import dedupe_links, finalize_identities, links_from_knn, plan_windows
 from cion_dist.correlate.unionfind import UnionFind
-from correlate_fixtures import make_corpus
 
 DIM = 32
 
@@ -230,8 +241,11 @@ def test_tracker_disagreements_find_switches_and_keep_them_out_of_the_radius():
     assert tracker_disagreements(clean.x, clean.key, clean.video).mean() < 0.02
     cal = calibrate(dirty.x, dirty.key, dirty.video)
     assert cal.radius_stats["tracker_disagreements"] == pytest.approx(flag.mean(), abs=1e-6)
-    naive = np.quantile(1 - np.einsum("ij,ij->i", dirty.x, l2_normalise(np.vstack(
-        [dirty.x[dirty.key == k].sum(0) for k in dirty.key]))), 0.98)
+    naive = np.quantile(
+        1
+        - np.einsum("ij,ij->i", dirty.x, l2_normalise(np.vstack([dirty.x[dirty.key == k].sum(0) for k in dirty.key]))),
+        0.98,
+    )
     assert cal.radius < naive
 
 

@@ -2,24 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from correlate_fixtures import make_corpus, write_embed_output, write_ground_truth
 
 from cion_dist.config import job_from_dict
 from cion_dist.correlate.job import run
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import Storage, join, read_json
-from cion_dist.storage.stage_io import StageOutput, read_table
-from correlate_fixtures import make_corpus, write_embed_output, write_ground_truth
+from cion_dist.storage.stage_io import StageOutput
 
 
 def _job(output, **correlate):
-    return job_from_dict({"stage": "correlate", "output": str(output), "mlflow": {"enabled": False},
-                          "correlate": {"num_shards": 2, "window_videos": 4, "stride_videos": 2, **correlate}})
+    return job_from_dict(
+        {
+            "stage": "correlate",
+            "output": str(output),
+            "mlflow": {"enabled": False},
+            "correlate": {"num_shards": 2, "window_videos": 4, "stride_videos": 2, **correlate},
+        }
+    )
 
 
 def test_correlate_beats_tracklets_and_writes_contract(tmp_path, ray_local, caplog):
@@ -91,10 +96,20 @@ def test_correlate_on_s3_with_mlflow(tmp_path, s3_bucket, ray_local, monkeypatch
     corpus = make_corpus(people=10, videos=4, people_per_video=4, seed=3)
     output = join(s3_bucket, "cion-out")
     embed_uri = write_embed_output(output, corpus, storage=Storage())
-    job = job_from_dict({"stage": "correlate", "output": output,
-                         "mlflow": {"enabled": True, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
-                         "correlate": {"num_shards": 2, "window_videos": 2, "stride_videos": 1, "radius": 0.3,
-                                       "link_distance": 0.45}})
+    job = job_from_dict(
+        {
+            "stage": "correlate",
+            "output": output,
+            "mlflow": {"enabled": True, "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+            "correlate": {
+                "num_shards": 2,
+                "window_videos": 2,
+                "stride_videos": 1,
+                "radius": 0.3,
+                "link_distance": 0.45,
+            },
+        }
+    )
     res = run(job)
     assert res.uri.startswith("s3://")
     t = StageOutput(res.uri).read()

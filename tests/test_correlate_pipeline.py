@@ -15,17 +15,28 @@ from cion_dist.storage.fs import join, read_json
 
 
 def _job(output: str, seed: int) -> object:
-    return job_from_dict({
-        "stage": "pipeline",
-        "output": output,
-        "mlflow": {"enabled": False},
-        "pipeline": {"stages": ["synth", "ingest", "embed", "correlate"]},
-        "synth": {"identities": 8, "cameras": 3, "videos": 6, "frames": 60, "width": 320, "height": 192,
-                  "people_per_video": 3, "benchmark_identities": 0, "seed": seed},
-        "ingest": {"detector": {"kind": "background"}, "concurrency": 2},
-        "embed": {"backbone": "handcrafted"},
-        "correlate": {"window_videos": 4, "stride_videos": 2, "num_shards": 1},
-    })
+    return job_from_dict(
+        {
+            "stage": "pipeline",
+            "output": output,
+            "mlflow": {"enabled": False},
+            "pipeline": {"stages": ["synth", "ingest", "embed", "correlate"]},
+            "synth": {
+                "identities": 8,
+                "cameras": 3,
+                "videos": 6,
+                "frames": 60,
+                "width": 320,
+                "height": 192,
+                "people_per_video": 3,
+                "benchmark_identities": 0,
+                "seed": seed,
+            },
+            "ingest": {"detector": {"kind": "background"}, "concurrency": 2},
+            "embed": {"backbone": "handcrafted"},
+            "correlate": {"window_videos": 4, "stride_videos": 2, "num_shards": 1},
+        }
+    )
 
 
 @pytest.mark.slow

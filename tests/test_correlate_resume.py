@@ -5,21 +5,33 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
+from correlate_fixtures import make_corpus, write_embed_output
 
 from cion_dist.config import job_from_dict
 from cion_dist.correlate.job import run
 from cion_dist.storage.fs import Storage, join
 from cion_dist.storage.stage_io import StageOutput
-from correlate_fixtures import make_corpus, write_embed_output
 
 STEPS = ("videos", "nodes", "blocks", "windows", "merge", "recheck")
 
 
 def _job(output, **correlate):
-    return job_from_dict({"stage": "correlate", "output": str(output), "mlflow": {"enabled": False},
-                          "correlate": {"num_shards": 2, "window_videos": 4, "stride_videos": 2, "videos_per_task": 2,
-                                        "windows_per_task": 1, "block_videos": 3, **correlate}})
+    return job_from_dict(
+        {
+            "stage": "correlate",
+            "output": str(output),
+            "mlflow": {"enabled": False},
+            "correlate": {
+                "num_shards": 2,
+                "window_videos": 4,
+                "stride_videos": 2,
+                "videos_per_task": 2,
+                "windows_per_task": 1,
+                "block_videos": 3,
+                **correlate,
+            },
+        }
+    )
 
 
 def _corpus():
@@ -40,12 +52,24 @@ def test_resume_after_a_crash_redoes_only_missing_units(tmp_path, ray_local):
     files = {s: out.files(s) for s in STEPS}
     assert files["recheck"], "the corpus must give the radius re-check something to save"
     # a crash part-way through every step: some units of each are gone, with the outputs and _SUCCESS
-    gone = [files["videos"][1], files["nodes"][4], files["blocks"][-1], files["windows"][0], files["recheck"][0],
-            *files["merge"], *out.files(), out.success_uri]
+    gone = [
+        files["videos"][1],
+        files["nodes"][4],
+        files["blocks"][-1],
+        files["windows"][0],
+        files["recheck"][0],
+        *files["merge"],
+        *out.files(),
+        out.success_uri,
+    ]
     # a video is redone as a whole: both of its level 1-2 units are rewritten
     redone = {os.path.basename(files["videos"][1]), os.path.basename(files["nodes"][4])}
-    kept = {f: os.stat(f).st_mtime_ns for s in STEPS for f in files[s]
-            if f not in gone and not (s in ("videos", "nodes") and os.path.basename(f) in redone)}
+    kept = {
+        f: os.stat(f).st_mtime_ns
+        for s in STEPS
+        for f in files[s]
+        if f not in gone and not (s in ("videos", "nodes") and os.path.basename(f) in redone)
+    }
     calibration = join(out.uri, "calibration.json")
     kept[calibration] = os.stat(calibration).st_mtime_ns
     for f in gone:
@@ -104,8 +128,9 @@ def test_resume_on_s3_makes_no_request_per_unit_on_the_driver(tmp_path, s3_bucke
     assert unit_reads == []
     # what is left is a few listings and records per step; reading the output parts back for the content digest
     # (one GET each) belongs to finalize
-    digest_reads = [p for m, p in seen if m == "GET" and p.rsplit("/", 2)[-2].startswith("correlate-")
-                    and p.endswith(".parquet")]
+    digest_reads = [
+        p for m, p in seen if m == "GET" and p.rsplit("/", 2)[-2].startswith("correlate-") and p.endswith(".parquet")
+    ]
     assert len(digest_reads) == 16
     assert len(seen) - len(digest_reads) <= 24, seen
     after = StageOutput(again.uri, storage).read().sort_by("image_id")

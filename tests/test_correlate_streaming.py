@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from correlate_fixtures import make_corpus
 
 from cion_dist.config import job_from_dict
 from cion_dist.correlate.catalog import scan_embeddings
@@ -14,7 +15,6 @@ from cion_dist.correlate.job import run
 from cion_dist.correlate.reference import correlate_in_process
 from cion_dist.correlate.switches import SwitchSplit
 from cion_dist.storage.stage_io import StageOutput, write_table_atomic
-from correlate_fixtures import make_corpus
 
 
 def _write(output: str, table: pa.Table, layout: str, run_id: str, inputs=()) -> StageOutput:
@@ -27,7 +27,10 @@ def _write(output: str, table: pa.Table, layout: str, run_id: str, inputs=()) ->
         out.write_unit("all", table)
     else:  # rows of every video spread over three parts
         for i in range(3):
-            out.write_unit(f"chunk{i}", table.slice(i * table.num_rows // 3, (i + 1) * table.num_rows // 3 - i * table.num_rows // 3))
+            out.write_unit(
+                f"chunk{i}",
+                table.slice(i * table.num_rows // 3, (i + 1) * table.num_rows // 3 - i * table.num_rows // 3),
+            )
     out.finalize(stage="embed", rows={"images": table.num_rows}, inputs=list(inputs))
     return out
 
@@ -42,9 +45,22 @@ def test_stage_equals_single_process_reference(tmp_path, ray_local, layout, dtyp
         table = table.set_column(3, "embedding", pa.array(list(x16), pa.list_(pa.float16())))
     out = _write(str(tmp_path), table, layout, f"e-{layout}")
     r, d = 0.3, 0.8
-    job = job_from_dict({"stage": "correlate", "output": str(tmp_path), "mlflow": {"enabled": False},
-                         "correlate": {"input": out.uri, "radius": r, "link_distance": d, "window_videos": 4,
-                                       "stride_videos": 2, "num_shards": 2, "videos_per_task": 2}})
+    job = job_from_dict(
+        {
+            "stage": "correlate",
+            "output": str(tmp_path),
+            "mlflow": {"enabled": False},
+            "correlate": {
+                "input": out.uri,
+                "radius": r,
+                "link_distance": d,
+                "window_videos": 4,
+                "stride_videos": 2,
+                "num_shards": 2,
+                "videos_per_task": 2,
+            },
+        }
+    )
     res = run(job)
     got = StageOutput(res.uri).read().sort_by("image_id")
 
@@ -58,16 +74,26 @@ def test_stage_equals_single_process_reference(tmp_path, ray_local, layout, dtyp
     assert res.rows["identities"] == ref.n_identities > 0
     assert res.summary["counts"]["reasons"].get("identity_radius", 0) == int((ref.reason == 4).sum()) > 0
     assert res.summary["counts"]["level3"]["images_removed"] == int(np.isin(ref.reason, (4, 5)).sum())
-    assert got.column("reason").to_pylist() == [name or None for name in np.array(REASONS, dtype=object)[ref.reason[order]]]
+    assert got.column("reason").to_pylist() == [
+        name or None for name in np.array(REASONS, dtype=object)[ref.reason[order]]
+    ]
     assert res.summary["video_order"] == "video_id"
 
 
 def test_video_order_comes_from_the_manifest_through_lineage(tmp_path):
     c = make_corpus(people=8, videos=4, people_per_video=2, seed=7)
     manifest = str(tmp_path / "manifest.parquet")
-    write_table_atomic(manifest, pa.table({
-        "video_id": ["v000", "v001", "v002", "v003"], "uri": ["a", "b", "c", "d"],
-        "source": ["camB", "camA", "camA", "camB"], "start_time": [5.0, 10.0, 9.0, 2.0]}))
+    write_table_atomic(
+        manifest,
+        pa.table(
+            {
+                "video_id": ["v000", "v001", "v002", "v003"],
+                "uri": ["a", "b", "c", "d"],
+                "source": ["camB", "camA", "camA", "camB"],
+                "start_time": [5.0, 10.0, 9.0, 2.0],
+            }
+        ),
+    )
     ingest = StageOutput.create(str(tmp_path), "ingest", "i1")
     ingest.finalize(stage="ingest", rows={}, inputs=[{"uri": manifest, "stage": "manifest", "digest": "x"}])
     out = _write(str(tmp_path), c.table(), "per_video", "e1", inputs=[{"uri": ingest.uri, "stage": "ingest"}])
@@ -94,9 +120,22 @@ def test_stage_equals_reference_with_switch_splitting(tmp_path, ray_local):
     table = c.table().append_column("frame_index", pa.array(frame, pa.int64()))
     out = _write(str(tmp_path), table, "per_video", "e-split")
     r, d = 0.3, 0.5
-    job = job_from_dict({"stage": "correlate", "output": str(tmp_path), "mlflow": {"enabled": False},
-                         "correlate": {"input": out.uri, "radius": r, "link_distance": d, "window_videos": 4,
-                                       "stride_videos": 2, "num_shards": 1, "videos_per_task": 2}})
+    job = job_from_dict(
+        {
+            "stage": "correlate",
+            "output": str(tmp_path),
+            "mlflow": {"enabled": False},
+            "correlate": {
+                "input": out.uri,
+                "radius": r,
+                "link_distance": d,
+                "window_videos": 4,
+                "stride_videos": 2,
+                "num_shards": 1,
+                "videos_per_task": 2,
+            },
+        }
+    )
     res = run(job)
     got = StageOutput(res.uri).read().sort_by("image_id")
     ref = correlate_in_process(c.x, c.video, c.tracklet, r, d, window=4, stride=2, frame=frame)
@@ -105,9 +144,18 @@ def test_stage_equals_reference_with_switch_splitting(tmp_path, ray_local):
     # the stage's tasks cut exactly where level 1 run video by video cuts
     from cion_dist.correlate.denoise import denoise_video
 
-    expected = sum(len(denoise_video(c.x[c.video == v], c.tracklet[c.video == v], r, d, 2, frame[c.video == v]).cuts)
-                   for v in np.unique(c.video))
+    expected = sum(
+        len(denoise_video(c.x[c.video == v], c.tracklet[c.video == v], r, d, 2, frame[c.video == v]).cuts)
+        for v in np.unique(c.video)
+    )
     assert res.summary["switch_cuts"] == expected > 0
-    off = denoise_video(c.x[c.video == "v000"], c.tracklet[c.video == "v000"], r, d, 2, frame[c.video == "v000"],
-                        split=SwitchSplit(enabled=False))
+    off = denoise_video(
+        c.x[c.video == "v000"],
+        c.tracklet[c.video == "v000"],
+        r,
+        d,
+        2,
+        frame[c.video == "v000"],
+        split=SwitchSplit(enabled=False),
+    )
     assert off.cuts == []

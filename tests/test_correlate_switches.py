@@ -12,8 +12,15 @@ from cion_dist.correlate.switches import SwitchSplit, best_cut, switch_segments
 R, D = 0.3, 0.2
 
 
-def switch_video(seed: int, people: int = 12, length: int = 24, switches: int = 4, dim: int = 64,
-                 pair_distance: float = 0.3, spread: float = 0.35):
+def switch_video(
+    seed: int,
+    people: int = 12,
+    length: int = 24,
+    switches: int = 4,
+    dim: int = 64,
+    pair_distance: float = 0.3,
+    spread: float = 0.35,
+):
     """One video of ``people`` tracklets in frame order; the first ``switches`` tracklets switch half-way (at a
     random frame) to a look-alike whose prototype is ``pair_distance`` (cosine) from the first person's, close
     enough that both halves lie within ``R`` of their joint centroid. Returns (x, tracklet, frame, identity)."""
@@ -35,8 +42,12 @@ def switch_video(seed: int, people: int = 12, length: int = 24, switches: int = 
         frm += list(range(t, t + length))
         ids += who.tolist()
     order = rng.permutation(people * length)  # rows in no particular order: time comes from the frame column
-    return (np.concatenate(xs).astype(np.float32)[order], np.array(trk)[order], np.array(frm)[order],
-            np.array(ids)[order])
+    return (
+        np.concatenate(xs).astype(np.float32)[order],
+        np.array(trk)[order],
+        np.array(frm)[order],
+        np.array(ids)[order],
+    )
 
 
 def mixed_groups(group: np.ndarray, identity: np.ndarray, min_minority: int = 2) -> int:
@@ -87,9 +98,11 @@ def test_switch_splitting_unmixes_tracklets_without_cutting_clean_ones():
             pred_all.append(np.where(res.group >= 0, res.group + 1000 * seed, -1))
         p, r, f = pairwise_prf(np.concatenate(true_all), as_singletons(np.concatenate(pred_all)))
         rows[name] = dict(mixed=mixed, f=f, p=p, r=r, false_split=clean_cut / clean, found=switched_cut / switched)
-        print(f"switch split {name}: mixed groups {mixed} of {switched} switched tracklets, pairwise P/R/F "
-              f"{p:.3f}/{r:.3f}/{f:.3f}, switched tracklets cut {switched_cut}/{switched}, "
-              f"clean tracklets cut {clean_cut}/{clean} (false-split rate {clean_cut / clean:.3f})")
+        print(
+            f"switch split {name}: mixed groups {mixed} of {switched} switched tracklets, pairwise P/R/F "
+            f"{p:.3f}/{r:.3f}/{f:.3f}, switched tracklets cut {switched_cut}/{switched}, "
+            f"clean tracklets cut {clean_cut}/{clean} (false-split rate {clean_cut / clean:.3f})"
+        )
     assert rows["off"]["mixed"] >= 30  # without splitting nearly every switch survives levels 1-2
     assert rows["on"]["mixed"] <= rows["off"]["mixed"] // 5
     assert rows["on"]["f"] > rows["off"]["f"] + 0.05

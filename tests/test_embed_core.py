@@ -5,6 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from embed_fixtures import (
+    TINY_INPUT,
+    ingest_table,
+    mot17_crops,
+    register_backbone,
+    synthetic_people,
+    tiny_backbone_folder,
+)
 
 from cion_dist.embed.config import EmbedConfig
 from cion_dist.embed.embedders import HandcraftedEmbedder, OnnxEmbedder, TorchEmbedder, build_embedder
@@ -14,15 +22,6 @@ from cion_dist.embed.preprocess import decode_jpeg, encode_jpeg, l2_normalise, t
 from cion_dist.embed.weights import backbone_spec, resolve_weights
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.storage.fs import Storage
-
-from embed_fixtures import (
-    TINY_INPUT,
-    ingest_table,
-    mot17_crops,
-    register_backbone,
-    synthetic_people,
-    tiny_backbone_folder,
-)
 
 OSNET = "models/osnet_x0_25_msmt17.onnx"
 
@@ -93,7 +92,10 @@ def synth_benchmark_crops(seed: int = 0, people: int = 12, cameras: int = 3):
 
     rng = np.random.default_rng(seed)
     apps, cams = sample_appearances(people, rng), sample_cameras(cameras, rng)
-    bgs = [lit_background(c, camera_background(c, 640, 360, np.random.default_rng(seed * 10 + i))) for i, c in enumerate(cams)]
+    bgs = [
+        lit_background(c, camera_background(c, 640, 360, np.random.default_rng(seed * 10 + i)))
+        for i, c in enumerate(cams)
+    ]
     files = market.benchmark_files(apps, cams, bgs, 4, np.random.default_rng(seed + 5))
     ims, pids, cam_ids = [], [], []
     for name, data in sorted(files.items()):
@@ -146,7 +148,9 @@ def test_preprocess_layout_and_zero_row():
     batch = np.full((2, 4, 2, 3), 255, np.uint8)
     x = to_imagenet_nchw(batch)
     assert x.shape == (2, 3, 4, 2)
-    np.testing.assert_allclose(x[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=1e-5)
+    np.testing.assert_allclose(
+        x[0, :, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), rtol=1e-5
+    )
     z = l2_normalise(np.array([[0.0, 0.0], [3.0, 4.0]]))
     assert np.all(np.isfinite(z)) and z[1].tolist() == pytest.approx([0.6, 0.8])
 

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+from embed_fixtures import ingest_table, mot17_crops, write_ingest
 
 from cion_dist.config import job_from_dict
 from cion_dist.embed.job import run
@@ -15,8 +16,6 @@ from cion_dist.embed.reader import read_embeddings
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput
-
-from embed_fixtures import ingest_table, mot17_crops, write_ingest
 
 OSNET = "models/osnet_x0_25_msmt17.onnx"
 
@@ -39,8 +38,15 @@ def test_run_onnx_local_with_mlflow_rerun_and_resume(ray_local, crops, shared_da
     ingest = write_ingest(out_root, crops)
     n_parts = len(ingest.files())
     db = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    job = make_job(out_root, backbone="onnx", model=str(shared_data / OSNET), concurrency=2, batch_size=8,
-                   crops_per_unit=1, mlflow={"enabled": True, "tracking_uri": db, "experiment": "embed-test"})
+    job = make_job(
+        out_root,
+        backbone="onnx",
+        model=str(shared_data / OSNET),
+        concurrency=2,
+        batch_size=8,
+        crops_per_unit=1,
+        mlflow={"enabled": True, "tracking_uri": db, "experiment": "embed-test"},
+    )
 
     res = run(job)
     assert not res.skipped and res.rows == {"embeddings": len(crops), "bad_images": 0}
@@ -88,7 +94,9 @@ def test_run_onnx_local_with_mlflow_rerun_and_resume(ray_local, crops, shared_da
     assert all(os.path.getmtime(f) == t for f, t in mtimes.items() if f != lost)
     table2 = out.read()
     order = np.argsort(table2.column("image_id").to_pylist())
-    np.testing.assert_allclose(embeddings_matrix(table2)[order], feats[np.argsort(table.column("image_id").to_pylist())], atol=1e-5)
+    np.testing.assert_allclose(
+        embeddings_matrix(table2)[order], feats[np.argsort(table.column("image_id").to_pylist())], atol=1e-5
+    )
 
 
 def test_run_handcrafted_on_s3(ray_local, crops, s3_bucket):
@@ -159,8 +167,13 @@ def test_run_torch_backbone_from_registry_alias(ray_local, crops, tmp_path):
     db = register_backbone(tmp_path, "embed-job-backbone", "candidate")
     root = str(tmp_path / "out")
     write_ingest(root, crops[:6])
-    job = make_job(root, backbone="torch", weights="models:/embed-job-backbone@candidate", concurrency=1,
-                   mlflow={"enabled": False, "tracking_uri": db})
+    job = make_job(
+        root,
+        backbone="torch",
+        weights="models:/embed-job-backbone@candidate",
+        concurrency=1,
+        mlflow={"enabled": False, "tracking_uri": db},
+    )
     res = run(job)
     assert res.summary["backbone"] == "torch:resnet_tiny" and res.summary["embedding_dim"] == model.embed_dim
     keys, feats = read_embeddings(res.uri)

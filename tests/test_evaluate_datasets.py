@@ -79,7 +79,9 @@ def test_msmt17_lists(tmp_path):
     root = tmp_path / "msmt"
     for d in ("train", "test"):
         (root / d).mkdir(parents=True)
-    (root / "list_train.txt").write_text("0000/0000_000_01_0303morning_0015_0.jpg 0\n0001/0001_001_05_0303noon_0100_1.jpg 1\n")
+    (root / "list_train.txt").write_text(
+        "0000/0000_000_01_0303morning_0015_0.jpg 0\n0001/0001_001_05_0303noon_0100_1.jpg 1\n"
+    )
     (root / "list_val.txt").write_text("0002/0002_002_15_0303noon_0100_1.jpg 2\n")
     (root / "list_query.txt").write_text("0000/0000_000_03_0303morning_0015_0.jpg 0\n")
     (root / "list_gallery.txt").write_text("0000/0000_000_07_0303morning_0016_0.jpg 0\n\n0001/0001_1_02_x_0_0.jpg 1\n")
@@ -123,7 +125,9 @@ def test_preprocessing_and_flip_average(market):
     assert x.shape == (1, 3, 256, 128)
     # ImageNet normalisation: a mid-grey pixel maps to (0.5 - mean) / std
     grey = to_tensor([np.full((4, 2, 3), 127.5, dtype=np.float32)], 4, 2)
-    assert torch.allclose(grey[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0.5 - 0.406) / 0.225]))
+    assert torch.allclose(
+        grey[0, :, 0, 0], torch.tensor([(0.5 - 0.485) / 0.229, (0.5 - 0.456) / 0.224, (0.5 - 0.406) / 0.225])
+    )
 
     class LeftHalf(torch.nn.Module):  # mean of the left half of the image: not flip-invariant
         embed_dim = 3

@@ -31,7 +31,9 @@ def test_batch_hard_triplet_by_hand():
     assert float(batch_hard_triplet(feat, labels, 0.3)) == pytest.approx(0.0)
     assert float(batch_hard_triplet(feat, labels, 1.5)) == pytest.approx(0.5 / 4)
     soft = float(batch_hard_triplet(feat, labels, 0.0))
-    assert soft == pytest.approx(float(torch.nn.functional.softplus(torch.tensor([1 - 3, 1 - 10**0.5, 2 - 3, 2 - 5.0])).mean()), rel=1e-5)
+    assert soft == pytest.approx(
+        float(torch.nn.functional.softplus(torch.tensor([1 - 3, 1 - 10**0.5, 2 - 3, 2 - 5.0])).mean()), rel=1e-5
+    )
 
 
 def test_pk_batches_layout():
@@ -53,8 +55,9 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     common = {"output": str(tmp_path / "out"), "mlflow": {"tracking_uri": store, "experiment": "evalx"}}
-    job = job_from_dict({"stage": "evaluate", **common,
-                         "evaluate": {"dataset": str(bench), **SMALL, "model": "models:/bb/1"}})
+    job = job_from_dict(
+        {"stage": "evaluate", **common, "evaluate": {"dataset": str(bench), **SMALL, "model": "models:/bb/1"}}
+    )
     torch.manual_seed(0)
     random_bb = build_backbone("resnet_tiny")
     with stage_run(job, "pretrain", params={"init": "random"}) as run:
@@ -113,23 +116,49 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
 @pytest.mark.slow
 def test_finetune_protocol_and_checkpoint_path(bench, tmp_path):
     """A model folder (safetensors + json) evaluated frozen, re-ranked, and under the finetune protocol, MLflow off."""
-    from safetensors.torch import save_file
     import json
+
+    from safetensors.torch import save_file
 
     torch.manual_seed(1)
     bb = build_backbone("resnet_tiny")
     folder = tmp_path / "ckpt"
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in bb.state_dict().items()}, str(folder / "backbone.safetensors"))
-    (folder / "backbone.json").write_text(json.dumps({"architecture": "resnet_tiny", "embed_dim": 64, "input_size": [64, 32]}))
+    (folder / "backbone.json").write_text(
+        json.dumps({"architecture": "resnet_tiny", "embed_dim": 64, "input_size": [64, 32]})
+    )
     base = {"stage": "evaluate", "output": str(tmp_path / "out"), "mlflow": {"enabled": False}}
     frozen = evaluate(job_from_dict({**base, "evaluate": {"dataset": str(bench), "model": str(folder), **SMALL}}))
-    tuned = evaluate(job_from_dict({**base, "evaluate": {"dataset": str(bench), "model": str(folder), **SMALL,
-                                                         "protocol": "finetune",
-                                                         "finetune": {"iterations": 30, "p": 6, "k": 4, "lr": 3e-3,
-                                                                      "neck_feat": "after"}}}))
-    reranked = evaluate(job_from_dict({**base, "evaluate": {"dataset": str(bench), "model": str(folder), **SMALL,
-                                                            "rerank": True, "rerank_k1": 6, "rerank_k2": 3}}))
+    tuned = evaluate(
+        job_from_dict(
+            {
+                **base,
+                "evaluate": {
+                    "dataset": str(bench),
+                    "model": str(folder),
+                    **SMALL,
+                    "protocol": "finetune",
+                    "finetune": {"iterations": 30, "p": 6, "k": 4, "lr": 3e-3, "neck_feat": "after"},
+                },
+            }
+        )
+    )
+    reranked = evaluate(
+        job_from_dict(
+            {
+                **base,
+                "evaluate": {
+                    "dataset": str(bench),
+                    "model": str(folder),
+                    **SMALL,
+                    "rerank": True,
+                    "rerank_k1": 6,
+                    "rerank_k2": 3,
+                },
+            }
+        )
+    )
     assert reranked.summary["num_valid_queries"] == frozen.summary["num_valid_queries"] == 36
     assert 0 < reranked.summary["mAP"] <= 1 and reranked.summary["mAP"] != frozen.summary["mAP"]
     assert frozen.mlflow_run_id is None and frozen.uri == str(folder)
@@ -167,10 +196,24 @@ def test_dataset_model_and_output_on_s3(bench, s3_bucket, tmp_path):
     fs.put(str(bench), f"{s3_bucket[5:]}/market", recursive=True)
     fs.put(str(folder), f"{s3_bucket[5:]}/ckpt", recursive=True)
     base = {"stage": "evaluate", "mlflow": {"enabled": False}}
-    remote = evaluate(job_from_dict({**base, "output": f"{s3_bucket}/out",
-                                     "evaluate": {"dataset": f"{s3_bucket}/market", "model": f"{s3_bucket}/ckpt", **SMALL}}))
-    local = evaluate(job_from_dict({**base, "output": str(tmp_path / "out"),
-                                    "evaluate": {"dataset": str(bench), "model": str(folder), **SMALL}}))
+    remote = evaluate(
+        job_from_dict(
+            {
+                **base,
+                "output": f"{s3_bucket}/out",
+                "evaluate": {"dataset": f"{s3_bucket}/market", "model": f"{s3_bucket}/ckpt", **SMALL},
+            }
+        )
+    )
+    local = evaluate(
+        job_from_dict(
+            {
+                **base,
+                "output": str(tmp_path / "out"),
+                "evaluate": {"dataset": str(bench), "model": str(folder), **SMALL},
+            }
+        )
+    )
     assert remote.summary["mAP"] == pytest.approx(local.summary["mAP"], abs=1e-6)
     assert remote.summary["dataset_digest"] == local.summary["dataset_digest"]
     assert any(p.endswith("_SUCCESS.json") for p in fs.find(f"{s3_bucket[5:]}/out/evaluate"))
@@ -188,17 +231,36 @@ def test_default_dataset_is_the_synthetic_corpus_benchmark(tmp_path):
     from cion_dist.synth.generate import generate_corpus
 
     out = tmp_path / "out"
-    info = generate_corpus(SynthConfig(out=str(out / "corpus"), identities=2, cameras=2, videos=1, frames=8,
-                                       benchmark_identities=12, benchmark_images_per_camera=3, width=320, height=180),
-                           Storage())
+    info = generate_corpus(
+        SynthConfig(
+            out=str(out / "corpus"),
+            identities=2,
+            cameras=2,
+            videos=1,
+            frames=8,
+            benchmark_identities=12,
+            benchmark_images_per_camera=3,
+            width=320,
+            height=180,
+        ),
+        Storage(),
+    )
     torch.manual_seed(3)
     bb = build_backbone("resnet_tiny")
     folder = tmp_path / "ckpt"
     folder.mkdir()
     save_file({k: v.contiguous() for k, v in bb.state_dict().items()}, str(folder / "backbone.safetensors"))
     (folder / "backbone.json").write_text(json.dumps({"architecture": "resnet_tiny", "embed_dim": 64}))
-    res = evaluate(job_from_dict({"stage": "evaluate", "output": str(out), "mlflow": {"enabled": False},
-                                  "evaluate": {"model": str(folder), **SMALL}}))
+    res = evaluate(
+        job_from_dict(
+            {
+                "stage": "evaluate",
+                "output": str(out),
+                "mlflow": {"enabled": False},
+                "evaluate": {"model": str(folder), **SMALL},
+            }
+        )
+    )
     ds = load_dataset(info["market_uri"])
     assert res.summary["dataset_digest"] == ds.digest()
     assert res.summary["num_queries"] == len(ds.query) == 12 and res.summary["num_skipped_queries"] == 0

@@ -27,7 +27,9 @@ def _same(a, b):
 def _save_folder(model, folder, meta=None):
     folder.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "backbone.safetensors"))
-    (folder / "backbone.json").write_text(json.dumps(meta or {"architecture": "resnet_tiny", "embed_dim": 64, "input_size": [256, 128]}))
+    (folder / "backbone.json").write_text(
+        json.dumps(meta or {"architecture": "resnet_tiny", "embed_dim": 64, "input_size": [256, 128]})
+    )
     return folder
 
 

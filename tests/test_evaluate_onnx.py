@@ -22,8 +22,18 @@ def market(tmp_path_factory):
     from cion_dist.synth.generate import generate_corpus
 
     root = tmp_path_factory.mktemp("synth")
-    info = generate_corpus(SynthConfig(out=str(root / "c"), videos=1, frames=8, identities=4, people_per_video=2,
-                                       benchmark_identities=8, benchmark_images_per_camera=3), Storage())
+    info = generate_corpus(
+        SynthConfig(
+            out=str(root / "c"),
+            videos=1,
+            frames=8,
+            identities=4,
+            people_per_video=2,
+            benchmark_identities=8,
+            benchmark_images_per_camera=3,
+        ),
+        Storage(),
+    )
     return info["market_uri"]
 
 
@@ -34,8 +44,11 @@ def osnet(shared_data):
 
 def test_evaluate_scores_the_osnet_onnx_model(market, osnet, tmp_path):
     base = {"stage": "evaluate", "output": str(tmp_path / "out"), "mlflow": {"enabled": False}}
-    res = evaluate(job_from_dict({**base, "evaluate": {"dataset": market, "model": osnet, "extraction": "local",
-                                                       "batch_size": 32}}))
+    res = evaluate(
+        job_from_dict(
+            {**base, "evaluate": {"dataset": market, "model": osnet, "extraction": "local", "batch_size": 32}}
+        )
+    )
     s = res.summary
     print(f"OSNet x0.25 ONNX on the synthetic Market benchmark: mAP {s['mAP']:.3f} rank-1 {s['rank1']:.3f}")
     assert s["num_valid_queries"] > 0
@@ -43,8 +56,11 @@ def test_evaluate_scores_the_osnet_onnx_model(market, osnet, tmp_path):
     assert s["mAP"] > 0.5 and s["rank1"] > 0.6
     assert s["model_uri"] == osnet
     # a rerun of the same model, dataset and settings is skipped
-    again = evaluate(job_from_dict({**base, "evaluate": {"dataset": market, "model": osnet, "extraction": "local",
-                                                         "batch_size": 32}}))
+    again = evaluate(
+        job_from_dict(
+            {**base, "evaluate": {"dataset": market, "model": osnet, "extraction": "local", "batch_size": 32}}
+        )
+    )
     assert again.skipped
 
 
@@ -63,8 +79,9 @@ def test_onnx_model_features_are_the_embed_stage_features(market, osnet):
     # a given normalisation changes the features (it is used), and travels through pickling (Ray actors)
     import pickle
 
-    other = resolve_model(osnet, experiment="x", mlflow_enabled=False,
-                          onnx={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}).embedder
+    other = resolve_model(
+        osnet, experiment="x", mlflow_enabled=False, onnx={"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    ).embedder
     assert other.mean == (0.5, 0.5, 0.5)
     assert np.abs(extract_local(other, uris, flip=False) - feats).max() > 1e-3
     assert pickle.loads(pickle.dumps(other)).mean == (0.5, 0.5, 0.5)
@@ -80,8 +97,14 @@ def test_onnx_errors_name_the_file(tmp_path, market):
 
 
 def test_finetune_of_an_onnx_model_is_refused(market, osnet, tmp_path):
-    job = job_from_dict({"stage": "evaluate", "output": str(tmp_path / "o"), "mlflow": {"enabled": False},
-                         "evaluate": {"dataset": market, "model": osnet, "protocol": "finetune"}})
+    job = job_from_dict(
+        {
+            "stage": "evaluate",
+            "output": str(tmp_path / "o"),
+            "mlflow": {"enabled": False},
+            "evaluate": {"dataset": market, "model": osnet, "protocol": "finetune"},
+        }
+    )
     with pytest.raises(ConfigError, match="finetune needs a torch backbone"):
         evaluate(job)
 

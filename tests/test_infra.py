@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from cion_dist.config import load_job
@@ -40,8 +40,13 @@ def _containers(pod_template: dict) -> list[dict]:
 def test_every_yaml_parses_into_mappings():
     files = sorted(INFRA.rglob("*.yaml"))
     assert {p.relative_to(INFRA).as_posix() for p in files} >= {
-        "kuberay/raycluster.yaml", "kuberay/rayjob-pretrain.yaml", "kuberay/s3-secret.example.yaml",
-        "cluster-launcher/aws-gpu.yaml", "mlflow/mlflow.yaml", "mlflow/postgres.yaml", "mlflow/secrets.example.yaml",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob-pretrain.yaml",
+        "kuberay/s3-secret.example.yaml",
+        "cluster-launcher/aws-gpu.yaml",
+        "mlflow/mlflow.yaml",
+        "mlflow/postgres.yaml",
+        "mlflow/secrets.example.yaml",
     }
     for p in files:
         docs = _docs(p)
@@ -91,7 +96,7 @@ def test_cluster_launcher_node_types_are_consistent(launcher):
     assert launcher["docker"]["image"] == IMAGE
     assert any("--head" in c for c in launcher["head_start_ray_commands"])
     assert any("$RAY_HEAD_IP" in c for c in launcher["worker_start_ray_commands"])
-    for remote, local in launcher["file_mounts"].items():
+    for _remote, local in launcher["file_mounts"].items():
         assert (ROOT / local).exists(), f"file mount source {local} missing"
 
 
@@ -214,8 +219,10 @@ def test_rayjob_entrypoint_is_a_valid_cion_run():
     assert job.stage in ("pretrain", "pipeline")
     assert job.output.startswith("s3://")
     assert job.pretrain.use_gpu is True
-    gpus = sum(g["maxReplicas"] * int(_containers(g["template"])[0]["resources"]["limits"].get("nvidia.com/gpu", 0))
-               for g in spec["rayClusterSpec"]["workerGroupSpecs"])
+    gpus = sum(
+        g["maxReplicas"] * int(_containers(g["template"])[0]["resources"]["limits"].get("nvidia.com/gpu", 0))
+        for g in spec["rayClusterSpec"]["workerGroupSpecs"]
+    )
     assert job.pretrain.num_workers <= gpus, "more training workers than GPUs the cluster may grow to"
     assert spec["shutdownAfterJobFinishes"] is True
     assert isinstance(yaml.safe_load(spec["runtimeEnvYAML"]), dict)
@@ -262,13 +269,19 @@ def test_mlflow_server_uses_postgres_and_s3_with_secrets():
     (sts,) = pg["StatefulSet"]
     _check_service_selects(sts, pg_svc)
     (secret,) = _by_kind(INFRA / "mlflow" / "secrets.example.yaml")["Secret"]
-    refs = {e["valueFrom"]["secretKeyRef"]["key"] for e in c["env"] + _containers(sts["spec"]["template"])[0]["env"]
-            if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret["metadata"]["name"]}
+    refs = {
+        e["valueFrom"]["secretKeyRef"]["key"]
+        for e in c["env"] + _containers(sts["spec"]["template"])[0]["env"]
+        if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == secret["metadata"]["name"]
+    }
     assert refs <= set(secret["stringData"])
     # the Ray pods point at this Service
     (rc,) = _by_kind(INFRA / "kuberay" / "raycluster.yaml")["RayCluster"]
-    uri = next(e["value"] for e in _containers(rc["spec"]["headGroupSpec"]["template"])[0]["env"]
-               if e["name"] == "MLFLOW_TRACKING_URI")
+    uri = next(
+        e["value"]
+        for e in _containers(rc["spec"]["headGroupSpec"]["template"])[0]["env"]
+        if e["name"] == "MLFLOW_TRACKING_URI"
+    )
     assert uri.startswith(f"http://{svc['metadata']['name']}.") and uri.endswith(f":{svc['spec']['ports'][0]['port']}")
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 
@@ -79,8 +77,9 @@ def test_yolox_decode_head_on_a_hand_made_output():
     raw[a + 1, :4] = [-0.25, 0.5, np.log(2.0), np.log(5.0)]  # 2 px to the right: a duplicate NMS removes
     raw[a + 1, 4], raw[a + 1, 5] = 0.7, 0.8
     raw[0, 4], raw[0, 6] = 0.9, 0.9  # a confident non-person (class 1): ignored
-    boxes, scores = decode_head(raw, grid, stride, scale=0.5, score_threshold=0.3, nms_threshold=0.45,
-                                width=200, height=200)
+    boxes, scores = decode_head(
+        raw, grid, stride, scale=0.5, score_threshold=0.3, nms_threshold=0.45, width=200, height=200
+    )
     assert len(boxes) == 1
     np.testing.assert_allclose(boxes[0], [40, 0, 72, 80], atol=1e-4)  # (20..36, -0..40) / 0.5, clipped at 0
     assert scores[0] == pytest.approx(0.72)
@@ -98,7 +97,7 @@ def test_yolox_finds_the_walkers_in_vtest(vtest_bytes, yolox_path):
     clip = open_clip(vtest_bytes)
     _, frames = next(iter_chunks(clip, np.array([clip.num_frames // 2]), 1))
     det = make_detector(DetectorConfig(kind="yolox", model_uri=yolox_path))
-    (boxes, scores), = det.detect(frames)
+    ((boxes, scores),) = det.detect(frames)
     print(f"vtest middle frame: {len(boxes)} people, scores {[round(float(s), 2) for s in scores]}")
     assert 3 <= len(boxes) <= 6
     h, w = boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]
@@ -121,7 +120,7 @@ def test_yolox_precision_recall_on_mot17(shared_data, yolox_path):
         for img in sorted((seq / "img1").glob("*.jpg")):
             frame = int(img.stem)
             rgb = cv2.imread(str(img))[:, :, ::-1]
-            (boxes, _), = det.detect(rgb[None])
+            ((boxes, _),) = det.detect(rgb[None])
             g = gt[gt[:, 0] == frame]
             gt_boxes = np.c_[g[:, 2], g[:, 3], g[:, 2] + g[:, 4], g[:, 3] + g[:, 5]]
             # MOT17: column 7 = counted, 8 = class (1 pedestrian), 9 = visibility; the rest is ignored
@@ -150,15 +149,19 @@ def test_background_detector_on_a_synthetic_clip(tmp_path):
     from cion_dist.synth.generate import generate_corpus
     from cion_dist.synth.groundtruth import read_ground_truth
 
-    info = generate_corpus(SynthConfig(out=str(tmp_path / "c"), videos=1, frames=60, identities=4,
-                                       people_per_video=3, benchmark_identities=0), Storage())
+    info = generate_corpus(
+        SynthConfig(
+            out=str(tmp_path / "c"), videos=1, frames=60, identities=4, people_per_video=3, benchmark_identities=0
+        ),
+        Storage(),
+    )
     gt = read_ground_truth(info["gt_uri"])
     video = tmp_path / "c" / "videos" / f"{gt.video_id.iloc[0]}.mp4"
     clip = open_clip(video.read_bytes())
     det = make_detector(IngestConfig().detector)
     total = DetectionCounts()
     for idx, frames in iter_chunks(clip, sample_indices(clip.num_frames, clip.fps), 32):
-        for f, (boxes, scores) in zip(idx.tolist(), det.detect(frames)):
+        for f, (boxes, _scores) in zip(idx.tolist(), det.detect(frames)):
             g = gt[gt.frame_index == f]
             vis = g.visibility.to_numpy() >= 0.5
             gb = g[["x1", "y1", "x2", "y2"]].to_numpy(float)

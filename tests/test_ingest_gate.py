@@ -25,16 +25,19 @@ def person(x, y, h=120, aspect=2.5):
 
 
 def test_each_reason_on_synthetic_boxes():
-    boxes = np.array([
-        person(100, 100),                 # clean
-        person(0, 100),                   # left border
-        person(300, 240),                 # feet at the bottom edge (y2 = 360)
-        [400, 100, 520, 220],             # 120 x 120: two people wide
-        [200, 200, 200 + 90, 320],        # h / w 1.33: not upright
-        [560, 20, 570, 110],              # h / w 9: a pole
-        person(105, 130, h=80),           # inside the first person's box (which it covers < half of)
-        person(250, 50, h=30),            # tiny
-    ], float)
+    boxes = np.array(
+        [
+            person(100, 100),  # clean
+            person(0, 100),  # left border
+            person(300, 240),  # feet at the bottom edge (y2 = 360)
+            [400, 100, 520, 220],  # 120 x 120: two people wide
+            [200, 200, 200 + 90, 320],  # h / w 1.33: not upright
+            [560, 20, 570, 110],  # h / w 9: a pole
+            person(105, 130, h=80),  # inside the first person's box (which it covers < half of)
+            person(250, 50, h=30),  # tiny
+        ],
+        float,
+    )
     reasons = assess(boxes, W, H, GateConfig(border_margin=0.005))
     assert reasons == ["", "border", "border", "two_person", "aspect", "aspect", "overlap", "tiny"]
     assert assess(boxes, W, H, GateConfig())[1:3] == ["", ""]  # the border check is opt-in
@@ -72,12 +75,20 @@ def test_tally_counts_reasons_over_tracked_detections_and_describes_kept_crops()
     # tracklet A: 4 clean boxes + 1 border-cut (dropped); tracklet B: 3 boxes, 2 two-person (dropped) -> too short
     a = Tracklet(track_id=1)
     for f in range(5):
-        a.frames.append(f), a.boxes.append(np.array(person(100 + f, 100) if f < 4 else person(0, 100))), \
-            a.scores.append(0.9), a.detections.append(0)
+        (
+            a.frames.append(f),
+            a.boxes.append(np.array(person(100 + f, 100) if f < 4 else person(0, 100))),
+            a.scores.append(0.9),
+            a.detections.append(0),
+        )
     b = Tracklet(track_id=2)
     for f in range(3):
-        b.frames.append(f), b.boxes.append(np.array([400, 100, 520, 220] if f else person(300, 50))), \
-            b.scores.append(0.9), b.detections.append(1)
+        (
+            b.frames.append(f),
+            b.boxes.append(np.array([400, 100, 520, 220] if f else person(300, 50))),
+            b.scores.append(0.9),
+            b.detections.append(1),
+        )
     gated = {(4, 0): "border", (1, 1): "two_person", (2, 1): "two_person"}
     crops = {(f, 0): b"j" for f in range(4)} | {(0, 1): b"j"}
     tally = GateTally()
@@ -90,7 +101,11 @@ def test_tally_counts_reasons_over_tracked_detections_and_describes_kept_crops()
     assert s["gate_kept_fraction"] == 0.5 and s["gate_kept_edge_touch_fraction"] == 0.0
     assert s["gate_kept_aspect_histogram"]["2.5-3"] == 4
     both = GateTally.merged([tally.to_dict(), tally])
-    assert both.considered == 16 and both.dropped["two_person"] == 4 and both.kept_aspect == [2 * v for v in tally.kept_aspect]
+    assert (
+        both.considered == 16
+        and both.dropped["two_person"] == 4
+        and both.kept_aspect == [2 * v for v in tally.kept_aspect]
+    )
     assert set(both.dropped) == set(REASONS)
 
 
@@ -99,8 +114,18 @@ def test_flag_mode_keeps_crops_and_counts_them():
     for f in range(3):
         a.frames.append(f), a.boxes.append(np.array(person(0, 100))), a.scores.append(0.9), a.detections.append(0)
     tally = GateTally()
-    table = tracklets_to_table("v", [a], {(f, 0): b"j" for f in range(3)}, 10.0, (1.0, 1.0), 24, 3,
-                               {(f, 0): "border" for f in range(3)}, tally, (W, H))
+    table = tracklets_to_table(
+        "v",
+        [a],
+        {(f, 0): b"j" for f in range(3)},
+        10.0,
+        (1.0, 1.0),
+        24,
+        3,
+        {(f, 0): "border" for f in range(3)},
+        tally,
+        (W, H),
+    )
     assert table.num_rows == 3 and tally.flagged["border"] == 3 and tally.dropped["border"] == 0
     assert tally.summary()["gate_kept_edge_touch_fraction"] == 1.0
 

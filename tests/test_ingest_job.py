@@ -12,24 +12,31 @@ from cion_dist.config import job_from_dict
 from cion_dist.errors import DataError
 from cion_dist.ingest.crops import decode_jpeg
 from cion_dist.ingest.job import ERRORS_SUBDIR, run
-from cion_dist.stage import run_id_config
 from cion_dist.ingest.manifest import check_manifest, load_manifest
 from cion_dist.ingest.tracking_eval import evaluate_ingest_tracking
+from cion_dist.stage import run_id_config
 from cion_dist.storage.fs import Storage, write_bytes_atomic
 from cion_dist.storage.stage_io import StageOutput, read_table, write_table_atomic
 
 
 def manifest_table(rows: list[tuple[str, str]]) -> pa.Table:
-    return pa.table({"video_id": [r[0] for r in rows], "uri": [r[1] for r in rows],
-                     "source": ["test"] * len(rows), "start_time": [float(i) for i in range(len(rows))]})
+    return pa.table(
+        {
+            "video_id": [r[0] for r in rows],
+            "uri": [r[1] for r in rows],
+            "source": ["test"] * len(rows),
+            "start_time": [float(i) for i in range(len(rows))],
+        }
+    )
 
 
 def ingest_job(output: str, manifest: str, tmp_path=None, **ingest) -> object:
     mlflow = {"enabled": False}
     if tmp_path is not None:
         mlflow = {"enabled": True, "tracking_uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "experiment": "ingest-test"}
-    return job_from_dict({"stage": "ingest", "output": output, "mlflow": mlflow,
-                          "ingest": {"manifest": manifest, **ingest}})
+    return job_from_dict(
+        {"stage": "ingest", "output": output, "mlflow": mlflow, "ingest": {"manifest": manifest, **ingest}}
+    )
 
 
 def sorted_rows(table: pa.Table) -> pa.Table:
@@ -46,8 +53,15 @@ def corpus(s3_endpoint):
 
     bucket = f"ingest-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
-    cfg = SynthConfig(out=f"s3://{bucket}/corpus", videos=4, frames=80, identities=8, people_per_video=4,
-                      benchmark_identities=0, seed=3)
+    cfg = SynthConfig(
+        out=f"s3://{bucket}/corpus",
+        videos=4,
+        frames=80,
+        identities=8,
+        people_per_video=4,
+        benchmark_identities=0,
+        seed=3,
+    )
     info = generate_corpus(cfg, Storage())
     info["bucket"] = f"s3://{bucket}"
     return info
@@ -96,16 +110,36 @@ def test_vtest_with_yolox_from_s3(ray_local, s3_bucket, shared_data, tmp_path):
     write_bytes_atomic(f"{s3_bucket}/models/yolox.onnx", (shared_data / "models" / "yolox_nano.onnx").read_bytes(), st)
     manifest = f"{s3_bucket}/manifest.parquet"
     write_table_atomic(manifest, manifest_table([("vtest", f"{s3_bucket}/videos/vtest.avi")]), st)
-    job = ingest_job(f"{s3_bucket}/out", manifest, tmp_path, max_frames=120, concurrency=1,
-                     detector={"kind": "yolox", "model_uri": f"{s3_bucket}/models/yolox.onnx"})
+    job = ingest_job(
+        f"{s3_bucket}/out",
+        manifest,
+        tmp_path,
+        max_frames=120,
+        concurrency=1,
+        detector={"kind": "yolox", "model_uri": f"{s3_bucket}/models/yolox.onnx"},
+    )
     res = run(job)
     assert res.uri.startswith(f"{s3_bucket}/out/ingest/ingest-")
     out = StageOutput(res.uri, st)
     assert out.is_complete()
     t = out.read()
-    assert t.schema.names == ["image_id", "video_id", "tracklet_id", "frame_index", "timestamp_s", "bbox", "score", "jpeg"]
+    assert t.schema.names == [
+        "image_id",
+        "video_id",
+        "tracklet_id",
+        "frame_index",
+        "timestamp_s",
+        "bbox",
+        "score",
+        "jpeg",
+    ]
     print(f"vtest yolox: {res.rows} {res.summary['frames_per_s']} frames/s")
-    assert res.rows == {"crops": t.num_rows, "tracklets": len(set(t["tracklet_id"].to_pylist())), "clips": 1, "errors": 0}
+    assert res.rows == {
+        "crops": t.num_rows,
+        "tracklets": len(set(t["tracklet_id"].to_pylist())),
+        "clips": 1,
+        "errors": 0,
+    }
     assert res.summary["frames_decoded"] == 120
     assert len(set(t["image_id"].to_pylist())) == t.num_rows
     assert 4 <= res.rows["tracklets"] <= 25
@@ -116,8 +150,11 @@ def test_vtest_with_yolox_from_s3(ray_local, s3_bucket, shared_data, tmp_path):
     np.testing.assert_allclose(df.timestamp_s, df.frame_index / 10.0)
     boxes = np.stack(df.bbox.to_numpy())
     aspect = (boxes[:, 3] - boxes[:, 1]) / (boxes[:, 2] - boxes[:, 0])
-    per_track = df.assign(aspect=aspect).groupby("tracklet_id").agg(aspect=("aspect", "median"), n=("frame_index", "size"),
-                                                                   span=("frame_index", lambda f: f.max() - f.min()))
+    per_track = (
+        df.assign(aspect=aspect)
+        .groupby("tracklet_id")
+        .agg(aspect=("aspect", "median"), n=("frame_index", "size"), span=("frame_index", lambda f: f.max() - f.min()))
+    )
     assert per_track.aspect.between(1.5, 4.0).all(), per_track
     assert (per_track.n >= job.ingest.tracker.min_length).all()
     assert per_track.n.max() >= 60  # someone walks through most of the 12 s
@@ -167,8 +204,11 @@ def test_bad_clips_are_recorded_and_reruns_resume(ray_local, corpus):
     write_bytes_atomic(f"{bucket}/bad/corrupt.mp4", b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40, st)
     write_bytes_atomic(f"{bucket}/bad/empty.mp4", b"", st)
     rows = list(zip(good["video_id"].to_pylist(), good["uri"].to_pylist()))
-    rows += [("corrupt", f"{bucket}/bad/corrupt.mp4"), ("empty", f"{bucket}/bad/empty.mp4"),
-             ("missing", f"{bucket}/bad/missing.mp4")]
+    rows += [
+        ("corrupt", f"{bucket}/bad/corrupt.mp4"),
+        ("empty", f"{bucket}/bad/empty.mp4"),
+        ("missing", f"{bucket}/bad/missing.mp4"),
+    ]
     manifest = f"{bucket}/bad-manifest.parquet"
     write_table_atomic(manifest, manifest_table(rows), st)
     out_root = f"{bucket}/out-r"

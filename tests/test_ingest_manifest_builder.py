@@ -47,22 +47,39 @@ def test_names_times_and_segments():
 
 
 def test_rows_from_probes_are_pure():
-    spec = ManifestSpec(root="/v", out="/m.parquet", time_pattern=r"(?P<time>\d{8}_\d{6})", time_format="%Y%m%d_%H%M%S",
-                        segment_s=4.0)
-    probe = {"duration_s": 6.0, "fps": 10.0, "frames": 60, "width": 64, "height": 48, "codec": "h264",
-             "size_bytes": 1000, "creation_time": None}
-    rows, errors = manifest_rows(spec, [
-        {"uri": "/v/camA/20260301_120000.mp4", "probe": probe},
-        {"uri": "/v/camB/clip.mp4", "probe": {**probe, "creation_time": "2026-03-01T12:00:00Z"}},
-        {"uri": "/v/camB/junk.mp4", "error": "/v/camB/junk.mp4: cannot read video container"},
-    ])
-    assert [r["video_id"] for r in rows] == ["camA_20260301_120000-s0000", "camA_20260301_120000-s0001",
-                                             "camB_clip-s0000", "camB_clip-s0001"]
+    spec = ManifestSpec(
+        root="/v", out="/m.parquet", time_pattern=r"(?P<time>\d{8}_\d{6})", time_format="%Y%m%d_%H%M%S", segment_s=4.0
+    )
+    probe = {
+        "duration_s": 6.0,
+        "fps": 10.0,
+        "frames": 60,
+        "width": 64,
+        "height": 48,
+        "codec": "h264",
+        "size_bytes": 1000,
+        "creation_time": None,
+    }
+    rows, errors = manifest_rows(
+        spec,
+        [
+            {"uri": "/v/camA/20260301_120000.mp4", "probe": probe},
+            {"uri": "/v/camB/clip.mp4", "probe": {**probe, "creation_time": "2026-03-01T12:00:00Z"}},
+            {"uri": "/v/camB/junk.mp4", "error": "/v/camB/junk.mp4: cannot read video container"},
+        ],
+    )
+    assert [r["video_id"] for r in rows] == [
+        "camA_20260301_120000-s0000",
+        "camA_20260301_120000-s0001",
+        "camB_clip-s0000",
+        "camB_clip-s0001",
+    ]
     assert [(r["start_s"], r["end_s"]) for r in rows[:2]] == [(0.0, 4.0), (4.0, 6.0)]
     assert [r["start_time"] for r in rows] == [T0, T0 + 4, T0, T0 + 4]
     assert [r["source"] for r in rows] == ["camA", "camA", "camB", "camB"]
-    assert errors == [{"video_id": "camB_junk", "uri": "/v/camB/junk.mp4",
-                       "reason": "/v/camB/junk.mp4: cannot read video container"}]
+    assert errors == [
+        {"video_id": "camB_junk", "uri": "/v/camB/junk.mp4", "reason": "/v/camB/junk.mp4: cannot read video container"}
+    ]
 
 
 def _video_with_creation_time(path: Path, frames: int = 30, fps: int = 10) -> None:
@@ -88,8 +105,12 @@ def clips(tmp_path_factory):
     from cion_dist.synth.generate import generate_corpus
 
     tmp = tmp_path_factory.mktemp("footage")
-    generate_corpus(SynthConfig(out=str(tmp / "c"), videos=2, frames=80, identities=4, people_per_video=3,
-                                benchmark_identities=0, seed=5), Storage())
+    generate_corpus(
+        SynthConfig(
+            out=str(tmp / "c"), videos=2, frames=80, identities=4, people_per_video=3, benchmark_identities=0, seed=5
+        ),
+        Storage(),
+    )
     root = tmp / "videos"
     (root / "camA").mkdir(parents=True)
     (root / "camB").mkdir()
@@ -109,13 +130,23 @@ def _check_manifest(uri: str, root: str, storage: Storage) -> None:
     table, _ = load_manifest(uri, storage)
     rows = table.to_pylist()
     ids = [r["video_id"] for r in rows]
-    assert ids == ["camA_20260301_120000-s0000", "camA_20260301_120000-s0001", "camA_20260301_120000-s0002",
-                   "camB_20260301_130000-s0000", "camB_20260301_130000-s0001", "camB_20260301_130000-s0002",
-                   "camB_tagged-s0000"]
+    assert ids == [
+        "camA_20260301_120000-s0000",
+        "camA_20260301_120000-s0001",
+        "camA_20260301_120000-s0002",
+        "camB_20260301_130000-s0000",
+        "camB_20260301_130000-s0001",
+        "camB_20260301_130000-s0002",
+        "camB_tagged-s0000",
+    ]
     a = rows[0]
     assert (a["fps"], a["frames"], a["width"], a["height"]) == (10.0, 80, 640, 360)
     assert a["duration_s"] == pytest.approx(8.0, abs=0.15) and a["codec"] in ("h264", "mpeg4")
-    assert [(r["start_s"], r["end_s"]) for r in rows[:3]] == [(0.0, 3.0), (3.0, 6.0), (6.0, pytest.approx(8.0, abs=0.15))]
+    assert [(r["start_s"], r["end_s"]) for r in rows[:3]] == [
+        (0.0, 3.0),
+        (3.0, 6.0),
+        (6.0, pytest.approx(8.0, abs=0.15)),
+    ]
     assert [r["start_time"] for r in rows[:4]] == [T0, T0 + 3, T0 + 6, T0 + 3600]
     assert rows[6]["start_time"] == T0 and rows[6]["codec"] == "mpeg4"  # from the container's creation_time
     assert {r["source"] for r in rows} == {"camA", "camB"}
@@ -126,8 +157,14 @@ def _check_manifest(uri: str, root: str, storage: Storage) -> None:
 def _ingest_segments(manifest_uri: str, output: str) -> None:
     from cion_dist.ingest.job import run
 
-    job = job_from_dict({"stage": "ingest", "output": output, "mlflow": {"enabled": False},
-                         "ingest": {"manifest": manifest_uri, "concurrency": 2}})
+    job = job_from_dict(
+        {
+            "stage": "ingest",
+            "output": output,
+            "mlflow": {"enabled": False},
+            "ingest": {"manifest": manifest_uri, "concurrency": 2},
+        }
+    )
     res = run(job)
     table = StageOutput(res.uri).read()
     vids = np.asarray(table.column("video_id").to_pylist())

@@ -38,8 +38,9 @@ def test_input_size_comes_from_a_fixed_model_with_a_warning(caplog):
 
 def test_shipped_yolox_nano_ignores_a_configured_640(shared_data, caplog):
     with caplog.at_level(logging.WARNING):
-        det = make_detector(DetectorConfig(kind="yolox", model_uri=str(shared_data / "models" / "yolox_nano.onnx"),
-                                           input_size=640))
+        det = make_detector(
+            DetectorConfig(kind="yolox", model_uri=str(shared_data / "models" / "yolox_nano.onnx"), input_size=640)
+        )
     assert det.size == (416, 416) and det.spec.max_batch == 1
     assert "overridden" in caplog.text
 
@@ -62,9 +63,15 @@ def _export_yolox_like(path, size: int):
             bright = x.mean(dim=(1, 2, 3)) / 255.0
             return base[None] + mask[None] * bright[:, None, None]
 
-    torch.onnx.export(Head(), torch.zeros(1, 3, size, size), str(path), input_names=["images"],
-                      output_names=["output"], dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}},
-                      dynamo=False)
+    torch.onnx.export(
+        Head(),
+        torch.zeros(1, 3, size, size),
+        str(path),
+        input_names=["images"],
+        output_names=["output"],
+        dynamic_axes={"images": {0: "batch"}, "output": {0: "batch"}},
+        dynamo=False,
+    )
     return a
 
 
@@ -127,7 +134,7 @@ def test_tiled_detector_merges_duplicates_and_drops_people_cut_by_a_tile():
         frame[y1:y2, x1:x2] = 255
     inner = BlobDetector()
     det = TiledDetector(inner, TileConfig(grid=(2, 1), overlap=0.25), nms_threshold=0.45)
-    (boxes, scores), = det.detect([frame])
+    ((boxes, scores),) = det.detect([frame])
     assert inner.calls == [3]  # the whole frame and both tiles in one batch
     order = np.argsort(boxes[:, 0])
     np.testing.assert_allclose(boxes[order], people)  # each person once, none as a cut piece
@@ -152,16 +159,24 @@ def test_recall_by_height_bins():
     hit = matched_ground_truth(gt[[1, 3]] + 1, gt)
     assert hit.tolist() == [False, True, False, True]
     labels = recall_by_height(gt[:, 3] - gt[:, 1], hit)
-    assert [(lab, n, r) for lab, n, r in labels] == [("<64", 1, 0.0), ("64-128", 1, 1.0), ("128-256", 1, 0.0),
-                                                     (">256", 1, 1.0)]
+    assert [(lab, n, r) for lab, n, r in labels] == [
+        ("<64", 1, 0.0),
+        ("64-128", 1, 1.0),
+        ("128-256", 1, 0.0),
+        (">256", 1, 1.0),
+    ]
 
 
 def test_tiled_yolox_meets_the_recall_target_on_mot17(shared_data):
     """Tiles 3x2 + whole frame at score 0.45 (benchmarks/bench_detect.py): recall >= 0.6 at precision >= 0.8."""
     from cion_dist.ingest.detection_eval import DetectionCounts, match_frame
 
-    cfg = DetectorConfig(kind="yolox", model_uri=str(shared_data / "models" / "yolox_nano.onnx"),
-                         score_threshold=0.45, tiles={"grid": [3, 2]})
+    cfg = DetectorConfig(
+        kind="yolox",
+        model_uri=str(shared_data / "models" / "yolox_nano.onnx"),
+        score_threshold=0.45,
+        tiles={"grid": [3, 2]},
+    )
     det = make_detector(cfg)
     total = DetectionCounts()
     for seq in sorted((shared_data / "mot17_mini" / "train").glob("MOT17-*")):
@@ -170,7 +185,7 @@ def test_tiled_yolox_meets_the_recall_target_on_mot17(shared_data):
             g = gt[gt[:, 0] == int(img.stem)]
             gb = np.c_[g[:, 2], g[:, 3], g[:, 2] + g[:, 4], g[:, 3] + g[:, 5]]
             counted = (g[:, 6] == 1) & (g[:, 7] == 1) & (g[:, 8] >= 0.5)
-            (boxes, _), = det.detect([cv2.imread(str(img))[:, :, ::-1]])
+            ((boxes, _),) = det.detect([cv2.imread(str(img))[:, :, ::-1]])
             total = total + match_frame(boxes, gb[counted], gb[~counted])
     print(f"MOT17 mini, yolox_nano tiles 3x2 + whole, score 0.45: P={total.precision:.3f} R={total.recall:.3f}")
     assert total.precision >= 0.8 and total.recall >= 0.6

@@ -51,7 +51,7 @@ def test_crossing_people_keep_ids():
     """Two people walk towards each other along one line and pass through each other's box."""
     dets, frames = [], []
     for f in range(40):
-        a = person(40 + 5 * f, 100)   # left -> right
+        a = person(40 + 5 * f, 100)  # left -> right
         b = person(240 - 5 * f, 104)  # right -> left
         order = [a, b] if f % 2 == 0 else [b, a]  # detector output order must not matter
         dets.append((np.array(order), np.array([0.9, 0.9])))
@@ -95,9 +95,14 @@ def test_low_score_detections_extend_but_never_start_tracks():
 
 
 def test_short_and_spurious_tracks_are_dropped():
-    dets = [(np.array([person(10, 10)]), np.array([0.9])) if f == 3 else (np.zeros((0, 4)), np.zeros(0)) for f in range(10)]
+    dets = [
+        (np.array([person(10, 10)]), np.array([0.9])) if f == 3 else (np.zeros((0, 4)), np.zeros(0)) for f in range(10)
+    ]
     assert track_sequence(dets, list(range(10)), min_length=1) == []  # a one-frame blip is never confirmed
-    dets = [(np.array([person(10 + f, 10)]), np.array([0.9])) if f < 3 else (np.zeros((0, 4)), np.zeros(0)) for f in range(10)]
+    dets = [
+        (np.array([person(10 + f, 10)]), np.array([0.9])) if f < 3 else (np.zeros((0, 4)), np.zeros(0))
+        for f in range(10)
+    ]
     assert len(track_sequence(dets, list(range(10)), min_length=3)) == 1
     assert track_sequence(dets, list(range(10)), min_length=4) == []
 
@@ -122,8 +127,11 @@ def _meet_and_part(tracker, with_features):
 def _pure(tracks, truth):
     """Every tracklet follows one person (frames where both stand on one spot say nothing)."""
     for t in tracks:
-        sides = {0 if abs((b[0] + b[2]) / 2 - truth[f][0]) < 1e-6 else 1
-                 for f, b in zip(t.frames, t.boxes) if truth[f][0] != truth[f][1]}
+        sides = {
+            0 if abs((b[0] + b[2]) / 2 - truth[f][0]) < 1e-6 else 1
+            for f, b in zip(t.frames, t.boxes)
+            if truth[f][0] != truth[f][1]
+        }
         if len(sides) != 1:
             return False
     return True

@@ -32,15 +32,28 @@ def runs(tmp_path_factory, _ray_session):
     if not ray.is_initialized():
         ray.init(num_cpus=4, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
     out = tmp_path_factory.mktemp("insp") / "out"
-    job = job_from_dict({
-        "stage": "pipeline", "output": str(out), "mlflow": {"enabled": False},
-        "pipeline": {"stages": ["synth", "ingest", "embed", "correlate"]},
-        "synth": {"identities": 6, "cameras": 2, "videos": 4, "frames": 40, "width": 320, "height": 192,
-                  "people_per_video": 3, "benchmark_identities": 0, "seed": 1},
-        "ingest": {"detector": {"kind": "background"}, "concurrency": 2},
-        "embed": {"backbone": "handcrafted"},
-        "correlate": {"window_videos": 2, "stride_videos": 1, "num_shards": 1},
-    })
+    job = job_from_dict(
+        {
+            "stage": "pipeline",
+            "output": str(out),
+            "mlflow": {"enabled": False},
+            "pipeline": {"stages": ["synth", "ingest", "embed", "correlate"]},
+            "synth": {
+                "identities": 6,
+                "cameras": 2,
+                "videos": 4,
+                "frames": 40,
+                "width": 320,
+                "height": 192,
+                "people_per_video": 3,
+                "benchmark_identities": 0,
+                "seed": 1,
+            },
+            "ingest": {"detector": {"kind": "background"}, "concurrency": 2},
+            "embed": {"backbone": "handcrafted"},
+            "correlate": {"window_videos": 2, "stride_videos": 1, "num_shards": 1},
+        }
+    )
     return {r.stage: r for r in run_pipeline(job)}
 
 
@@ -66,8 +79,9 @@ def test_inspect_a_correlate_run_from_the_cli(runs, tmp_path):
 
     from cion_dist.cli import app
 
-    res = CliRunner().invoke(app, ["inspect", runs["correlate"].uri, "--out", str(tmp_path / "c"), "--groups", "5",
-                                   "--per-group", "6"])
+    res = CliRunner().invoke(
+        app, ["inspect", runs["correlate"].uri, "--out", str(tmp_path / "c"), "--groups", "5", "--per-group", "6"]
+    )
     assert res.exit_code == 0, res.output
     page = (tmp_path / "c" / "index.html").read_text()
     assert "Identities" in page and "Removed images" in page and "identities spanning several videos" in page

@@ -18,7 +18,9 @@ def test_every_job_file_runs_through_cion_run_and_is_executable():
     for f in JOBS:
         assert f.read_text().splitlines()[0] == SHEBANG, f"{f.name}: first line is not the cion shebang"
         assert os.access(f, os.X_OK), f"{f.name}: no run bit"
-        listed = subprocess.run(["git", "ls-files", "-s", str(f.resolve())], cwd=ROOT, capture_output=True, text=True, check=False)
+        listed = subprocess.run(
+            ["git", "ls-files", "-s", str(f.resolve())], cwd=ROOT, capture_output=True, text=True, check=False
+        )
         if listed.stdout:  # committed with mode 100755, so a fresh checkout keeps the run bit
             assert listed.stdout.split()[0] == "100755", f"{f.name}: committed without the run bit"
 
@@ -53,8 +55,9 @@ def test_overrides_resolve_against_the_working_directory(tmp_path, monkeypatch):
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    job = load_job(str(job_file), ["output=runs", "embed.model=models/osnet.onnx", "embed.input=latest",
-                                   "ingest.every_n=2"])
+    job = load_job(
+        str(job_file), ["output=runs", "embed.model=models/osnet.onnx", "embed.input=latest", "ingest.every_n=2"]
+    )
     assert job.output == str(cwd / "runs")
     assert job.embed.model == str(cwd / "models" / "osnet.onnx")
     assert job.embed.input == "latest"
@@ -65,16 +68,29 @@ def test_shipped_job_files_point_at_the_project_folder():
     for name in ("ingest", "pipeline", "evaluate"):
         job = load_job(str(ROOT / "jobs" / f"{name}.yaml"))
         assert job.output == str(ROOT / "cion-out")
-    assert load_job(str(ROOT / "jobs" / "ingest.yaml")).ingest.manifest == str(ROOT / "cion-out/corpus/manifest.parquet")
+    assert load_job(str(ROOT / "jobs" / "ingest.yaml")).ingest.manifest == str(
+        ROOT / "cion-out/corpus/manifest.parquet"
+    )
 
 
 def test_job_file_runs_as_a_program_with_overrides(tmp_path):
     """``./jobs/synth.yaml key=value`` from another folder: the shebang hands the file to ``cion run``."""
     out = tmp_path / "corpus-run"
     proc = subprocess.run(
-        [str(ROOT / "jobs" / "synth.yaml"), f"output={out}", "synth.videos=1", "synth.frames=8",
-         "synth.identities=2", "synth.benchmark_identities=0", "mlflow.enabled=false"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(ROOT / "jobs" / "synth.yaml"),
+            f"output={out}",
+            "synth.videos=1",
+            "synth.frames=8",
+            "synth.identities=2",
+            "synth.benchmark_identities=0",
+            "mlflow.enabled=false",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,12 +16,14 @@ from cion_dist.tracking.registry import log_backbone, register_backbone
 def chain_store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("lineage")
     uri = f"sqlite:///{tmp}/mlflow.db"
-    job = job_from_dict({"stage": "pretrain", "output": str(tmp / "out"), "mlflow": {"tracking_uri": uri, "experiment": "lin"}})
+    job = job_from_dict(
+        {"stage": "pretrain", "output": str(tmp / "out"), "mlflow": {"tracking_uri": uri, "experiment": "lin"}}
+    )
     manifest = {"uri": str(tmp / "corpus" / "manifest.parquet"), "digest": "f" * 64, "stage": "manifest"}
     prev, ids = manifest, {}
     for stage in ("ingest", "embed", "correlate"):
         out = str(tmp / "out" / stage / f"{stage}-run")
-        digest = (stage[0] * 64)
+        digest = stage[0] * 64
         with stage_run(job, stage, params={"x": 1}, inputs=(prev,)) as run:
             log_output(out, digest)
         ids[stage] = run.info.run_id

@@ -23,8 +23,15 @@ def _env(cluster_file: Path) -> dict:
 
 
 def _cion(env: dict, *args: str, cwd=None, timeout=300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cion_dist.cli", *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "cion_dist.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,11 @@ def cion_cluster(tmp_path_factory):
     down = _cion(env, "down")
     assert down.returncode == 0 and "stopped" in down.stdout, down.stderr
     time.sleep(1)
-    left = [p.pid for p in psutil.process_iter(["cmdline"]) if any(rec.temp_dir in (a or "") for a in p.info["cmdline"] or ())]
+    left = [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if any(rec.temp_dir in (a or "") for a in p.info["cmdline"] or ())
+    ]
     assert not left, f"processes of the head still run: {left}"
     assert not (folder / "cluster.json").exists()
     assert _cion(env, "down").stdout.strip() == "no local Ray cluster is recorded"
@@ -65,8 +76,10 @@ def _tiny_corpus(root: Path) -> Path:
     from cion_dist.synth.config import SynthConfig
     from cion_dist.synth.generate import generate_corpus
 
-    generate_corpus(SynthConfig(out=str(root), identities=2, cameras=1, videos=1, frames=10,
-                                benchmark_identities=0), Storage(StorageConfig()))
+    generate_corpus(
+        SynthConfig(out=str(root), identities=2, cameras=1, videos=1, frames=10, benchmark_identities=0),
+        Storage(StorageConfig()),
+    )
     return root / "manifest.parquet"
 
 
@@ -74,8 +87,15 @@ def test_a_run_joins_the_cluster_from_cion_up_and_says_so(cion_cluster, tmp_path
     env, rec, _ = cion_cluster
     manifest = _tiny_corpus(tmp_path / "corpus")
     t0 = time.perf_counter()
-    proc = _cion(env, "run", str(ROOT / "jobs" / "ingest.yaml"), f"output={tmp_path / 'out'}",
-                 f"ingest.manifest={manifest}", "mlflow.enabled=false", cwd=tmp_path)
+    proc = _cion(
+        env,
+        "run",
+        str(ROOT / "jobs" / "ingest.yaml"),
+        f"output={tmp_path / 'out'}",
+        f"ingest.manifest={manifest}",
+        "mlflow.enabled=false",
+        cwd=tmp_path,
+    )
     wall = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = re.search(r"ray: joined the local cluster from `cion up` at (\S+), dashboard \S+ \(([\d.]+) s\)", proc.stderr)
@@ -94,11 +114,31 @@ def test_ray_job_submit_runs_a_job_file_as_its_entrypoint(cion_cluster, tmp_path
     shutil.copy2(ROOT / "jobs" / "synth.yaml", project / "jobs" / "synth.yaml")  # keeps the run bit
     out = tmp_path / "submitted"
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-    cmd = [ray_bin, "job", "submit", "--address", rec.dashboard, "--working-dir", ".", "jobs/synth.yaml",
-           f"output={out}", "synth.videos=1", "synth.frames=8", "synth.identities=2", "synth.benchmark_identities=0",
-           "mlflow.enabled=false"]
-    proc = subprocess.run(cmd, cwd=project, env={**env, "RAY_AUTH_MODE": rec.auth_mode}, capture_output=True,
-                          text=True, timeout=300, check=False)
+    cmd = [
+        ray_bin,
+        "job",
+        "submit",
+        "--address",
+        rec.dashboard,
+        "--working-dir",
+        ".",
+        "jobs/synth.yaml",
+        f"output={out}",
+        "synth.videos=1",
+        "synth.frames=8",
+        "synth.identities=2",
+        "synth.benchmark_identities=0",
+        "mlflow.enabled=false",
+    ]
+    proc = subprocess.run(
+        cmd,
+        cwd=project,
+        env={**env, "RAY_AUTH_MODE": rec.auth_mode},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     assert "succeeded" in proc.stdout
     assert "[synth]" in proc.stdout

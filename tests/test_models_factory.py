@@ -39,11 +39,16 @@ def test_resnet50_family_matches_reference_sizes_and_last_stride():
     with torch.no_grad():
         fmap = r50.eval().forward_features(torch.randn(1, 3, 256, 128))
     assert fmap.shape[-2:] == (16, 8)  # last stride 1: 256x128 / 16
-    assert build_backbone("resnet50", last_stride=2).eval().forward_features(torch.randn(1, 3, 256, 128)).shape[-2:] == (8, 4)
+    assert build_backbone("resnet50", last_stride=2).eval().forward_features(torch.randn(1, 3, 256, 128)).shape[
+        -2:
+    ] == (8, 4)
     # IBN-a: half-InstanceNorm in the first norm of layer1-3 bottlenecks only
     for layer in ("layer1", "layer2", "layer3"):
         for blk in getattr(ibn, layer):
-            assert isinstance(blk.bn1, IBN) and blk.bn1.IN.num_features * 2 == blk.bn1.BN.num_features + blk.bn1.IN.num_features
+            assert (
+                isinstance(blk.bn1, IBN)
+                and blk.bn1.IN.num_features * 2 == blk.bn1.BN.num_features + blk.bn1.IN.num_features
+            )
     assert not any(isinstance(b.bn1, IBN) for b in ibn.layer4)
     assert not any(isinstance(mod, IBN) for mod in r50.modules())
 

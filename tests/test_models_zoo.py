@@ -29,8 +29,15 @@ def _needs_timm(family: str) -> None:
 
 def test_ten_families_listed_with_the_names_the_zoo_uses():
     assert set(families()) == set(FAMILIES)
-    for name in ("swin_tiny", "convnext_tiny", "ghostnet_130", "repvit_m1_0", "fastvit_sa12", "edgenext_small",
-                 "volo_d1"):
+    for name in (
+        "swin_tiny",
+        "convnext_tiny",
+        "ghostnet_130",
+        "repvit_m1_0",
+        "fastvit_sa12",
+        "edgenext_small",
+        "volo_d1",
+    ):
         assert name in ZOO
 
 

@@ -29,13 +29,17 @@ def _sequence(root, name="MOT17-03-FAKE", rows=(), frames=3):
 def test_split_queries_earliest_frame_gallery_other_frames(tmp_path):
     rows = []
     for f in (1, 2, 3):
-        rows += [f"{f},1,10,10,30,80,1,1,1.0",  # odd id: training
-                 f"{f},2,60,10,30,80,1,1,0.9",  # even id: test
-                 f"{f},4,100,10,30,80,1,7,1.0",  # static person (class 7): never used
-                 f"{f},6,150,10,30,80,0,1,1.0"]  # not to be considered: never used
-    rows += ["2,8,200,10,30,80,1,1,0.1",  # barely visible
-             "3,10,200,10,30,20,1,1,1.0",  # too small
-             "9,12,200,10,30,80,1,1,1.0"]  # frame without an image
+        rows += [
+            f"{f},1,10,10,30,80,1,1,1.0",  # odd id: training
+            f"{f},2,60,10,30,80,1,1,0.9",  # even id: test
+            f"{f},4,100,10,30,80,1,7,1.0",  # static person (class 7): never used
+            f"{f},6,150,10,30,80,0,1,1.0",
+        ]  # not to be considered: never used
+    rows += [
+        "2,8,200,10,30,80,1,1,0.1",  # barely visible
+        "3,10,200,10,30,20,1,1,1.0",  # too small
+        "9,12,200,10,30,80,1,1,1.0",
+    ]  # frame without an image
     _sequence(tmp_path / "mot", rows=rows)
     info = build_benchmark(str(tmp_path / "mot"), str(tmp_path / "out"))
     assert (info["train_images"], info["query_images"], info["gallery_images"]) == (3, 1, 2)

@@ -34,11 +34,13 @@ def unit_table(unit: int) -> pa.Table:
     """A unit's rows: deterministic in the unit key alone, like a clip's crops or a video's labels."""
     rng = np.random.default_rng(1000 + unit)
     n = 40 + 3 * unit
-    return pa.table({
-        "unit": pa.array(np.full(n, unit, dtype=np.int32)),
-        "row": pa.array(np.arange(n, dtype=np.int32)),
-        "value": pa.array(rng.standard_normal(n).astype(np.float32)),
-    })
+    return pa.table(
+        {
+            "unit": pa.array(np.full(n, unit, dtype=np.int32)),
+            "row": pa.array(np.arange(n, dtype=np.int32)),
+            "value": pa.array(rng.standard_normal(n).astype(np.float32)),
+        }
+    )
 
 
 def unit_key(unit: int) -> str:
@@ -64,7 +66,8 @@ def run_stage(out_uri: str, markers: str, delay_s: float = 0.0, units=range(UNIT
     import ray
 
     task = ray.remote(write_unit).options(
-        max_retries=3, num_cpus=1, resources={"worker": 1}, scheduling_strategy="SPREAD")
+        max_retries=3, num_cpus=1, resources={"worker": 1}, scheduling_strategy="SPREAD"
+    )
     return [task.remote(out_uri, u, markers, delay_s) for u in units]
 
 
@@ -90,10 +93,15 @@ def cluster(s3_endpoint):
     tmpdir = tempfile.mkdtemp(prefix="rc", dir="/tmp")
     os.environ["TMPDIR"] = tmpdir
     # fast node-death detection (defaults take ~15 s of missed health checks)
-    fast_failure = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                    "health_check_timeout_ms": 500, "health_check_failure_threshold": 3}
-    c = Cluster(initialize_head=True,
-                head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast_failure})
+    fast_failure = {
+        "health_check_initial_delay_ms": 0,
+        "health_check_period_ms": 500,
+        "health_check_timeout_ms": 500,
+        "health_check_failure_threshold": 3,
+    }
+    c = Cluster(
+        initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "_system_config": fast_failure}
+    )
     try:
         for _ in range(2):
             c.add_node(num_cpus=2, resources={"worker": 2})
@@ -148,8 +156,11 @@ def test_node_loss_mid_stage_leaves_the_undisturbed_output(cluster, s3_bucket, t
     assert got["rows"] == ref["rows"] == {"rows": sum(unit_table(u).num_rows for u in range(UNITS))}
     out, want = StageOutput(uri), StageOutput(ref_uri)
     assert [f.rsplit("/", 1)[-1] for f in out.files()] == [f.rsplit("/", 1)[-1] for f in want.files()]
-    assert out.read().sort_by([("unit", "ascending"), ("row", "ascending")]).equals(
-        want.read().sort_by([("unit", "ascending"), ("row", "ascending")]))
+    assert (
+        out.read()
+        .sort_by([("unit", "ascending"), ("row", "ascending")])
+        .equals(want.read().sort_by([("unit", "ascending"), ("row", "ascending")]))
+    )
 
 
 def test_rerun_after_lost_units_redoes_only_those(cluster, s3_bucket, tmp_path):
@@ -191,9 +202,24 @@ def corpus(tmp_path_factory) -> str:
     from cion_dist.pipeline.runner import run_stage
 
     root = tmp_path_factory.mktemp("corpus")
-    job = job_from_dict({"stage": "synth", "output": str(root), "mlflow": {"enabled": False},
-                         "synth": {"identities": 4, "cameras": 2, "videos": 6, "frames": 60, "fps": 10,
-                                   "width": 320, "height": 180, "people_per_video": 2, "benchmark_identities": 0}})
+    job = job_from_dict(
+        {
+            "stage": "synth",
+            "output": str(root),
+            "mlflow": {"enabled": False},
+            "synth": {
+                "identities": 4,
+                "cameras": 2,
+                "videos": 6,
+                "frames": 60,
+                "fps": 10,
+                "width": 320,
+                "height": 180,
+                "people_per_video": 2,
+                "benchmark_identities": 0,
+            },
+        }
+    )
     return run_stage(job).summary["manifest_uri"]
 
 
@@ -207,8 +233,14 @@ def test_ingest_survives_losing_a_node_mid_stage(cluster, corpus, tmp_path):
     from cion_dist.storage.fs import Storage
 
     _one_cpu_workers(cluster, 2)
-    job = job_from_dict({"stage": "ingest", "output": str(tmp_path / "runs"), "mlflow": {"enabled": False},
-                         "ingest": {"manifest": corpus, "concurrency": 2}})
+    job = job_from_dict(
+        {
+            "stage": "ingest",
+            "output": str(tmp_path / "runs"),
+            "mlflow": {"enabled": False},
+            "ingest": {"manifest": corpus, "concurrency": 2},
+        }
+    )
     result: dict = {}
 
     def drive() -> None:

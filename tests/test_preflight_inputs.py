@@ -23,12 +23,23 @@ def _cion_run(tmp_path: Path, job_text: str, *overrides: str):
     job = tmp_path / "job.yaml"
     job.write_text(job_text)
     ray_tmp = tmp_path / "ray-tmp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(ray_tmp),
-           "CION_CLUSTER_FILE": str(tmp_path / "no-cluster.json")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RAY_TMPDIR": str(ray_tmp),
+        "CION_CLUSTER_FILE": str(tmp_path / "no-cluster.json"),
+    }
     env.pop("RAY_ADDRESS", None)
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cion_dist.cli", "run", str(job), *overrides], cwd=tmp_path,
-                          capture_output=True, text=True, env=env, timeout=60, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cion_dist.cli", "run", str(job), *overrides],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     return proc, time.perf_counter() - t0, ray_tmp
 
 
@@ -45,7 +56,9 @@ def _assert_one_error_before_ray(proc, seconds: float, ray_tmp: Path, *needles: 
 
 def test_missing_detector_model_fails_in_one_line_before_ray(tmp_path):
     proc, s, ray_tmp = _cion_run(
-        tmp_path, "stage: ingest\noutput: out\ningest:\n  detector:\n    kind: yolox\n    model_uri: models/yolox.onnx\n")
+        tmp_path,
+        "stage: ingest\noutput: out\ningest:\n  detector:\n    kind: yolox\n    model_uri: models/yolox.onnx\n",
+    )
     _assert_one_error_before_ray(proc, s, ray_tmp, "ingest.detector.model_uri", str(tmp_path / "models/yolox.onnx"))
 
 
@@ -65,15 +78,21 @@ def test_unreadable_model_file_is_named(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
     model.chmod(0)
-    job = job_from_dict({"stage": "embed", "output": str(tmp_path / "out"),
-                         "embed": {"backbone": "onnx", "model": str(model)}})
+    job = job_from_dict(
+        {"stage": "embed", "output": str(tmp_path / "out"), "embed": {"backbone": "onnx", "model": str(model)}}
+    )
     with pytest.raises(CionError, match="embed.model: .* cannot be read"):
         run_preflight(job)
 
 
 def test_dataset_folder_and_manifest_schema(tmp_path):
-    job = job_from_dict({"stage": "evaluate", "output": str(tmp_path / "out"),
-                         "evaluate": {"dataset": str(tmp_path / "market"), "model": "init:resnet_tiny"}})
+    job = job_from_dict(
+        {
+            "stage": "evaluate",
+            "output": str(tmp_path / "out"),
+            "evaluate": {"dataset": str(tmp_path / "market"), "model": "init:resnet_tiny"},
+        }
+    )
     with pytest.raises(CionError, match="evaluate.dataset: folder not found"):
         run_preflight(job)
     manifest = tmp_path / "manifest.parquet"
@@ -82,8 +101,9 @@ def test_dataset_folder_and_manifest_schema(tmp_path):
     with pytest.raises(DataError, match="lacks column 'uri'"):
         run_preflight(job)
     # inputs written by an earlier stage of the same pipeline are not checked
-    job = job_from_dict({"stage": "pipeline", "output": str(tmp_path / "out"),
-                         "pipeline": {"stages": ["synth", "ingest", "evaluate"]}})
+    job = job_from_dict(
+        {"stage": "pipeline", "output": str(tmp_path / "out"), "pipeline": {"stages": ["synth", "ingest", "evaluate"]}}
+    )
     run_preflight(job)
     assert {"detector-settings", "model-files", "dataset-folders", "manifest-schema"} <= set(registered())
 

@@ -19,7 +19,8 @@ from cion_dist.pretrain.schedules import Schedules, at, cosine_schedule, instanc
 
 
 def naive_loss(student_out, teacher_out, center, k, ncrops, ts=0.1, tt=0.04):
-    """The loss of docs/method.md section 4.4 written loop by loop: 18 (a, b) pairs for ncrops=10, K(K-1)+1 terms each."""
+    """The loss of docs/method.md section 4.4 written loop by loop: 18 (a, b) pairs for ncrops=10, K(K-1)+1 terms
+    each."""
     s_views = (student_out / ts).chunk(ncrops)
     t_views = F.softmax((teacher_out - center) / tt, dim=-1).chunk(2)
 
@@ -86,13 +87,29 @@ def test_schedules():
     assert lr[0] == 0.0 and math.isclose(lr[9], 1.0)  # linear warm-up over 10 steps, reaching the peak
     assert np.all(np.diff(lr[:10]) > 0) and np.all(np.diff(lr[10:]) <= 1e-12)
     assert math.isclose(lr[10], 1.0) and lr[-1] > 0.01 and math.isclose(lr[-1], 0.01, abs_tol=2e-3)
-    s = Schedules.build(epochs=4, steps_per_epoch=10, lr=2e-3, min_lr=1e-6, warmup_epochs=1, weight_decay=0.04,
-                        weight_decay_end=0.4, momentum_teacher=0.996)
+    s = Schedules.build(
+        epochs=4,
+        steps_per_epoch=10,
+        lr=2e-3,
+        min_lr=1e-6,
+        warmup_epochs=1,
+        weight_decay=0.04,
+        weight_decay_end=0.4,
+        momentum_teacher=0.996,
+    )
     assert math.isclose(at(s.wd, 0), 0.04) and at(s.wd, 39) > 0.399
     assert math.isclose(at(s.momentum, 0), 0.996) and at(s.momentum, 39) > 0.99999
     assert s.values(1000) == s.values(39)  # clamped past the end (longer epochs at larger K)
     assert [instances_for_epoch(e, [40, 60, 80, 100], [2, 4, 6, 8]) for e in (0, 39, 40, 59, 60, 80, 99, 120)] == [
-        2, 2, 4, 4, 6, 8, 8, 8]
+        2,
+        2,
+        4,
+        4,
+        6,
+        8,
+        8,
+        8,
+    ]
     with pytest.raises(ValueError):
         instances_for_epoch(0, [1, 2], [2])
 
@@ -135,7 +152,7 @@ def tensor_bytes(exclude=()):
 def test_tensor_bytes_counts_each_storage_once_and_leaves_out_excluded_modules():
     base = tensor_bytes()
     flat = torch.zeros(250_000)  # 1,000,000 bytes, then 100 views into it: ZeRO's flat buffers look like this
-    views = [flat[i * 2500:(i + 1) * 2500] for i in range(100)]
+    views = [flat[i * 2500 : (i + 1) * 2500] for i in range(100)]
     assert tensor_bytes() - base == 1_000_000
     layer = torch.nn.Linear(500, 400)  # (500 * 400 + 400) * 4 bytes
     assert tensor_bytes() - base == 1_000_000 + 801_600
@@ -153,7 +170,9 @@ def test_deepspeed_buckets_follow_the_model_size():
     ds = deepspeed_config(cfg, world_size=2, n_params=21_000_000)
     zero = ds["zero_optimization"]
     # ZeRO-3 allocates its reduce bucket up front: a quarter of the model, not DeepSpeed's 5e8 elements
-    assert zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 5_250_000
+    assert (
+        zero["reduce_bucket_size"] == zero["allgather_bucket_size"] == zero["stage3_prefetch_bucket_size"] == 5_250_000
+    )
     assert ds["train_batch_size"] == 16 and zero["stage"] == 3
     assert deepspeed_config(cfg, 2, 1000)["zero_optimization"]["reduce_bucket_size"] == 2**20
     assert deepspeed_config(cfg, 2, 10**11)["zero_optimization"]["reduce_bucket_size"] == 500_000_000

@@ -82,8 +82,15 @@ def zero2_run(ray_module, s3_endpoint, corpus, tmp_path_factory):
     bucket = f"ckpt-{uuid.uuid4().hex[:8]}"
     s3fs.S3FileSystem(endpoint_url=s3_endpoint).mkdir(bucket)
     tmp = tmp_path_factory.mktemp("mlflow2")
-    job = _job(corpus, tmp, zero_stage=2, augment_in="worker", storage_path=f"s3://{bucket}/train",
-               checkpoint_every_steps=2, max_failures=1)
+    job = _job(
+        corpus,
+        tmp,
+        zero_stage=2,
+        augment_in="worker",
+        storage_path=f"s3://{bucket}/train",
+        checkpoint_every_steps=2,
+        max_failures=1,
+    )
     with hooks.installed(hooks.FaultDrill(at_step=5), hooks.MemoryProbe()):
         res = run(job)
     return job, res, f"s3://{bucket}/train"
@@ -94,8 +101,9 @@ def zero3_run(ray_module, corpus, tmp_path_factory):
     from cion_dist.pretrain.job import run
 
     tmp = tmp_path_factory.mktemp("mlflow3")
-    job = _job(corpus, tmp, zero_stage=3, augment_in="ray_data", model_name="cion-z3", checkpoint_every_steps=2,
-               max_failures=1)
+    job = _job(
+        corpus, tmp, zero_stage=3, augment_in="ray_data", model_name="cion-z3", checkpoint_every_steps=2, max_failures=1
+    )
     with hooks.installed(hooks.FaultDrill(at_step=8)):
         return job, run(job)
 
@@ -194,7 +202,10 @@ def test_zero3_with_ray_data_augmentation_traces_the_same_loss_curve(zero2_run, 
 def test_health_verdict_is_in_the_summary_and_health_is_logged_per_step(zero2_run):
     job, res, _ = zero2_run
     assert res.summary["health_verdict"] in ("learning", "collapsing to one prototype", "uniform (not sharpening)")
-    assert res.summary["health"].startswith(res.summary["health_verdict"] + ": ") and "teacher entropy" in res.summary["health"]
+    assert (
+        res.summary["health"].startswith(res.summary["health_verdict"] + ": ")
+        and "teacher entropy" in res.summary["health"]
+    )
     for key in ("teacher_entropy", "batch_entropy", "kl", "center_norm"):
         vals, steps = _history(job, res.mlflow_run_id, key)
         assert steps == list(range(1, 10)) and all(np.isfinite(vals)), key
@@ -226,8 +237,13 @@ def _ema_worker(config):
     import cion_dist.config  # noqa: F401
     from cion_dist.pretrain.config import PretrainConfig
     from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param, load_full_state
-    from cion_dist.pretrain.train_loop import (_disable_cpu_shm_comm, build_networks, deepspeed_config, param_groups,
-                                               place_teacher)
+    from cion_dist.pretrain.train_loop import (
+        _disable_cpu_shm_comm,
+        build_networks,
+        deepspeed_config,
+        param_groups,
+        place_teacher,
+    )
 
     _disable_cpu_shm_comm()
     deepspeed.init_distributed(dist_backend="gloo")
@@ -236,14 +252,24 @@ def _ema_worker(config):
     for name, stage, partition_teacher in config["cases"]:
         # a head wide enough (hidden 1024, 4096 prototypes) that gloo's all-gathers take time: reads of a gather
         # that has not finished show up
-        cfg = PretrainConfig(backbone="resnet_tiny", out_dim=4096, hidden_dim=1024, bottleneck_dim=64, local_crops=0,
-                             batch_size_per_worker=4, gradual_epochs=[1], gradual_instances=[2], zero_stage=stage,
-                             partition_teacher=partition_teacher)
+        cfg = PretrainConfig(
+            backbone="resnet_tiny",
+            out_dim=4096,
+            hidden_dim=1024,
+            bottleneck_dim=64,
+            local_crops=0,
+            batch_size_per_worker=4,
+            gradual_epochs=[1],
+            gradual_instances=[2],
+            zero_stage=stage,
+            partition_teacher=partition_teacher,
+        )
         student, teacher = build_networks(cfg, seed=0)
         n_params = sum(p.numel() for p in student.parameters())
         groups, _ = param_groups(student)
-        engine, *_ = deepspeed.initialize(model=student, optimizer=torch.optim.AdamW(groups, lr=0.05),
-                                          config=deepspeed_config(cfg, world, n_params))
+        engine, *_ = deepspeed.initialize(
+            model=student, optimizer=torch.optim.AdamW(groups, lr=0.05), config=deepspeed_config(cfg, world, n_params)
+        )
         start = {n: p.detach().clone() for n, p in teacher.named_parameters()}
         # the train loop's layout: partitioned under ZeRO-3 with partition_teacher, else a replica on every rank
         teacher, _keep = place_teacher(teacher, cfg, world, n_params, torch.device("cpu"))
@@ -273,15 +299,24 @@ def _ema_worker(config):
         fresh, _keep2 = place_teacher(fresh, cfg, world, n_params, torch.device("cpu"))
         load_full_state(fresh, got)
         back = full_state(fresh)
-        metrics.update({
-            f"{name}_err": err, f"{name}_moved": moved,
-            f"{name}_spread": max(float((c - flat).abs().max()) for c in copies),
-            f"{name}_partitioned": float(any(is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel
-                                             for p in engine.module.parameters())),
-            f"{name}_teacher_partitioned": float(all(is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel
-                                                     for p in teacher.parameters() if p.numel() > 1)),
-            f"{name}_reload_exact": float(all(torch.equal(back[n], got[n]) for n in got)),
-        })
+        metrics.update(
+            {
+                f"{name}_err": err,
+                f"{name}_moved": moved,
+                f"{name}_spread": max(float((c - flat).abs().max()) for c in copies),
+                f"{name}_partitioned": float(
+                    any(is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel for p in engine.module.parameters())
+                ),
+                f"{name}_teacher_partitioned": float(
+                    all(
+                        is_zero3_param(p) and p.ds_tensor.numel() < p.ds_numel
+                        for p in teacher.parameters()
+                        if p.numel() > 1
+                    )
+                ),
+                f"{name}_reload_exact": float(all(torch.equal(back[n], got[n]) for n in got)),
+            }
+        )
     # Ray Train keeps the metrics of reports that carry a checkpoint
     with tempfile.TemporaryDirectory() as d:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from cion_dist.config.job import Job
 from cion_dist.errors import DataError
 from cion_dist.pretrain.config import PretrainConfig
-from cion_dist.config.job import Job
 from cion_dist.pretrain.job import find_crops, labelled_set
 from cion_dist.pretrain.labelled import read_index, shard_files
 from cion_dist.storage.fs import Storage
@@ -23,8 +23,12 @@ from pretrain_fixtures import write_labelled_corpus  # noqa: E402
 
 
 def _job(output, **pretrain):
-    return Job(stage="pretrain", output=output, ray={"num_cpus": 4, "log_to_driver": False},
-               pretrain={"batch_size_per_worker": 4, "gradual_epochs": [1], "gradual_instances": [2], **pretrain})
+    return Job(
+        stage="pretrain",
+        output=output,
+        ray={"num_cpus": 4, "log_to_driver": False},
+        pretrain={"batch_size_per_worker": 4, "gradual_epochs": [1], "gradual_instances": [2], **pretrain},
+    )
 
 
 def test_labelled_set_holds_whole_identities_per_shard_with_lineage(ray_local, tmp_path):
@@ -64,8 +68,16 @@ def test_labelled_set_on_s3_names_missing_images_and_empty_identities(ray_local,
     assert find_crops(corr, None, st).uri == uris["ingest"]
     # a correlate output naming an image the ingest output does not have
     bad = StageOutput.create(s3_bucket + "/out", "correlate", "bad", st)
-    bad.write_unit("all", pa.table({"image_id": ["v0-t0-f000", "ghost-7"], "identity_id": pa.array([0, 0], pa.int64()),
-                                    "video_id": ["v0", "v0"]}))
+    bad.write_unit(
+        "all",
+        pa.table(
+            {
+                "image_id": ["v0-t0-f000", "ghost-7"],
+                "identity_id": pa.array([0, 0], pa.int64()),
+                "video_id": ["v0", "v0"],
+            }
+        ),
+    )
     bad.finalize(stage="correlate", rows={"images": 2}, inputs=corr.success()["inputs"])
     with pytest.raises(DataError, match="ghost-7"):
         labelled_set(_job(s3_bucket + "/out"), bad, find_crops(bad, None, st))
@@ -87,10 +99,26 @@ def test_join_unit_reads_only_its_videos_parts(tmp_path):
     ing = StageOutput.create(str(tmp_path), "ingest", "i", st)
     cor = StageOutput.create(str(tmp_path), "correlate", "c", st)
     for v in ("a", "b"):
-        ing.write_unit(v, pa.table({"image_id": [f"{v}-{i}" for i in range(3)], "video_id": [v] * 3,
-                                    "jpeg": [b"x%d" % i for i in range(3)]}))
-        cor.write_unit(v, pa.table({"image_id": [f"{v}-{i}" for i in range(3)], "video_id": [v] * 3,
-                                    "identity_id": pa.array([1, -1, 2] if v == "a" else [2, 2, 3], pa.int64())}))
+        ing.write_unit(
+            v,
+            pa.table(
+                {
+                    "image_id": [f"{v}-{i}" for i in range(3)],
+                    "video_id": [v] * 3,
+                    "jpeg": [b"x%d" % i for i in range(3)],
+                }
+            ),
+        )
+        cor.write_unit(
+            v,
+            pa.table(
+                {
+                    "image_id": [f"{v}-{i}" for i in range(3)],
+                    "video_id": [v] * 3,
+                    "identity_id": pa.array([1, -1, 2] if v == "a" else [2, 2, 3], pa.int64()),
+                }
+            ),
+        )
     cparts, iparts = _scan_correlate(cor.files(), st), _scan_ingest(ing.files(), st)
     units = join_units(cparts, iparts)
     assert [len(u["ingest"]) for u in units] == [1, 1]

@@ -22,9 +22,13 @@ def reference_sampler(counts, k, p, seed=0):
     rnd, rng = random.Random(seed), np.random.default_rng(seed)
     groups = {}
     for i, n in enumerate(counts):
-        idx = list(rng.choice(n, k, replace=True)) if n < k else list(range(n)) + list(rng.choice(n, n % k, replace=False))
+        idx = (
+            list(rng.choice(n, k, replace=True))
+            if n < k
+            else list(range(n)) + list(rng.choice(n, n % k, replace=False))
+        )
         rnd.shuffle(idx)
-        groups[i] = [idx[j * k:(j + 1) * k] for j in range(len(idx) // k)]
+        groups[i] = [idx[j * k : (j + 1) * k] for j in range(len(idx) // k)]
     avail = [i for i in groups if groups[i]]
     seen, steps = set(), 0
     while len(avail) >= p:
@@ -100,11 +104,15 @@ def test_coverage_and_epoch_length_against_the_reference():
 
 
 def _plan(counts_by_shard, world=2, batch=4, epochs=3, gradual=([2, 3], [1, 2])):
-    index = pa.table({
-        "identity_id": pa.array(np.concatenate([np.arange(len(c)) + 100 * s for s, c in enumerate(counts_by_shard)])),
-        "shard": pa.array(np.concatenate([np.full(len(c), s) for s, c in enumerate(counts_by_shard)])),
-        "images": pa.array(np.concatenate(counts_by_shard)),
-    })
+    index = pa.table(
+        {
+            "identity_id": pa.array(
+                np.concatenate([np.arange(len(c)) + 100 * s for s, c in enumerate(counts_by_shard)])
+            ),
+            "shard": pa.array(np.concatenate([np.full(len(c), s) for s, c in enumerate(counts_by_shard)])),
+            "images": pa.array(np.concatenate(counts_by_shard)),
+        }
+    )
     uris = {s: f"mem://shard-{s}" for s in range(len(counts_by_shard))}
     return RunPlan.build(index, uris, world, batch, 7, epochs, *gradual, steps_per_task=2)
 

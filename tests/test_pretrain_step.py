@@ -24,8 +24,14 @@ def _run_blocked(code: str, blocked=BLOCK, timeout=300) -> str:
     """Run ``code`` in a fresh interpreter where importing any of ``blocked`` raises ImportError."""
     prelude = f"import sys\nfor _m in {tuple(blocked)!r}:\n    sys.modules[_m] = None\n"
     env = {**os.environ, "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(code)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout
 
@@ -69,8 +75,10 @@ def _history(n, teacher, batch, kl, loss):
     """n records whose figures settle from the first to the second value of each pair (exponentially, as
     training curves do)."""
     lin = lambda a, z, i: a + (z - a) * (1 - math.exp(-6 * i / (n - 1))) / (1 - math.exp(-6))  # noqa: E731
-    return [{"teacher_entropy": lin(*teacher, i), "batch_entropy": lin(*batch, i), "kl": lin(*kl, i),
-             "loss": lin(*loss, i)} for i in range(n)]
+    return [
+        {"teacher_entropy": lin(*teacher, i), "batch_entropy": lin(*batch, i), "kl": lin(*kl, i), "loss": lin(*loss, i)}
+        for i in range(n)
+    ]
 
 
 D = 4096  # log D = 8.32

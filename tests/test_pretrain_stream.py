@@ -70,15 +70,20 @@ def _loop(config: dict) -> None:
             epoch, step = json.loads(Path(d, "state.json").read_text())
     attempt = "resumed" if ckpt is not None else "first"
     node = ray.get_runtime_context().get_node_id()
-    stream = worker_batches(ray.train.get_dataset_shard(DATASET), config["cursor"], rank, epoch, step,
-                            MultiCropSpec(local_crops=1), True, 1)
+    stream = worker_batches(
+        ray.train.get_dataset_shard(DATASET), config["cursor"], rank, epoch, step, MultiCropSpec(local_crops=1), True, 1
+    )
     log = Path(config["out"], f"rank{rank}-{attempt}.jsonl")
     for e in range(epoch, len(config["epoch_steps"])):
         for s in range(step if e == epoch else 0, config["epoch_steps"][e]):
             got_e, got_s, views, names = next(stream)
             with log.open("a") as f:
-                f.write(json.dumps({"epoch": got_e, "step": got_s, "ids": names, "node": node,
-                                    "shape": list(views[0].shape)}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"epoch": got_e, "step": got_s, "ids": names, "node": node, "shape": list(views[0].shape)}
+                    )
+                    + "\n"
+                )
             nxt = (e, s + 1) if s + 1 < config["epoch_steps"][e] else (e + 1, 0)
             if attempt == "first" and rank == 0 and (e, s) == tuple(config["die_at"]):
                 os._exit(17)  # the worker dies as a lost node's would, mid-epoch
@@ -95,18 +100,19 @@ def test_each_worker_streams_only_its_shards_and_resumes_with_the_same_batches(c
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from cion_dist.pretrain import labelled
+    from cion_dist.pretrain.augment import MultiCropSpec
+    from cion_dist.pretrain.job import find_crops
     from cion_dist.pretrain.stream import DATASET, RunPlan, ingest_config, make_cursor, shard_batches, work_items
     from cion_dist.storage.fs import Storage
     from cion_dist.storage.stage_io import StageOutput, read_table, resolve_input
-    from cion_dist.pretrain.augment import MultiCropSpec
-    from cion_dist.pretrain.job import find_crops
 
     out = str(tmp_path / "data")
     write_labelled_corpus(out, identities=16, per_identity=6, noise_rows=3)
     st = Storage()
     corr = resolve_input(None, out, "correlate", st)
-    data = labelled.build(corr, find_crops(corr, None, st), out, "lab", world=2, shard_images=24,
-                          min_ids_per_shard=4, seed=0, config={})
+    data = labelled.build(
+        corr, find_crops(corr, None, st), out, "lab", world=2, shard_images=24, min_ids_per_shard=4, seed=0, config={}
+    )
     # epoch 0 at K = 1, epochs 1-2 at K = 2
     plan = RunPlan.build(labelled.read_index(data), labelled.shard_files(data), 2, BATCH, 3, 3, [1, 3], [1, 2])
     plan.check()
@@ -122,12 +128,14 @@ def test_each_worker_streams_only_its_shards_and_resumes_with_the_same_batches(c
         _loop,
         train_loop_config={"cursor": cursor, "epoch_steps": epoch_steps, "out": str(logs), "die_at": die_at},
         datasets={DATASET: items},
-        dataset_config=ingest_config(plan, bounds, spec=MultiCropSpec(local_crops=1), augment=True, cursor=cursor,
-                                     storage=st),
+        dataset_config=ingest_config(
+            plan, bounds, spec=MultiCropSpec(local_crops=1), augment=True, cursor=cursor, storage=st
+        ),
         torch_config=TorchConfig(backend="gloo"),
         scaling_config=ScalingConfig(num_workers=2, placement_strategy="SPREAD"),
-        run_config=RunConfig(name="stream", storage_path=str(tmp_path / "train"),
-                             failure_config=FailureConfig(max_failures=1)),
+        run_config=RunConfig(
+            name="stream", storage_path=str(tmp_path / "train"), failure_config=FailureConfig(max_failures=1)
+        ),
     )
     result = trainer.fit()
     assert result.error is None, result.error
@@ -164,8 +172,9 @@ def test_each_worker_streams_only_its_shards_and_resumes_with_the_same_batches(c
         assert got == [(e, s) for e in range(3) for s in range(epoch_steps[e]) if (e, s) >= start]
         # the steps the dead attempt had already taken are replayed with identical batches
         replayed = {(b["epoch"], b["step"]): b["ids"] for b in first if (b["epoch"], b["step"]) >= start}
-        assert replayed and all(replayed[k] == next(b["ids"] for b in resumed if (b["epoch"], b["step"]) == k)
-                                for k in replayed)
+        assert replayed and all(
+            replayed[k] == next(b["ids"] for b in resumed if (b["epoch"], b["step"]) == k) for k in replayed
+        )
     assert len(nodes) == 2  # the two workers ran on different nodes
     # epoch 0 (K = 1): no image on two workers, every kept image seen
     seen = [set(i for b in read(r, "first") if b["epoch"] == 0 for i in b["ids"]) for r in range(2)]

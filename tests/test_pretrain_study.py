@@ -61,8 +61,14 @@ def test_pk_views_identity_major_with_k_growing_at_the_same_step():
 def test_spread_and_verdict():
     assert study.spread([0.5]) == "0.500"
     assert study.spread([0.4, 0.5, 0.6]) == "0.500 +- 0.100 [0.400-0.600]"
-    res = {a: [{"frozen": {"synth": {"mAP": m}}} for m in ms] for a, ms in
-           {"cion": [0.50, 0.52, 0.51], "instance": [0.30, 0.31, 0.29], "tracklet": [0.49, 0.53, 0.50]}.items()}
+    res = {
+        a: [{"frozen": {"synth": {"mAP": m}}} for m in ms]
+        for a, ms in {
+            "cion": [0.50, 0.52, 0.51],
+            "instance": [0.30, 0.31, 0.29],
+            "tracklet": [0.49, 0.53, 0.50],
+        }.items()
+    }
     lines = study.verdict(res)
     assert lines[0].startswith("cion - instance: +0.210") and lines[0].endswith("-> holds")
     assert lines[1].startswith("cion - tracklet: +0.003") and lines[1].endswith("-> does not hold")

@@ -24,6 +24,7 @@ D1, D2 = "a" * 64, "b" * 64
 
 # ---- pure rule ------------------------------------------------------------------------------------------------
 
+
 def test_first_version_becomes_champion_only_past_a_floor_or_when_allowed():
     d = decide(Evaluated("1", D1, 0.4), None, floor=0.3)
     assert d.promote and d.alias == "champion" and "no champion" in d.reason
@@ -69,15 +70,29 @@ def test_champion_is_left_alone():
 
 # ---- against MLflow stores ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     """``mlflow server`` (sqlite backend, one worker, no job execution) on a free loopback port."""
     tmp = tmp_path_factory.mktemp("mlserver")
     port = free_port()
     env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp}/server.db",
-           "--artifacts-destination", str(tmp / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{tmp}/server.db",
+        "--artifacts-destination",
+        str(tmp / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
     url = f"http://127.0.0.1:{port}"
     try:
@@ -109,9 +124,14 @@ def store(request, tmp_path):
 
 
 def _job(store, tmp_path, name, **promote):
-    return job_from_dict({"stage": "promote", "output": str(tmp_path / "out"),
-                          "mlflow": {"tracking_uri": store, "experiment": f"exp-{name}"},
-                          "promote": {"model_name": name, "floor": 0.1, **promote}})
+    return job_from_dict(
+        {
+            "stage": "promote",
+            "output": str(tmp_path / "out"),
+            "mlflow": {"tracking_uri": store, "experiment": f"exp-{name}"},
+            "promote": {"model_name": name, "floor": 0.1, **promote},
+        }
+    )
 
 
 def _new_version(job, name, metrics_by_digest):
@@ -188,9 +208,16 @@ def test_cli_promote(tmp_path):
     job = _job(store, tmp_path, "cli-bb")
     v1 = _new_version(job, "cli-bb", {D1: 0.3})
     jf = tmp_path / "promote.yaml"
-    jf.write_text(yaml.safe_dump({"stage": "promote", "output": str(tmp_path / "out"),
-                                  "mlflow": {"tracking_uri": store, "experiment": "exp-cli-bb"},
-                                  "promote": {"model_name": "cli-bb", "metric": "rank1", "floor": 0.2}}))
+    jf.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "promote",
+                "output": str(tmp_path / "out"),
+                "mlflow": {"tracking_uri": store, "experiment": "exp-cli-bb"},
+                "promote": {"model_name": "cli-bb", "metric": "rank1", "floor": 0.2},
+            }
+        )
+    )
     res = CliRunner().invoke(app, ["promote", str(jf)])
     assert res.exit_code == 0, res.output
     assert "decision: promoted" in res.output and "models:/cli-bb@champion" in res.output

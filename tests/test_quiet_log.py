@@ -25,11 +25,24 @@ def test_demo_log_has_no_library_warnings(tmp_path):
     for k in ("RAY_ADDRESS", "RAY_DEDUP_LOGS", "CION_VERBOSITY", "RAY_DATA_LOGGING_CONFIG"):
         env.pop(k, None)
     # the smallest demo that still runs every stage (2 pretraining epochs, so K grows once)
-    overrides = ["synth.videos=3", "synth.frames=60", "synth.identities=6", "synth.benchmark_identities=4",
-                 "pretrain.epochs=2", "pretrain.gradual_epochs=[1, 2]"]
-    proc = subprocess.run([sys.executable, "-m", "cion_dist.cli", "demo", "--out", str(tmp_path / "demo"), *overrides],
-                          env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=1200, check=False)
+    overrides = [
+        "synth.videos=3",
+        "synth.frames=60",
+        "synth.identities=6",
+        "synth.benchmark_identities=4",
+        "pretrain.epochs=2",
+        "pretrain.gradual_epochs=[1, 2]",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "cion_dist.cli", "demo", "--out", str(tmp_path / "demo"), *overrides],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     log = proc.stdout
     (tmp_path / "demo.log").write_text(log)
     assert proc.returncode == 0, log[-4000:]

@@ -7,6 +7,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from embed_fixtures import synthetic_people, write_ingest
+from s3_counter import counting_s3_server
 
 from cion_dist.config import job_from_dict
 from cion_dist.embed.job import run
@@ -15,22 +17,29 @@ from cion_dist.errors import DataError
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.reports import REPORTS_DIR
 from cion_dist.storage.stage_io import StageOutput
-from embed_fixtures import synthetic_people, write_ingest
-from s3_counter import counting_s3_server
 
 pytestmark = pytest.mark.integration
 
 
 def _crops(n_videos: int = 32, per_video: int = 3) -> list[dict]:
     images, pids = synthetic_people(n_ids=n_videos, per_id=per_video, seed=3)
-    return [{"rgb": im, "pid": int(p), "frame": i, "bbox": [0.0, 0.0, 8.0, 16.0], "seq": f"video-{int(p):03d}"}
-            for i, (im, p) in enumerate(zip(images, pids))]
+    return [
+        {"rgb": im, "pid": int(p), "frame": i, "bbox": [0.0, 0.0, 8.0, 16.0], "seq": f"video-{int(p):03d}"}
+        for i, (im, p) in enumerate(zip(images, pids))
+    ]
 
 
 def _job(root: str, endpoint: str, run_id: str):
-    return job_from_dict({"stage": "embed", "output": root, "run_id": run_id, "mlflow": {"enabled": False},
-                          "storage": {"endpoint_url": endpoint},
-                          "embed": {"backbone": "handcrafted", "concurrency": 2, "crops_per_unit": 2}})
+    return job_from_dict(
+        {
+            "stage": "embed",
+            "output": root,
+            "run_id": run_id,
+            "mlflow": {"enabled": False},
+            "storage": {"endpoint_url": endpoint},
+            "embed": {"backbone": "handcrafted", "concurrency": 2, "crops_per_unit": 2},
+        }
+    )
 
 
 def _sorted(out: StageOutput) -> pa.Table:

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 
 from cion_dist.config.base import NOT_IN_RUN_ID
 from cion_dist.config.loader import load_default
-from cion_dist.stage import (EmbedResult, PretrainResult, StageRun, SynthResult, derive_run_id, run_id_config)
+from cion_dist.stage import EmbedResult, PretrainResult, StageRun, SynthResult, derive_run_id, run_id_config
 from cion_dist.stage.result import StageResult
 
 STAGES = ("ingest", "embed", "correlate", "pretrain", "evaluate")
@@ -68,11 +68,19 @@ def test_execution_only_settings_keep_the_run_id(stage):
     assert derive_run_id(stage, cfg, "other digest") != base
 
 
-@pytest.mark.parametrize("stage, path, value", [
-    ("ingest", "every_n", 3), ("ingest", "detector.score_threshold", 0.5), ("embed", "height", 128),
-    ("correlate", "window_videos", 16), ("correlate", "calibration.sample", 500), ("pretrain", "num_workers", 4),
-    ("pretrain", "lr", 1e-3), ("evaluate", "flip", False),
-])
+@pytest.mark.parametrize(
+    "stage, path, value",
+    [
+        ("ingest", "every_n", 3),
+        ("ingest", "detector.score_threshold", 0.5),
+        ("embed", "height", 128),
+        ("correlate", "window_videos", 16),
+        ("correlate", "calibration.sample", 500),
+        ("pretrain", "num_workers", 4),
+        ("pretrain", "lr", 1e-3),
+        ("evaluate", "flip", False),
+    ],
+)
 def test_output_settings_change_the_run_id(stage, path, value):
     cfg = getattr(load_default("demo", []), stage)
     assert derive_run_id(stage, _set(cfg, path, value), "d") != derive_run_id(stage, cfg, "d")
@@ -81,7 +89,9 @@ def test_output_settings_change_the_run_id(stage, path, value):
 def test_expected_settings_are_execution_only():
     job = load_default("demo", [])
     marked = {s: {p for p, _ in _marked(getattr(job, s))} for s in STAGES}
-    assert {"concurrency", "max_error_fraction", "detector.num_gpus", "detector.threads", "manifest"} <= marked["ingest"]
+    assert {"concurrency", "max_error_fraction", "detector.num_gpus", "detector.threads", "manifest"} <= marked[
+        "ingest"
+    ]
     assert {"concurrency", "num_gpus", "num_cpus", "threads", "batch_size", "input"} <= marked["embed"]
     assert {"num_shards", "shard_cpus", "videos_per_task", "tasks_in_flight", "input"} <= marked["correlate"]
     assert {"cpus_per_worker", "max_failures", "input", "crops"} <= marked["pretrain"]
@@ -110,8 +120,9 @@ def test_stage_run_resumes_the_same_folder_across_execution_settings(tmp_path):
 
 
 def test_typed_results_hand_over_the_right_uri():
-    synth = SynthResult.from_record({"stage": "synth", "uri": "/c", "summary": {"manifest_uri": "/c/m.parquet",
-                                                                                "gt_uri": "/c/gt.parquet"}})
+    synth = SynthResult.from_record(
+        {"stage": "synth", "uri": "/c", "summary": {"manifest_uri": "/c/m.parquet", "gt_uri": "/c/gt.parquet"}}
+    )
     assert synth.handoff == "/c/m.parquet" and synth.gt_uri == "/c/gt.parquet"
     pre = PretrainResult.from_record({"stage": "pretrain", "uri": "/p", "summary": {"model_uri": "models:/m/2"}})
     assert pre.handoff == "models:/m/2"

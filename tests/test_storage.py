@@ -37,8 +37,9 @@ def _roundtrip(root: str):
         resolve_input(out.uri, root, "ingest", st)
     parts = out.combine()
     assert parts.count == 2 and parts.totals == {"rows": 3} and parts.unreported == 0
-    rec = out.finalize(stage="ingest", rows={"crops": 3}, inputs=[{"uri": "m", "digest": "d"}], config={"k": 1},
-                       parts=parts)
+    rec = out.finalize(
+        stage="ingest", rows={"crops": 3}, inputs=[{"uri": "m", "digest": "d"}], config={"k": 1}, parts=parts
+    )
     assert out.is_complete() and rec["parts"] == 2 and len(rec["digest"]) == 64
     table = out.read()
     assert sorted(table.column("image_id").to_pylist()) == ["a", "b", "c"]  # errors/ is a side table

@@ -48,8 +48,17 @@ TINY_SYNTH = {
     "stage": "synth",
     "name": "submit-smoke",
     "mlflow": {"enabled": False},
-    "synth": {"identities": 2, "cameras": 1, "videos": 1, "frames": 8, "fps": 4, "width": 96, "height": 64,
-              "people_per_video": 1, "benchmark_identities": 0},
+    "synth": {
+        "identities": 2,
+        "cameras": 1,
+        "videos": 1,
+        "frames": 8,
+        "fps": 4,
+        "width": 96,
+        "height": 64,
+        "people_per_video": 1,
+        "benchmark_identities": 0,
+    },
 }
 
 
@@ -140,15 +149,27 @@ def ray_head(tmp_path_factory):
     temp_dir = tempfile.mkdtemp(prefix="rh", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
     token = secrets.token_hex(32)
     # no AWS_* on the cluster: a job reaches S3 only through the env_vars its runtime_env carries
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH") and not k.startswith("AWS_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH") and not k.startswith("AWS_")
+    }
     env.update(PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     dash = free_port()
     cmd = [
-        str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-        f"--port={free_port()}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-        f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}",
-        "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={temp_dir}",
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--block",
+        "--node-ip-address=127.0.0.1",
+        f"--port={free_port()}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        f"--ray-client-server-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        "--num-cpus=4",
+        "--include-dashboard=true",
+        f"--temp-dir={temp_dir}",
     ]
     log = tmp_path_factory.mktemp("head") / "head.log"
     with open(log, "wb") as out:
@@ -189,13 +210,25 @@ def _synth_corpus(root: Path) -> int:
 def test_cion_submit_wait_runs_the_job_on_the_cluster_writing_to_s3(ray_head, s3_bucket, tmp_path):
     import s3fs
 
-    job = {**TINY_SYNTH, "output": f"{s3_bucket}/cluster-run",
-           "runtime_env": {"working_dir": ".", "env_vars": {
-               "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"], "AWS_ACCESS_KEY_ID": "testing",
-               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}}}
+    job = {
+        **TINY_SYNTH,
+        "output": f"{s3_bucket}/cluster-run",
+        "runtime_env": {
+            "working_dir": ".",
+            "env_vars": {
+                "AWS_ENDPOINT_URL": os.environ["AWS_ENDPOINT_URL"],
+                "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing",
+                "AWS_DEFAULT_REGION": "us-east-1",
+            },
+        },
+    }
     job_file = _repo(tmp_path / "repo", job)
-    res = _run([str(BIN / "cion"), "submit", "jobs/tiny.yaml", "synth.videos=2", "--address", ray_head.address,
-                "--wait"], ray_head, cwd=tmp_path / "repo")
+    res = _run(
+        [str(BIN / "cion"), "submit", "jobs/tiny.yaml", "synth.videos=2", "--address", ray_head.address, "--wait"],
+        ray_head,
+        cwd=tmp_path / "repo",
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     sid = next(w for w in res.stdout.split() if w.startswith("raysubmit_"))
     assert f"ray job logs --address {ray_head.address} --follow {sid}" in res.stdout
@@ -214,10 +247,33 @@ def test_cion_submit_wait_runs_the_job_on_the_cluster_writing_to_s3(ray_head, s3
 def test_plain_ray_job_submit_of_cion_run(ray_head, tmp_path):
     """Ray's own CLI with ``cion run`` of a synth -> ingest pipeline: ingest's Ray Data work joins the cluster."""
     out = tmp_path / "out"
-    _repo(tmp_path / "repo", {**TINY_SYNTH, "stage": "pipeline", "output": str(out),
-                              "pipeline": {"stages": ["synth", "ingest"]}, "ingest": {"concurrency": 1}})
-    res = _run([str(BIN / "ray"), "job", "submit", "--address", ray_head.address, "--working-dir", ".", "--",
-                "cion", "run", "jobs/tiny.yaml"], ray_head, cwd=tmp_path / "repo")
+    _repo(
+        tmp_path / "repo",
+        {
+            **TINY_SYNTH,
+            "stage": "pipeline",
+            "output": str(out),
+            "pipeline": {"stages": ["synth", "ingest"]},
+            "ingest": {"concurrency": 1},
+        },
+    )
+    res = _run(
+        [
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            ray_head.address,
+            "--working-dir",
+            ".",
+            "--",
+            "cion",
+            "run",
+            "jobs/tiny.yaml",
+        ],
+        ray_head,
+        cwd=tmp_path / "repo",
+    )
     logs = res.stdout + res.stderr
     assert res.returncode == 0, logs
     assert "succeeded" in logs.lower()
@@ -233,16 +289,30 @@ def test_failing_job_makes_cion_submit_exit_nonzero(ray_head, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     _repo(tmp_path / "repo", {**TINY_SYNTH, "output": str(blocker / "out")})
-    res = _run([str(BIN / "cion"), "submit", "jobs/tiny.yaml", "--address", ray_head.address, "--wait"],
-               ray_head, cwd=tmp_path / "repo")
+    res = _run(
+        [str(BIN / "cion"), "submit", "jobs/tiny.yaml", "--address", ray_head.address, "--wait"],
+        ray_head,
+        cwd=tmp_path / "repo",
+    )
     assert res.returncode != 0
     assert "ended FAILED" in res.stderr, res.stdout + res.stderr
 
 
 def test_invalid_override_is_refused_before_anything_is_submitted(tmp_path):
     _repo(tmp_path / "repo", TINY_SYNTH)
-    res = subprocess.run([str(BIN / "cion"), "submit", "jobs/tiny.yaml", "synth.identities=1", "--address",
-                          f"http://127.0.0.1:{free_port()}"], cwd=tmp_path / "repo", capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run(
+        [
+            str(BIN / "cion"),
+            "submit",
+            "jobs/tiny.yaml",
+            "synth.identities=1",
+            "--address",
+            f"http://127.0.0.1:{free_port()}",
+        ],
+        cwd=tmp_path / "repo",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert res.returncode == 2
     assert "synth.identities" in res.stderr and "submitted" not in res.stdout

@@ -12,17 +12,24 @@ from cion_dist.evaluate.datasets import read_market
 
 def test_market_reader_counts_the_junk_it_leaves_out(tmp_path):
     root = write_market(tmp_path / "market", train_ids=range(1, 3), test_ids=range(3, 5))
-    junk = sum(name.startswith("-1_") for d in ("bounding_box_train", "bounding_box_test", "query")
-               for name in os.listdir(root / d))
+    junk = sum(
+        name.startswith("-1_")
+        for d in ("bounding_box_train", "bounding_box_test", "query")
+        for name in os.listdir(root / d)
+    )
     ds = read_market(str(root))
     assert junk > 0 and ds.junk == junk
     assert all(im.pid != -1 for s in ("train", "query", "gallery") for im in ds.split(s))
 
 
 def _summary(identities_l2: int, tracklets: int, capped: bool) -> dict:
-    return {"radius": 0.3, "link_distance": 0.3, "calibrated": ["radius", "link_distance"],
-            "radius_stats": {"quantile": 0.41, "capped_at_link_distance": capped},
-            "counts": {"tracklets_in": tracklets, "level2": {"identities_out": identities_l2}}}
+    return {
+        "radius": 0.3,
+        "link_distance": 0.3,
+        "calibrated": ["radius", "link_distance"],
+        "radius_stats": {"quantile": 0.41, "capped_at_link_distance": capped},
+        "counts": {"tracklets_in": tracklets, "level2": {"identities_out": identities_l2}},
+    }
 
 
 def test_correlate_notes_explain_split_tracklets_and_r_capped_at_d():

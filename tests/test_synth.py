@@ -20,8 +20,17 @@ from cion_dist.synth.generate import generate_corpus, plan_corpus
 from cion_dist.synth.groundtruth import read_ground_truth, read_identities
 from cion_dist.synth.market import CROP_H, CROP_W, parse_market_filename
 
-TINY = dict(identities=6, cameras=2, videos=3, frames=40, width=320, height=192, people_per_video=3,
-            benchmark_identities=4, benchmark_images_per_camera=3)
+TINY = dict(
+    identities=6,
+    cameras=2,
+    videos=3,
+    frames=40,
+    width=320,
+    height=192,
+    people_per_video=3,
+    benchmark_identities=4,
+    benchmark_images_per_camera=3,
+)
 
 
 def tiny(out, **kw) -> SynthConfig:
@@ -45,8 +54,24 @@ def test_cli_corpus_on_loopback_s3(s3_bucket):
     from cion_dist.cli import app
 
     out = f"{s3_bucket}/corpus"
-    res = CliRunner().invoke(app, ["synth", "--out", out, "--identities", "6", "--cameras", "2", "--videos", "3",
-                                   "--frames", "24", "--benchmark-identities", "2"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "synth",
+            "--out",
+            out,
+            "--identities",
+            "6",
+            "--cameras",
+            "2",
+            "--videos",
+            "3",
+            "--frames",
+            "24",
+            "--benchmark-identities",
+            "2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     st = Storage()
     manifest = pd.read_parquet(io.BytesIO(read_bytes(f"{out}/manifest.parquet", st)))
@@ -72,8 +97,9 @@ def test_cli_corpus_on_loopback_s3(s3_bucket):
     assert np.array_equal(mot[:, 1], g.identity_id.to_numpy())
     assert np.allclose(mot[:, 4], (g.x2 - g.x1).to_numpy()) and np.allclose(mot[:, 8], g.visibility, atol=1e-4)
     assert exists(f"{out}/_SUCCESS.json", st)
-    again = generate_corpus(SynthConfig(out=out, identities=6, cameras=2, videos=3, frames=24,
-                                        benchmark_identities=2), st)
+    again = generate_corpus(
+        SynthConfig(out=out, identities=6, cameras=2, videos=3, frames=24, benchmark_identities=2), st
+    )
     assert again["skipped"] and again["gt_boxes"] == len(gt)
 
 
@@ -92,8 +118,9 @@ def test_torso_pixels_match_ground_truth_and_identity_colour(local_corpus):
         g = gt[(gt.video_id == clip.video_id) & (gt.visibility >= 0.999) & (gt.y2 - gt.y1 >= 40)]
         for r in g.itertuples():
             h, w = r.y2 - r.y1, r.x2 - r.x1
-            crop = frames[r.frame_index, int(r.y1 + 0.24 * h):int(r.y1 + 0.46 * h),
-                          int(r.x1 + 0.36 * w):int(r.x1 + 0.64 * w)]
+            crop = frames[
+                r.frame_index, int(r.y1 + 0.24 * h) : int(r.y1 + 0.46 * h), int(r.x1 + 0.36 * w) : int(r.x1 + 0.64 * w)
+            ]
             mean = crop.reshape(-1, 3).mean(axis=0)
             errors.append(np.abs(mean - recorded_torso_colour(people[r.identity_id], clip.camera)).max())
             measured[(r.identity_id, clip.camera.index)].append(mean)
@@ -130,8 +157,10 @@ def test_market_benchmark_layout_and_held_out_ids(local_corpus):
 
     cfg, info = local_corpus
     fs, root = Storage().fs(info["market_uri"])
-    names = {split: [p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{split}")]
-             for split in ("bounding_box_train", "bounding_box_test", "query")}
+    names = {
+        split: [p.rsplit("/", 1)[-1] for p in fs.ls(f"{root}/{split}")]
+        for split in ("bounding_box_train", "bounding_box_test", "query")
+    }
     parsed = {s: [parse_market_filename(n) for n in ns] for s, ns in names.items()}
     train = {p[0] for p in parsed["bounding_box_train"]}
     query = {p[0] for p in parsed["query"]}
@@ -141,8 +170,9 @@ def test_market_benchmark_layout_and_held_out_ids(local_corpus):
     assert not (train | query) & video_ids and not train & query
     assert {0, -1} <= gallery and gallery - {0, -1} == query
     # one query per (test identity, camera); the gallery holds the other crops of every camera
-    assert sorted((p[0], p[1]) for p in parsed["query"]) == sorted({(q, c + 1) for q in query
-                                                                     for c in range(cfg.cameras)})
+    assert sorted((p[0], p[1]) for p in parsed["query"]) == sorted(
+        {(q, c + 1) for q in query for c in range(cfg.cameras)}
+    )
     per_id = [p for p in parsed["bounding_box_test"] if p[0] > 0]
     assert len(per_id) == len(query) * cfg.cameras * (cfg.benchmark_images_per_camera - 1)
     assert len(set(names["bounding_box_test"])) == len(names["bounding_box_test"])
@@ -207,16 +237,23 @@ def test_detections_get_the_identity_of_the_box_they_overlap(local_corpus, tmp_p
     twice[["x1", "x2"]] += 0.2 * h[0]
     boxes = pd.concat([det, far, twice], ignore_index=True)
     labels = label_boxes(boxes, gt, min_iou=0.5)
-    assert np.array_equal(labels[:len(det)], det.identity_id.to_numpy())
-    assert (labels[len(det):] == -1).all()
+    assert np.array_equal(labels[: len(det)], det.identity_id.to_numpy())
+    assert (labels[len(det) :] == -1).all()
     # the same from a stored ingest-style run (image_id, video_id, frame_index, bbox)
     run = StageOutput(str(tmp_path / "ingest"), Storage())
-    run.write_unit("all", pa.table({
-        "image_id": [f"img{i}" for i in range(len(boxes))],
-        "video_id": boxes.video_id.tolist(),
-        "frame_index": pa.array(boxes.frame_index.to_numpy(), pa.int32()),
-        "bbox": pa.array(boxes[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).tolist(), pa.list_(pa.float32(), 4)),
-    }))
+    run.write_unit(
+        "all",
+        pa.table(
+            {
+                "image_id": [f"img{i}" for i in range(len(boxes))],
+                "video_id": boxes.video_id.tolist(),
+                "frame_index": pa.array(boxes.frame_index.to_numpy(), pa.int32()),
+                "bbox": pa.array(
+                    boxes[["x1", "y1", "x2", "y2"]].to_numpy(np.float32).tolist(), pa.list_(pa.float32(), 4)
+                ),
+            }
+        ),
+    )
     table = crop_identities(run.uri, info["gt_uri"])
     assert table.num_rows == len(det)
     assert table.column("identity_id").to_pylist() == det.identity_id.tolist()

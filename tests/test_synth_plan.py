@@ -70,8 +70,10 @@ def test_appearances_are_distinct_except_deliberate_look_alikes():
         assert p.pattern != base.pattern
         assert np.abs(np.asarray(p.upper) - np.asarray(base.upper)).max() <= 14.0 + 1e-9
     indep = [p for p in people if not p.similar_to][:10]
-    gaps = [np.linalg.norm(np.r_[a.upper_mean(), a.lower] - np.r_[b.upper_mean(), b.lower])
-            for a, b in itertools.combinations(indep, 2)]
+    gaps = [
+        np.linalg.norm(np.r_[a.upper_mean(), a.lower] - np.r_[b.upper_mean(), b.lower])
+        for a, b in itertools.combinations(indep, 2)
+    ]
     assert min(gaps) > 40
 
 
@@ -82,19 +84,25 @@ def test_sprite_shape_pattern_halves_and_soft_edges():
         assert spr.shape == (192, 96, 4) and spr.dtype == np.float32
         a = spr[..., 3]
         assert 0.0 < ((a > 0.02) & (a < 0.98)).mean() < 0.1  # anti-aliased edges exist but are thin
-        torso = spr[int(0.24 * 192):int(0.46 * 192), int(0.36 * 96):int(0.64 * 96)]
+        torso = spr[int(0.24 * 192) : int(0.46 * 192), int(0.36 * 96) : int(0.64 * 96)]
         assert np.allclose(torso[..., 3], 1.0)
         mean = torso[..., :3].reshape(-1, 3).mean(axis=0)
         assert np.abs(mean - app.upper_mean()).max() < 0.12 * np.abs(np.subtract(app.upper, app.upper2)).max() + 2
 
 
 def test_crossing_people_hide_each_other_in_depth_order():
-    plan = plan_corpus(SynthConfig(identities=6, cameras=1, videos=1, frames=80, width=320, height=192,
-                                   people_per_video=6))
+    plan = plan_corpus(
+        SynthConfig(identities=6, cameras=1, videos=1, frames=80, width=320, height=192, people_per_video=6)
+    )
     clip = plan.clips[0]
     bg = np.full((192, 320, 3), 128, np.uint8)
-    rows = [r for _, rs in render_clip(clip.walks, SpriteBank(plan.people), clip.camera, bg, 80,
-                                       SensorNoise(np.random.default_rng(0), 320, 192)) for r in rs]
+    rows = [
+        r
+        for _, rs in render_clip(
+            clip.walks, SpriteBank(plan.people), clip.camera, bg, 80, SensorNoise(np.random.default_rng(0), 320, 192)
+        )
+        for r in rs
+    ]
     occluded = [r for r in rows if 0 < r.visibility < 0.95 and 0 < r.x1 and r.x2 < 320]
     assert occluded, "six people crossing in 80 frames should hide one another at least once"
     by_frame = {}
@@ -118,8 +126,9 @@ def test_texture_look_alikes_share_every_rows_colours_but_not_the_texture():
 
     from cion_dist.synth.appearance import ROW_BALANCED
 
-    people = sample_appearances(40, np.random.default_rng(3), hard_negative_fraction=0.5, texture_look_alikes=True,
-                                details=True)
+    people = sample_appearances(
+        40, np.random.default_rng(3), hard_negative_fraction=0.5, texture_look_alikes=True, details=True
+    )
     by_id = {p.identity_id: p for p in people}
     pairs = [(p, by_id[p.similar_to]) for p in people if p.similar_to and by_id[p.similar_to].pattern in ROW_BALANCED]
     assert len(pairs) >= 8
@@ -127,8 +136,10 @@ def test_texture_look_alikes_share_every_rows_colours_but_not_the_texture():
     for a, b in pairs:
         assert a.pattern in ROW_BALANCED and a.pattern != b.pattern
         # same body details, so only the torso texture differs
-        a0, b0 = (replace(x, badge="none", bag="none", hair_style="short", skin=a.skin, hair=a.hair, shoes=a.shoes)
-                  for x in (a, b))
+        a0, b0 = (
+            replace(x, badge="none", bag="none", hair_style="short", skin=a.skin, hair=a.hair, shoes=a.shoes)
+            for x in (a, b)
+        )
         sa, sb = draw_person(a0, 0), draw_person(b0, 0)
         torso = (slice(int(0.24 * 192), int(0.46 * 192)), slice(int(0.36 * 96), int(0.64 * 96)))
         ta, tb = sa[torso][..., :3], sb[torso][..., :3]
@@ -159,6 +170,14 @@ def test_details_and_benchmark_style_change_pixels():
     bank = SpriteBank(people)
     noise = SensorNoise(np.random.default_rng(0), 320, 192, amplitude=1)
     base, box = _person_frame(bank, 1, cam, bg, np.random.default_rng(5), noise)
-    hard, box2 = _person_frame(bank, 1, cam, bg, np.random.default_rng(5), noise,
-                               BenchmarkStyle(light_jitter=0.3, far=0.5, occlusion=1.0), others=(2, 3))
+    hard, box2 = _person_frame(
+        bank,
+        1,
+        cam,
+        bg,
+        np.random.default_rng(5),
+        noise,
+        BenchmarkStyle(light_jitter=0.3, far=0.5, occlusion=1.0),
+        others=(2, 3),
+    )
     assert box != box2 or np.abs(hard.astype(int) - base.astype(int)).max() > 30

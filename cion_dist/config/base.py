@@ -11,7 +11,9 @@ def check_storage_uri(value: str, what: str) -> str:
     """A local path, ``file://`` or ``s3://`` URI; any other scheme (ftp://, gs://...) would become a local folder."""
     v = str(value).strip()
     if "://" in v and not v.startswith(("s3://", "s3a://", "file://")):
-        raise ValueError(f"{what} has an unsupported scheme {v.split('://', 1)[0]!r}: use a local path or s3://bucket/prefix")
+        raise ValueError(
+            f"{what} has an unsupported scheme {v.split('://', 1)[0]!r}: use a local path or s3://bucket/prefix"
+        )
     return value
 
 
@@ -24,7 +26,9 @@ class StrictModel(BaseModel):
 class StorageConfig(StrictModel):
     """Object-storage access. Unset fields fall back to the standard AWS environment variables."""
 
-    endpoint_url: Optional[str] = Field(None, description="S3 endpoint (e.g. http://127.0.0.1:9000); AWS_ENDPOINT_URL otherwise")
+    endpoint_url: Optional[str] = Field(
+        None, description="S3 endpoint (e.g. http://127.0.0.1:9000); AWS_ENDPOINT_URL otherwise"
+    )
     region: Optional[str] = Field(None, description="AWS region; AWS_DEFAULT_REGION / AWS_REGION otherwise")
     access_key_id: Optional[SecretStr] = None
     secret_access_key: Optional[SecretStr] = None

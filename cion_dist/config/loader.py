@@ -59,9 +59,20 @@ def safe_load_unique(stream, name: str = "<yaml>") -> Any:
 
 
 PATH_KEYS = (
-    "output", "synth.out", "ingest.manifest", "ingest.detector.model_uri", "embed.input", "embed.model",
-    "embed.weights", "correlate.input", "correlate.ground_truth", "pretrain.input", "pretrain.pretrained",
-    "pretrain.storage_path", "evaluate.dataset", "evaluate.model",
+    "output",
+    "synth.out",
+    "ingest.manifest",
+    "ingest.detector.model_uri",
+    "embed.input",
+    "embed.model",
+    "embed.weights",
+    "correlate.input",
+    "correlate.ground_truth",
+    "pretrain.input",
+    "pretrain.pretrained",
+    "pretrain.storage_path",
+    "evaluate.dataset",
+    "evaluate.model",
 )
 _NAME_OR_PATH = ("embed.model", "evaluate.model")
 _FILE_SUFFIXES = (".onnx", ".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".parquet")
@@ -117,8 +128,9 @@ def _parse_override(item: str, source: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict, overrides: Iterable[str], source: str = "command line",
-                    base: Optional[str] = None) -> dict:
+def apply_overrides(
+    data: dict, overrides: Iterable[str], source: str = "command line", base: Optional[str] = None
+) -> dict:
     """Set nested keys from ``a.b.c=value`` strings; values are parsed as YAML scalars/lists.
 
     With ``base``, a relative path given for one of ``PATH_KEYS`` resolves against that folder.
@@ -151,7 +163,9 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         got = e.get("input")
         if secret:
             # never echo what was given for a secret, whatever YAML made of it (int, bool, date, list)
-            shown = f" (got a value of type {type(got).__name__}; secret values are not shown)" if got is not None else ""
+            shown = (
+                f" (got a value of type {type(got).__name__}; secret values are not shown)" if got is not None else ""
+            )
             msg = msg if e["type"] != "string_type" else "must be a string (quote it in YAML: '...')"
         elif e["type"] in ("extra_forbidden", "missing") or isinstance(got, dict):
             shown = ""
@@ -171,13 +185,14 @@ def env_overrides(environ: Optional[dict] = None) -> list[str]:
     out = []
     for k, v in sorted(env.items()):
         if k.startswith(ENV_PREFIX) and len(k) > len(ENV_PREFIX):
-            key = ".".join(p.lower() for p in k[len(ENV_PREFIX):].split("__"))
+            key = ".".join(p.lower() for p in k[len(ENV_PREFIX) :].split("__"))
             out.append(f"{key}={v}")
     return out
 
 
-def job_from_dict(data: dict, source: str = "<job>", overrides: Iterable[str] = (),
-                  override_base: Optional[str] = None) -> Job:
+def job_from_dict(
+    data: dict, source: str = "<job>", overrides: Iterable[str] = (), override_base: Optional[str] = None
+) -> Job:
     overrides = list(overrides)
     env = env_overrides()
     data = apply_overrides(dict(data), env, "environment (CION__*)", base=override_base) if env else dict(data)

@@ -1,11 +1,13 @@
 """Reference labellings scored beside CION on the same embeddings (pure numpy / FAISS / scikit-learn).
 
 - ``tracklet_identity``: every tracklet is its own identity (what a tracker alone gives).
-- ``dbscan_knn``: DBSCAN over a symmetrised sparse k-NN cosine-distance graph (the pseudo-labelling step of Cluster-Contrast,
+- ``dbscan_knn``: DBSCAN over a symmetrised sparse k-NN cosine-distance graph (the pseudo-labelling step of
+Cluster-Contrast,
   minus the Jaccard re-ranking); ``eps`` defaults to CION's ``d``, so both use the same distance scale.
 - ``finch``: First Integer Neighbor Clustering Hierarchy (Sarfraz, Sharma, Stiefelhagen, CVPR 2019): link each
   point to its first neighbour, take connected components, repeat on cluster means, as the authors'
-  implementation (pip package ``finch-clust``) does in its default mode; a test checks the two agree. It yields a hierarchy of
+  implementation (pip package ``finch-clust``) does in its default mode; a test checks the two agree. It yields a
+  hierarchy of
   partitions without any threshold; we pick the level whose cluster count is closest to a target count (by
   default the number of identities CION found, so both are compared at the same granularity without labels).
 """

@@ -176,11 +176,20 @@ def calibrate(
     return Calibration(
         radius=radius,
         link_distance=link,
-        radius_stats={"median": float(np.median(dist)), "p90": float(np.quantile(dist, 0.9)),
-                      "quantile": float(np.quantile(trusted, radius_quantile)),
-                      "kept_by_radius": float((dist <= radius).mean()), "tracker_disagreements": float(switched.mean()),
-                      "n": int(len(dist)), "hist": distance_histogram(dist),
-                      "capped_at_link_distance": bool(radius_uncapped > link)},
-        link_stats={"median": float(np.median(nn)) if len(nn) else None, "n": int(len(nn)), "tracklets": int(len(cents)),
-                    "hist": distance_histogram(nn)},
+        radius_stats={
+            "median": float(np.median(dist)),
+            "p90": float(np.quantile(dist, 0.9)),
+            "quantile": float(np.quantile(trusted, radius_quantile)),
+            "kept_by_radius": float((dist <= radius).mean()),
+            "tracker_disagreements": float(switched.mean()),
+            "n": int(len(dist)),
+            "hist": distance_histogram(dist),
+            "capped_at_link_distance": bool(radius_uncapped > link),
+        },
+        link_stats={
+            "median": float(np.median(nn)) if len(nn) else None,
+            "n": int(len(nn)),
+            "tracklets": int(len(cents)),
+            "hist": distance_histogram(nn),
+        },
     )

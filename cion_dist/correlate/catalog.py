@@ -2,7 +2,8 @@
 
 Ray tasks read only the ``video_id`` and ``tracklet_id`` columns of each embed part (and ``source`` /
 ``start_time`` where a part carries them) and report per-video counts; the driver keeps, in numpy arrays, per
-video the part files holding its rows, its image and tracklet counts, and its place in the corpus order. Vectors are read by the Ray tasks that need them, one group of
+video the part files holding its rows, its image and tracklet counts, and its place in the corpus order. Vectors
+are read by the Ray tasks that need them, one group of
 videos at a time (``load_videos``), so the driver's memory grows with the number of videos and with a few bytes
 per image, never with the embedding width.
 
@@ -145,9 +146,12 @@ def scan_part(uri: str, part: int, storage: Storage) -> Optional[pa.Table]:
     t = t.set_column(1, "tracklet_id", t.column("tracklet_id").cast(pa.string()))
     aggs = [("tracklet_id", "count"), ("tracklet_id", "count_distinct")] + [(c, "first") for c in order_cols]
     g = t.group_by("video_id", use_threads=False).aggregate(aggs)
-    cols = {"video_id": g.column("video_id"), "part": pa.array(np.full(g.num_rows, part, np.int32)),
-            "images": g.column("tracklet_id_count").cast(pa.int64()),
-            "tracklets": g.column("tracklet_id_count_distinct").cast(pa.int64())}
+    cols = {
+        "video_id": g.column("video_id"),
+        "part": pa.array(np.full(g.num_rows, part, np.int32)),
+        "images": g.column("tracklet_id_count").cast(pa.int64()),
+        "tracklets": g.column("tracklet_id_count_distinct").cast(pa.int64()),
+    }
     for c in order_cols:
         cols[c] = g.column(f"{c}_first")
     return pa.table(cols)
@@ -202,7 +206,8 @@ def scan_embeddings(embed_out: StageOutput, parts_per_task: int = 64, in_flight:
     images = np.add.reduceat(per_part.column("images").to_numpy(), starts) if n else np.zeros(0, np.int64)
     tracklets = np.add.reduceat(per_part.column("tracklets").to_numpy(), starts) if n else np.zeros(0, np.int64)
     videos = per_part.select(["video_id", *[c for c in ORDER_COLUMNS if c in per_part.column_names]]).take(
-        pa.array(starts))  # each video's order values from its first part
+        pa.array(starts)
+    )  # each video's order values from its first part
     videos = videos.append_column("row", pa.array(np.arange(len(starts), dtype=np.int64)))
 
     source = "video_id"
@@ -215,7 +220,9 @@ def scan_embeddings(embed_out: StageOutput, parts_per_task: int = 64, in_flight:
     if ordered is None:
         has_cols = [c for c in ORDER_COLUMNS if c in videos.column_names]
         ordered, source = (videos, "columns") if has_cols else (videos.select(["video_id", "row"]), "video_id")
-    keys = [(c, "ascending", "at_end") for c in ORDER_COLUMNS if c in ordered.column_names] + [("video_id", "ascending", "at_end")]
+    keys = [(c, "ascending", "at_end") for c in ORDER_COLUMNS if c in ordered.column_names] + [
+        ("video_id", "ascending", "at_end")
+    ]
     ordered = ordered.take(pc.sort_indices(ordered, sort_keys=keys))
     if source == "manifest":  # a video listed twice in the manifest keeps its first place
         rows = ordered.column("row").to_numpy()
@@ -268,9 +275,14 @@ def load_all(items: list[tuple[int, str, list[str]]], storage: Storage) -> Embed
 def select(data: EmbeddingSet, rows: np.ndarray) -> EmbeddingSet:
     """The rows ``rows`` of ``data`` (one video's, in their order)."""
     return EmbeddingSet(
-        image_id=data.image_id[rows], video_id=data.video_id[rows], tracklet_id=data.tracklet_id.take(pa.array(rows)),
-        tracklet_key=data.tracklet_key[rows], x=data.x[rows], videos=list(dict.fromkeys(data.video_id[rows].tolist())),
-        video_rank=np.zeros(len(rows), dtype=np.int64), frame=None if data.frame is None else data.frame[rows],
+        image_id=data.image_id[rows],
+        video_id=data.video_id[rows],
+        tracklet_id=data.tracklet_id.take(pa.array(rows)),
+        tracklet_key=data.tracklet_key[rows],
+        x=data.x[rows],
+        videos=list(dict.fromkeys(data.video_id[rows].tolist())),
+        video_rank=np.zeros(len(rows), dtype=np.int64),
+        frame=None if data.frame is None else data.frame[rows],
     )
 
 

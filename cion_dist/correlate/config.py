@@ -18,11 +18,15 @@ class CalibrationConfig(StrictModel):
     """How ``r`` and ``d`` are read off the corpus when not given."""
 
     radius_quantile: float = Field(
-        0.98, gt=0, le=1,
+        0.98,
+        gt=0,
+        le=1,
         description="r = this quantile of image-to-tracklet-centroid distances of images the tracker and the nearest "
-                    "centroid agree on (the share of a clean tracker's images level 1 keeps); capped at d",
+        "centroid agree on (the share of a clean tracker's images level 1 keeps); capped at d",
     )
-    link_neighbours: int = Field(2, ge=1, description="nearest centroids of other videos pooled per tracklet for the d threshold (Otsu)")
+    link_neighbours: int = Field(
+        2, ge=1, description="nearest centroids of other videos pooled per tracklet for the d threshold (Otsu)"
+    )
     sample: int = Field(200_000, ge=100, description="at most this many images / tracklets are used")
 
 
@@ -41,7 +45,9 @@ class SwitchSplitConfig(StrictModel):
 
 class CorrelateConfig(StrictModel):
     input: Optional[str] = InputField(None, description="embed run folder; None = newest complete embed run")
-    radius: Optional[float] = Field(None, gt=0, le=2, description="intra-identity radius r (cosine distance); None = calibrate")
+    radius: Optional[float] = Field(
+        None, gt=0, le=2, description="intra-identity radius r (cosine distance); None = calibrate"
+    )
     link_distance: Optional[float] = Field(None, gt=0, le=2, description="inter-identity distance d; None = calibrate")
     window_videos: int = Field(8, ge=1, description="videos per sliding window at level 3")
     stride_videos: int = Field(4, ge=1, description="videos the window moves by; < window_videos makes windows overlap")
@@ -63,7 +69,9 @@ class CorrelateConfig(StrictModel):
         32, ge=1, description="consecutive level-3 windows searched by one Ray task (one links file per task)"
     )
     block_videos: int = Field(
-        256, ge=1, description="videos whose level-2 identity vectors share one block file (level 3 and the merge read blocks)"
+        256,
+        ge=1,
+        description="videos whose level-2 identity vectors share one block file (level 3 and the merge read blocks)",
     )
     tasks_in_flight: int = ExecutionField(32, ge=1, description="Ray tasks the driver keeps submitted at once per step")
     ground_truth: Optional[str] = Field(

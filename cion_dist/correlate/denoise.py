@@ -59,9 +59,15 @@ class MergeResult:
     linkage: np.ndarray  # per input link: the average-linkage distance of the merge it made (NaN: none)
 
 
-def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
-                  tags: Optional[Sequence[frozenset] | np.ndarray] = None,
-                  linkage: Optional[np.ndarray] = None) -> np.ndarray:
+def guarded_merge(
+    sums: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    dist: np.ndarray,
+    d: float,
+    tags: Optional[Sequence[frozenset] | np.ndarray] = None,
+    linkage: Optional[np.ndarray] = None,
+) -> np.ndarray:
     """The component label per node of ``merge_links`` (see there); ``linkage``, when given, is filled in place
     with ``MergeResult.linkage``."""
     res = merge_links(sums, src, dst, dist, d, tags)
@@ -70,8 +76,14 @@ def guarded_merge(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.n
     return res.label
 
 
-def merge_links(sums: np.ndarray, src: np.ndarray, dst: np.ndarray, dist: np.ndarray, d: float,
-                tags: Optional[Sequence[frozenset] | np.ndarray] = None) -> MergeResult:
+def merge_links(
+    sums: np.ndarray,
+    src: np.ndarray,
+    dst: np.ndarray,
+    dist: np.ndarray,
+    d: float,
+    tags: Optional[Sequence[frozenset] | np.ndarray] = None,
+) -> MergeResult:
     """Union nodes along candidate links, nearest first, keeping only merges that stay discriminable.
 
     A link (a, b) joins their current sets only if (1) the two sets' centroids (normalised sums of member vectors)
@@ -173,9 +185,16 @@ def pairs_under(c: np.ndarray, d: float) -> tuple[np.ndarray, np.ndarray, np.nda
     return i[ok], j[ok], dm[i, j][ok].astype(np.float32)
 
 
-def denoise_tracklets(x: np.ndarray, tracklet: np.ndarray, r: float, min_tracklet: int,
-                      frame: Optional[np.ndarray] = None, split_threshold: Optional[float] = None,
-                      min_segment: int = 4, cuts: Optional[list] = None) -> tuple[np.ndarray, np.ndarray]:
+def denoise_tracklets(
+    x: np.ndarray,
+    tracklet: np.ndarray,
+    r: float,
+    min_tracklet: int,
+    frame: Optional[np.ndarray] = None,
+    split_threshold: Optional[float] = None,
+    min_segment: int = 4,
+    cuts: Optional[list] = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Level 1. Returns (group per image: the tracklet's index in ``np.unique(tracklet)`` or -1, reason code).
 
     With ``frame`` and ``split_threshold``, each tracklet is first cut where its appearance switches along time
@@ -235,8 +254,15 @@ def _frame_tags(group: np.ndarray, n: int, frame: Optional[np.ndarray]) -> Optio
     return [frozenset(frame[group == g].tolist()) for g in range(n)]
 
 
-def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_tracklet: int,
-                  frame: Optional[np.ndarray] = None, split: SwitchSplit = SwitchSplit()) -> VideoResult:
+def denoise_video(
+    x: np.ndarray,
+    tracklet: np.ndarray,
+    r: float,
+    d: float,
+    min_tracklet: int,
+    frame: Optional[np.ndarray] = None,
+    split: SwitchSplit = SwitchSplit(),
+) -> VideoResult:
     """Levels 1 and 2 over the images of one video (rows of x, any order).
 
     ``frame`` (optional, the image's frame index) adds the tracker's strongest cue: one person is never twice in
@@ -247,8 +273,9 @@ def denoise_video(x: np.ndarray, tracklet: np.ndarray, r: float, d: float, min_t
     x = np.asarray(x, dtype=np.float32)
     frame = None if frame is None else np.asarray(frame)
     cuts: list = []
-    group, reason = denoise_tracklets(x, tracklet, r, min_tracklet, frame,
-                                      split.factor * d if split.enabled else None, split.min_segment, cuts)
+    group, reason = denoise_tracklets(
+        x, tracklet, r, min_tracklet, frame, split.factor * d if split.enabled else None, split.min_segment, cuts
+    )
     group, n = _compact(group)
 
     # merge tracklets of the same person (centroids closer than d)

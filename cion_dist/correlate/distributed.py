@@ -61,8 +61,13 @@ def block_unit(start: int, stop: int) -> str:
 
 
 def _video_table(image_id: np.ndarray, group: np.ndarray, reason: np.ndarray) -> pa.Table:
-    return pa.table({"image_id": pa.array(image_id, pa.string()), "group": pa.array(group, pa.int64()),
-                     "reason": pa.array(reason, pa.int8())})
+    return pa.table(
+        {
+            "image_id": pa.array(image_id, pa.string()),
+            "group": pa.array(group, pa.int64()),
+            "reason": pa.array(reason, pa.int8()),
+        }
+    )
 
 
 def _sums_table(sums: np.ndarray) -> pa.Table:
@@ -77,8 +82,9 @@ def _sums_of(table: pa.Table) -> np.ndarray:
 
 
 def _links_table(src: np.ndarray, dst: np.ndarray, dist: np.ndarray) -> pa.Table:
-    return pa.table({"src": pa.array(src, pa.int64()), "dst": pa.array(dst, pa.int64()),
-                     "dist": pa.array(dist, pa.float32())})
+    return pa.table(
+        {"src": pa.array(src, pa.int64()), "dst": pa.array(dst, pa.int64()), "dist": pa.array(dist, pa.float32())}
+    )
 
 
 def _read_many(uris: list[str], storage, columns=None) -> list[pa.Table]:
@@ -87,6 +93,7 @@ def _read_many(uris: list[str], storage, columns=None) -> list[pa.Table]:
 
 
 # ---------------------------------------------------------------- calibration
+
 
 @ray.remote
 def _calibrate(items: list, storage, kwargs: dict):
@@ -123,9 +130,11 @@ def save_calibration(out: StageOutput, record: dict) -> None:
 
 # ---------------------------------------------------------------- levels 1-2
 
+
 @ray.remote
-def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_tracklet: int,
-                    split: SwitchSplit = SwitchSplit()) -> list:
+def _denoise_videos(
+    out: StageOutput, items: list, r: float, d: float, min_tracklet: int, split: SwitchSplit = SwitchSplit()
+) -> list:
     """Levels 1-2 for a few videos (read here); writes one unit per video and returns
     (rank, group, reason, groups, switch cuts)."""
     from cion_dist.correlate.catalog import load_videos
@@ -134,8 +143,9 @@ def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_track
     for rank, video, data in load_videos(items, out.storage):
         res = denoise_video(data.x, data.tracklet_key, r, d, min_tracklet, data.frame, split=split)
         if res.cuts:
-            log.info("correlate: %s: %d tracklets cut where their appearance switches", video,
-                     len({c[0] for c in res.cuts}))
+            log.info(
+                "correlate: %s: %d tracklets cut where their appearance switches", video, len({c[0] for c in res.cuts})
+            )
         sums = group_sums(data.x, res.group, res.n_groups)
         out.write_unit(video, _sums_table(sums), subdir=NODES_DIR)
         table = _video_table(data.image_id, res.group, res.reason)
@@ -148,6 +158,7 @@ def _denoise_videos(out: StageOutput, items: list, r: float, d: float, min_track
 @ray.remote
 def _read_levels12(out: StageOutput, items: list, sizes: list) -> list:
     """(rank, group, reason, groups, cuts) of videos whose units exist; None for a unit that does not match."""
+
     def one(item, n):
         rank, video, _ = item
         t = read_table(out.unit_uri(video, subdir=VIDEOS_DIR), out.storage, columns=["group", "reason"])
@@ -164,8 +175,16 @@ def _read_levels12(out: StageOutput, items: list, sizes: list) -> list:
         return list(pool.map(one, items, sizes))
 
 
-def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, min_tracklet: int,
-                 videos_per_task: int, in_flight: int = 32, split: SwitchSplit = SwitchSplit()):
+def run_levels12(
+    out: StageOutput,
+    catalog: VideoCatalog,
+    r: float,
+    d: float,
+    min_tracklet: int,
+    videos_per_task: int,
+    in_flight: int = 32,
+    split: SwitchSplit = SwitchSplit(),
+):
     """Per-image (local group, reason) and per-video level-2 identity counts, resuming from units already written.
 
     Returns ``(group, reason, groups_per_video, done_before, cuts_per_video)``: ``group`` (int32, local to each
@@ -199,21 +218,27 @@ def run_levels12(out: StageOutput, catalog: VideoCatalog, r: float, d: float, mi
             cuts[vi] = n_cuts
         return redo
 
-    read_refs = (_read_levels12.remote(out, catalog.items(present[c : c + chunk]),
-                                       catalog.images[present[c : c + chunk]].tolist())
-                 for c in range(0, len(present), chunk))
+    read_refs = (
+        _read_levels12.remote(
+            out, catalog.items(present[c : c + chunk]), catalog.images[present[c : c + chunk]].tolist()
+        )
+        for c in range(0, len(present), chunk)
+    )
     redo = []
     for _, batch in bounded(read_refs, in_flight):
         redo += take(batch)
     todo = np.sort(np.concatenate([np.flatnonzero(absent), np.asarray(redo, dtype=np.int64)])).astype(np.int64)
-    refs = (_denoise_videos.remote(out, catalog.items(todo[c : c + videos_per_task]), r, d, min_tracklet, split)
-            for c in range(0, len(todo), videos_per_task))
+    refs = (
+        _denoise_videos.remote(out, catalog.items(todo[c : c + videos_per_task]), r, d, min_tracklet, split)
+        for c in range(0, len(todo), videos_per_task)
+    )
     for _, batch in bounded(refs, in_flight):
         take(batch)
     return group, reason, groups, int(len(present) - len(redo)), cuts
 
 
 # ---------------------------------------------------------------- identity blocks
+
 
 def plan_blocks(n_videos: int, block_videos: int) -> list[tuple[int, int]]:
     return [(s, min(s + block_videos, n_videos)) for s in range(0, n_videos, block_videos)]
@@ -225,25 +250,38 @@ def _write_block(out: StageOutput, videos: list, node_lo: int, node_hi: int, uni
     tables = _read_many([out.unit_uri(v, subdir=NODES_DIR) for v in videos], out.storage)
     sums = np.concatenate([_sums_of(t) for t in tables]) if tables else np.zeros((0, 1), np.float32)
     if len(sums) != node_hi - node_lo:
-        raise DataError(f"{out.uri}/{NODES_DIR}: {len(sums)} identities for videos {videos[0]}..{videos[-1]}, "
-                        f"{node_hi - node_lo} expected; the level 1-2 units changed")
+        raise DataError(
+            f"{out.uri}/{NODES_DIR}: {len(sums)} identities for videos {videos[0]}..{videos[-1]}, "
+            f"{node_hi - node_lo} expected; the level 1-2 units changed"
+        )
     t = _sums_table(sums).append_column("node", pa.array(np.arange(node_lo, node_hi), pa.int64()))
     out.write_unit(unit, t, subdir=BLOCKS_DIR)
     return len(sums)
 
 
-def write_blocks(out: StageOutput, catalog: VideoCatalog, node_bounds: np.ndarray, block_videos: int,
-                 in_flight: int = 32) -> list[tuple[int, int, str]]:
+def write_blocks(
+    out: StageOutput, catalog: VideoCatalog, node_bounds: np.ndarray, block_videos: int, in_flight: int = 32
+) -> list[tuple[int, int, str]]:
     """Block files of every ``block_videos`` videos, those missing only; returns (node_lo, node_hi, uri) per block."""
     blocks = plan_blocks(len(catalog.videos), block_videos)
     units = [block_unit(s, e) for s, e in blocks]
     todo = missing_units(out, units, subdir=BLOCKS_DIR)
-    refs = (_write_block.remote(out, catalog.videos[blocks[i][0] : blocks[i][1]].tolist(),
-                                int(node_bounds[blocks[i][0]]), int(node_bounds[blocks[i][1]]), units[i]) for i in todo)
+    refs = (
+        _write_block.remote(
+            out,
+            catalog.videos[blocks[i][0] : blocks[i][1]].tolist(),
+            int(node_bounds[blocks[i][0]]),
+            int(node_bounds[blocks[i][1]]),
+            units[i],
+        )
+        for i in todo
+    )
     for _ in bounded(refs, in_flight):
         pass
-    return [(int(node_bounds[s]), int(node_bounds[e]), out.unit_uri(u, subdir=BLOCKS_DIR))
-            for (s, e), u in zip(blocks, units)]
+    return [
+        (int(node_bounds[s]), int(node_bounds[e]), out.unit_uri(u, subdir=BLOCKS_DIR))
+        for (s, e), u in zip(blocks, units)
+    ]
 
 
 def read_blocks(blocks: list, lo: int, hi: int, storage) -> np.ndarray:
@@ -262,6 +300,7 @@ def _blocks_in(blocks: list, lo: int, hi: int) -> list:
 
 # ---------------------------------------------------------------- level 3
 
+
 def plan_window_batches(windows: list, node_bounds: np.ndarray, per_task: int) -> list[list[tuple[int, int]]]:
     """Consecutive windows grouped ``per_task`` at a time, windows with fewer than two identities left out."""
     useful = [(s, e) for s, e in windows if node_bounds[e] - node_bounds[s] >= 2]
@@ -269,8 +308,17 @@ def plan_window_batches(windows: list, node_bounds: np.ndarray, per_task: int) -
 
 
 @ray.remote
-def _link_window_batch(out: StageOutput, blocks: list, node_video: np.ndarray, node_bounds_of: dict, specs: list,
-                       k: int, d: float, mutual: bool, unit: str) -> int:
+def _link_window_batch(
+    out: StageOutput,
+    blocks: list,
+    node_video: np.ndarray,
+    node_bounds_of: dict,
+    specs: list,
+    k: int,
+    d: float,
+    mutual: bool,
+    unit: str,
+) -> int:
     """Cross-video links of a batch of consecutive windows: each window's identities search one another (exact,
     in-process FAISS on the W x W window); one links file for the batch."""
     from cion_dist.correlate.baselines import exact_knn
@@ -291,8 +339,9 @@ def _link_window_batch(out: StageOutput, blocks: list, node_video: np.ndarray, n
 
 
 @ray.remote(num_cpus=0.5)  # mostly waits on the shard actors, which do the search
-def _link_corpus_batch(out: StageOutput, index, blocks: list, node_video: np.ndarray, lo: int, hi: int, k: int,
-                       d: float, unit: str) -> int:
+def _link_corpus_batch(
+    out: StageOutput, index, blocks: list, node_video: np.ndarray, lo: int, hi: int, k: int, d: float, unit: str
+) -> int:
     """Whole-corpus mode: links of the identities [lo, hi) to their k nearest over the sharded index."""
     from cion_dist.correlate.knn_index import drop_self
 
@@ -304,8 +353,9 @@ def _link_corpus_batch(out: StageOutput, index, blocks: list, node_video: np.nda
     return len(src)
 
 
-def run_level3_links(out: StageOutput, blocks: list, node_video: np.ndarray, node_bounds: np.ndarray,
-                     windows: list, cfg, d: float) -> tuple[int, int, int]:
+def run_level3_links(
+    out: StageOutput, blocks: list, node_video: np.ndarray, node_bounds: np.ndarray, windows: list, cfg, d: float
+) -> tuple[int, int, int]:
     """Links of every window batch (resuming from written files); returns (links files, reused files, windows
     in reused files). The links stay on storage (``windows/``) for the merge.
 
@@ -315,8 +365,9 @@ def run_level3_links(out: StageOutput, blocks: list, node_video: np.ndarray, nod
     """
     n_nodes = int(node_bounds[-1])
     if cfg.whole_corpus and cfg.mutual_knn:
-        raise DataError("correlate.mutual_knn needs windows (whole_corpus=false): a query batch does not see the "
-                        "other end's list")
+        raise DataError(
+            "correlate.mutual_knn needs windows (whole_corpus=false): a query batch does not see the other end's list"
+        )
     if cfg.whole_corpus:
         step = max(1, cfg.windows_per_task * 64)
         ranges = [(s, min(s + step, n_nodes)) for s in range(0, n_nodes, step)] if n_nodes >= 2 else []
@@ -325,12 +376,23 @@ def run_level3_links(out: StageOutput, blocks: list, node_video: np.ndarray, nod
         if todo:
             from cion_dist.correlate.knn_index import ShardedKnnIndex
 
-            index = ShardedKnnIndex(None, cfg.num_shards, cfg.index, cfg.ivf_nlist, cfg.ivf_nprobe, cfg.shard_cpus,
-                                    blocks=(blocks, out.storage, n_nodes))
+            index = ShardedKnnIndex(
+                None,
+                cfg.num_shards,
+                cfg.index,
+                cfg.ivf_nlist,
+                cfg.ivf_nprobe,
+                cfg.shard_cpus,
+                blocks=(blocks, out.storage, n_nodes),
+            )
             try:
                 v_ref = ray.put(node_video)
-                refs = (_link_corpus_batch.remote(out, index, blocks, v_ref, ranges[i][0], ranges[i][1], cfg.knn_k, d,
-                                                  units[i]) for i in todo)
+                refs = (
+                    _link_corpus_batch.remote(
+                        out, index, blocks, v_ref, ranges[i][0], ranges[i][1], cfg.knn_k, d, units[i]
+                    )
+                    for i in todo
+                )
                 for _ in bounded(refs, cfg.tasks_in_flight):
                     pass
             finally:
@@ -348,7 +410,9 @@ def run_level3_links(out: StageOutput, blocks: list, node_video: np.ndarray, nod
             lo, hi = int(node_bounds[specs[0][0]]), int(node_bounds[specs[-1][1]])
             bounds_of = {v: int(node_bounds[v]) for s, e in specs for v in (s, e)}
             refs.append((_blocks_in(blocks, lo, hi), bounds_of, specs, units[i]))
-        gen = (_link_window_batch.remote(out, bl, v_ref, bo, sp, cfg.knn_k, d, cfg.mutual_knn, u) for bl, bo, sp, u in refs)
+        gen = (
+            _link_window_batch.remote(out, bl, v_ref, bo, sp, cfg.knn_k, d, cfg.mutual_knn, u) for bl, bo, sp, u in refs
+        )
         for _ in bounded(gen, cfg.tasks_in_flight):
             pass
     done = set(range(len(units))) - set(todo)
@@ -357,9 +421,11 @@ def run_level3_links(out: StageOutput, blocks: list, node_video: np.ndarray, nod
 
 # ---------------------------------------------------------------- guarded merge
 
+
 @ray.remote
-def _merge(out: StageOutput, link_uris: list, blocks: list, node_video: np.ndarray, n_nodes: int, d: float,
-           exclusive: bool) -> np.ndarray:
+def _merge(
+    out: StageOutput, link_uris: list, blocks: list, node_video: np.ndarray, n_nodes: int, d: float, exclusive: bool
+) -> np.ndarray:
     """The guarded merge over the sorted link table, in a task: reads the links and the sums of linked identities,
     writes the label per identity and the accepted links (``merge/``), returns the labels."""
     tables = _read_many(link_uris, out.storage)
@@ -396,15 +462,22 @@ def _merge(out: StageOutput, link_uris: list, blocks: list, node_video: np.ndarr
     accepted[np.flatnonzero(live)] = res.accepted
     linkage = np.full(len(src), np.nan, dtype=np.float32)  # average linkage of each accepted merge (merge audit)
     linkage[np.flatnonzero(live)] = res.linkage
-    out.write_unit("labels", pa.table({"node": pa.array(np.arange(n_nodes), pa.int64()),
-                                       "label": pa.array(label, pa.int64())}), subdir=MERGE_DIR)
-    out.write_unit("links", pa.table({"src": src, "dst": dst, "dist": dist, "accepted": accepted,
-                                      "linkage": linkage}), subdir=MERGE_DIR)
+    out.write_unit(
+        "labels",
+        pa.table({"node": pa.array(np.arange(n_nodes), pa.int64()), "label": pa.array(label, pa.int64())}),
+        subdir=MERGE_DIR,
+    )
+    out.write_unit(
+        "links",
+        pa.table({"src": src, "dst": dst, "dist": dist, "accepted": accepted, "linkage": linkage}),
+        subdir=MERGE_DIR,
+    )
     return label.astype(np.int64)
 
 
-def run_merge(out: StageOutput, blocks: list, node_video: np.ndarray, d: float, exclusive: bool,
-              links_changed: bool = True) -> np.ndarray:
+def run_merge(
+    out: StageOutput, blocks: list, node_video: np.ndarray, d: float, exclusive: bool, links_changed: bool = True
+) -> np.ndarray:
     """Component per level-2 identity: read back when ``merge/`` holds it and no links file was (re)written in this
     attempt, else computed by ``_merge``."""
     n_nodes = len(node_video)
@@ -421,12 +494,17 @@ def accepted_links(out: StageOutput) -> tuple[np.ndarray, np.ndarray, np.ndarray
     import pyarrow.compute as pc
 
     try:
-        t = read_table(out.unit_uri("links", subdir=MERGE_DIR), out.storage, columns=["src", "dist", "accepted", "linkage"])
+        t = read_table(
+            out.unit_uri("links", subdir=MERGE_DIR), out.storage, columns=["src", "dist", "accepted", "linkage"]
+        )
     except DataError:
         return np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.float32)
     t = t.filter(pc.field("accepted"))
-    return (t.column("src").to_numpy().astype(np.int64), t.column("dist").to_numpy().astype(np.float32),
-            t.column("linkage").to_numpy().astype(np.float32))
+    return (
+        t.column("src").to_numpy().astype(np.int64),
+        t.column("dist").to_numpy().astype(np.float32),
+        t.column("linkage").to_numpy().astype(np.float32),
+    )
 
 
 def merged_link_count(out: StageOutput) -> int:
@@ -440,6 +518,7 @@ def merged_link_count(out: StageOutput) -> int:
 
 
 # ---------------------------------------------------------------- radius re-check
+
 
 @ray.remote
 def _radius_check(out: StageOutput, items: list, offsets: dict, members: list, r: float, unit: str) -> np.ndarray:
@@ -463,8 +542,15 @@ def _read_rows(out: StageOutput, units: list) -> np.ndarray:
     return np.concatenate([t.column("row").to_numpy() for t in tables]) if tables else np.zeros(0, np.int64)
 
 
-def radius_recheck(out: StageOutput, catalog: VideoCatalog, ident: np.ndarray, node_of: np.ndarray, r: float,
-                   videos_per_task: int, in_flight: int = 32) -> tuple[np.ndarray, int]:
+def radius_recheck(
+    out: StageOutput,
+    catalog: VideoCatalog,
+    ident: np.ndarray,
+    node_of: np.ndarray,
+    r: float,
+    videos_per_task: int,
+    in_flight: int = 32,
+) -> tuple[np.ndarray, int]:
     """Corpus rows dropped by the radius re-check of identities merged at level 3, and the tasks reused.
 
     An identity that is one level-2 identity already passed the same check inside its video, so only identities
@@ -502,7 +588,9 @@ def radius_recheck(out: StageOutput, catalog: VideoCatalog, ident: np.ndarray, n
             yield _read_rows.remote(out, done[c : c + 256])
         for i in sorted(todo):
             m, v = tasks[i]
-            yield _radius_check.remote(out, catalog.items(sorted(v)), {int(j): int(bounds[j]) for j in v}, m, r, units[i])
+            yield _radius_check.remote(
+                out, catalog.items(sorted(v)), {int(j): int(bounds[j]) for j in v}, m, r, units[i]
+            )
 
     got = [np.asarray(a, dtype=np.int64) for _, a in bounded(submit(), in_flight)]
     return (np.sort(np.concatenate(got)) if got else np.zeros(0, dtype=np.int64)), len(done)
@@ -510,11 +598,11 @@ def radius_recheck(out: StageOutput, catalog: VideoCatalog, ident: np.ndarray, n
 
 # ---------------------------------------------------------------- output
 
+
 @ray.remote
 def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -> int:
     """The output part of each video: its key columns read here, the labels from the driver."""
     from cion_dist.correlate.catalog import load_keys
-
     from cion_dist.storage.reports import part_record
     from cion_dist.storage.stage_io import unit_filename
 
@@ -524,28 +612,43 @@ def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -
         keys = load_keys(video, uris, out.storage)
         if keys.num_rows != len(ident):
             raise DataError(f"{video}: {keys.num_rows} rows in {uris}, {len(ident)} expected; the input changed")
-        written = out.write_unit(video, pa.table({
-            "image_id": keys.column("image_id").cast(pa.string()),
-            "identity_id": pa.array(ident, pa.int64()),
-            "tracklet_id": keys.column("tracklet_id"),
-            "video_id": keys.column("video_id").cast(pa.string()),
-            "removed_at": pa.array(LEVEL_OF_REASON[rs], pa.int8()),
-            "reason": pa.array(np.where(rs > 0, reason_names[rs], None), pa.string()),
-        }))
+        written = out.write_unit(
+            video,
+            pa.table(
+                {
+                    "image_id": keys.column("image_id").cast(pa.string()),
+                    "identity_id": pa.array(ident, pa.int64()),
+                    "tracklet_id": keys.column("tracklet_id"),
+                    "video_id": keys.column("video_id").cast(pa.string()),
+                    "removed_at": pa.array(LEVEL_OF_REASON[rs], pa.int8()),
+                    "reason": pa.array(np.where(rs > 0, reason_names[rs], None), pa.string()),
+                }
+            ),
+        )
         reports.add([part_record(unit_filename(video), written, rows=keys.num_rows)])
     reports.flush()  # one report file per task: the driver combines them without reading the parts back
     return len(items)
 
 
-def write_outputs(out: StageOutput, catalog: VideoCatalog, identity: np.ndarray, reason: np.ndarray,
-                  videos_per_task: int, in_flight: int = 32) -> None:
+def write_outputs(
+    out: StageOutput,
+    catalog: VideoCatalog,
+    identity: np.ndarray,
+    reason: np.ndarray,
+    videos_per_task: int,
+    in_flight: int = 32,
+) -> None:
     """One output part per video not written yet (one listing), by Ray tasks, a bounded number at a time."""
     bounds = catalog.bounds
     todo = missing_units(out, catalog.videos.tolist())
 
     def submit(chunk):
-        return _write_videos.remote(out, catalog.items(chunk), [identity[bounds[v] : bounds[v + 1]] for v in chunk],
-                                    [reason[bounds[v] : bounds[v + 1]] for v in chunk])
+        return _write_videos.remote(
+            out,
+            catalog.items(chunk),
+            [identity[bounds[v] : bounds[v + 1]] for v in chunk],
+            [reason[bounds[v] : bounds[v + 1]] for v in chunk],
+        )
 
     for _ in bounded((submit(todo[c : c + videos_per_task]) for c in range(0, len(todo), videos_per_task)), in_flight):
         pass

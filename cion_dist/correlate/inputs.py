@@ -63,7 +63,9 @@ def embeddings_from_table(table: pa.Table, where: str) -> EmbeddingSet:
     finite = np.isfinite(x).all(axis=1)
     if not finite.all():
         row = int(np.flatnonzero(~finite)[0])
-        raise DataError(f"{where}: non-finite embedding at row {row} (image_id {table.column('image_id')[row].as_py()})")
+        raise DataError(
+            f"{where}: non-finite embedding at row {row} (image_id {table.column('image_id')[row].as_py()})"
+        )
     norms = np.linalg.norm(x, axis=1)
     if (norms < 1e-6).any():
         row = int(np.flatnonzero(norms < 1e-6)[0])

@@ -28,9 +28,19 @@ from cion_dist.config.job import Job
 from cion_dist.correlate import baselines, quality
 from cion_dist.correlate.catalog import VideoCatalog, load_all, scan_embeddings
 from cion_dist.correlate.denoise import IDENTITY_RADIUS, LEVEL_OF_REASON, REASONS
-from cion_dist.correlate.distributed import (accepted_links, calibrate_on_sample, merged_link_count, radius_recheck,
-                                             run_level3_links, run_levels12, run_merge, save_calibration,
-                                             saved_calibration, write_blocks, write_outputs)
+from cion_dist.correlate.distributed import (
+    accepted_links,
+    calibrate_on_sample,
+    merged_link_count,
+    radius_recheck,
+    run_level3_links,
+    run_levels12,
+    run_merge,
+    save_calibration,
+    saved_calibration,
+    write_blocks,
+    write_outputs,
+)
 from cion_dist.correlate.inputs import EmbeddingSet, load_ground_truth
 from cion_dist.correlate.linking import merged_identity, number_identities, plan_windows
 from cion_dist.correlate.merge_audit import audit_merges, final_identity_of_labels, format_audit
@@ -50,11 +60,23 @@ def thresholds(cfg, catalog: VideoCatalog, storage: Storage, seed: int = 0, out:
     if cfg.radius is None or cfg.link_distance is None:
         saved = saved_calibration(out) if out is not None else None
         if saved is None:
-            cal = calibrate_on_sample(catalog, storage, cfg.calibration.sample, seed,
-                                      radius_quantile=cfg.calibration.radius_quantile,
-                                      link_neighbours=cfg.calibration.link_neighbours, min_tracklet=cfg.min_tracklet)
-            saved = {"radius": cal.radius, "link_distance": cal.link_distance, "radius_stats": cal.radius_stats,
-                     "link_stats": cal.link_stats, "sample": cfg.calibration.sample, "seed": seed}
+            cal = calibrate_on_sample(
+                catalog,
+                storage,
+                cfg.calibration.sample,
+                seed,
+                radius_quantile=cfg.calibration.radius_quantile,
+                link_neighbours=cfg.calibration.link_neighbours,
+                min_tracklet=cfg.min_tracklet,
+            )
+            saved = {
+                "radius": cal.radius,
+                "link_distance": cal.link_distance,
+                "radius_stats": cal.radius_stats,
+                "link_stats": cal.link_stats,
+                "sample": cfg.calibration.sample,
+                "seed": seed,
+            }
             if out is not None:
                 save_calibration(out, saved)
         if cfg.radius is None:
@@ -89,10 +111,16 @@ def _level_counts(catalog: VideoCatalog, reason: np.ndarray, node_of: np.ndarray
         "tracklets_in": int(catalog.tracklets.sum()),
         "videos": len(catalog.videos),
         "level1": {"images_removed": int((level == 1).sum()), "images_out": n - int((level == 1).sum())},
-        "level2": {"images_out": kept2, "identities_out": int(node_of.max() + 1) if kept2 else 0,
-                   "images_removed": int((level == 2).sum())},
-        "level3": {"images_out": int((final.identity >= 0).sum()), "identities_out": final.n_identities,
-                   "images_removed": int((LEVEL_OF_REASON[final.reason] == 3).sum())},
+        "level2": {
+            "images_out": kept2,
+            "identities_out": int(node_of.max() + 1) if kept2 else 0,
+            "images_removed": int((level == 2).sum()),
+        },
+        "level3": {
+            "images_out": int((final.identity >= 0).sum()),
+            "identities_out": final.n_identities,
+            "images_removed": int((LEVEL_OF_REASON[final.reason] == 3).sum()),
+        },
         "reasons": {REASONS[i]: int(c) for i, c in enumerate(np.bincount(final.reason, minlength=len(REASONS))) if i},
     }
 
@@ -104,9 +132,13 @@ def quality_table(data: EmbeddingSet, identity: np.ndarray, gt_uri: str, storage
     n_ids = max(int(len(np.unique(identity[rows][identity[rows] >= 0]))), 1)
     table = {"cion": quality.score(true, identity[rows])}
     if "tracklet" in cfg.baselines:
-        table["tracklet"] = quality.score(true, baselines.tracklet_identity(data.video_id[rows], data.tracklet_key[rows]))
+        table["tracklet"] = quality.score(
+            true, baselines.tracklet_identity(data.video_id[rows], data.tracklet_key[rows])
+        )
     if "dbscan" in cfg.baselines:
-        table["dbscan"] = quality.score(true, baselines.dbscan_knn(x, eps=d, min_samples=cfg.min_images, k=2 * cfg.knn_k))
+        table["dbscan"] = quality.score(
+            true, baselines.dbscan_knn(x, eps=d, min_samples=cfg.min_images, k=2 * cfg.knn_k)
+        )
     if "finch" in cfg.baselines:
         labels, level = baselines.finch(x, n_ids)
         table["finch"] = quality.score(true, labels) | {"finch_level": level}
@@ -118,13 +150,17 @@ def summary_notes(summary: dict) -> list[str]:
     notes = []
     c = summary["counts"]
     if c["level2"]["identities_out"] > c["tracklets_in"]:
-        notes.append(f"level 2 has {c['level2']['identities_out']} identities from {c['tracklets_in']} tracklets: "
-                     "tracklets that mixed people were split (images moved to the tracklet they fit), which adds "
-                     "identities before level 3 merges them across videos")
+        notes.append(
+            f"level 2 has {c['level2']['identities_out']} identities from {c['tracklets_in']} tracklets: "
+            "tracklets that mixed people were split (images moved to the tracklet they fit), which adds "
+            "identities before level 3 merges them across videos"
+        )
     if "radius" in summary.get("calibrated", []) and (summary.get("radius_stats") or {}).get("capped_at_link_distance"):
-        notes.append(f"r was capped at d = {summary['link_distance']:.4f}: the radius quantile "
-                     f"({summary['radius_stats']['quantile']:.4f}) lay beyond the distance that links two identities, "
-                     "and an identity wider than d would absorb its neighbours")
+        notes.append(
+            f"r was capped at d = {summary['link_distance']:.4f}: the radius quantile "
+            f"({summary['radius_stats']['quantile']:.4f}) lay beyond the distance that links two identities, "
+            "and an identity wider than d would absorb its neighbours"
+        )
     return notes
 
 
@@ -169,14 +205,21 @@ def run(job: Job) -> CorrelateResult:
     catalog = scan_embeddings(embed_out, in_flight=cfg.tasks_in_flight)
     th = thresholds(cfg, catalog, storage, job.seed, out)
     r, d = float(th["radius"]), float(th["link_distance"])
-    log.info("correlate: %d images, %d videos (order from %s), r=%.4f d=%.4f", catalog.n_images,
-             len(catalog.videos), catalog.order_source, r, d)
+    log.info(
+        "correlate: %d images, %d videos (order from %s), r=%.4f d=%.4f",
+        catalog.n_images,
+        len(catalog.videos),
+        catalog.order_source,
+        r,
+        d,
+    )
     timings = {"scan_calibrate_s": round(time.time() - t0, 3)}
 
     with st.tracking(params={"radius": r, "link_distance": d}):
         t = time.time()
         group, reason, groups_per_video, videos_reused, cuts = run_levels12(
-            out, catalog, r, d, cfg.min_tracklet, cfg.videos_per_task, cfg.tasks_in_flight, cfg.switch_split.spec())
+            out, catalog, r, d, cfg.min_tracklet, cfg.videos_per_task, cfg.tasks_in_flight, cfg.switch_split.spec()
+        )
         timings["levels12_s"] = round(time.time() - t, 3)
 
         t = time.time()
@@ -184,10 +227,19 @@ def run(job: Job) -> CorrelateResult:
         del group
         n_nodes = int(node_bounds[-1])
         blocks = write_blocks(out, catalog, node_bounds, cfg.block_videos, cfg.tasks_in_flight)
-        windows = [(0, len(catalog.videos))] if cfg.whole_corpus else plan_windows(len(catalog.videos), cfg.window_videos, cfg.stride_videos)
-        n_link_files, link_files_reused, windows_reused = run_level3_links(out, blocks, node_video, node_bounds, windows, cfg, d)
-        node_label = (run_merge(out, blocks, node_video, d, cfg.exclusive_videos, link_files_reused < n_link_files) if n_nodes
-                      else np.zeros(0, dtype=np.int64))
+        windows = (
+            [(0, len(catalog.videos))]
+            if cfg.whole_corpus
+            else plan_windows(len(catalog.videos), cfg.window_videos, cfg.stride_videos)
+        )
+        n_link_files, link_files_reused, windows_reused = run_level3_links(
+            out, blocks, node_video, node_bounds, windows, cfg, d
+        )
+        node_label = (
+            run_merge(out, blocks, node_video, d, cfg.exclusive_videos, link_files_reused < n_link_files)
+            if n_nodes
+            else np.zeros(0, dtype=np.int64)
+        )
         n_links = merged_link_count(out)
         ident = merged_identity(node_of, node_label)
         drop, recheck_reused = radius_recheck(out, catalog, ident, node_of, r, cfg.videos_per_task, cfg.tasks_in_flight)
@@ -199,15 +251,28 @@ def run(job: Job) -> CorrelateResult:
 
         write_outputs(out, catalog, final.identity, final.reason, cfg.videos_per_task)
         acc_src, acc_dist, acc_linkage = accepted_links(out)
-        audit = audit_merges(node_label, node_video, acc_src, acc_dist, acc_linkage, d,
-                             final_identity_of_labels(node_label, node_of, final.identity))
+        audit = audit_merges(
+            node_label,
+            node_video,
+            acc_src,
+            acc_dist,
+            acc_linkage,
+            d,
+            final_identity_of_labels(node_label, node_of, final.identity),
+        )
         del node_label
         log.info("%s", format_audit(audit))
         summary = {
-            "radius": r, "link_distance": d, "calibrated": th["calibrated"],
-            "windows": len(windows), "links": n_links, "link_files": n_link_files,
-            "videos_resumed": videos_reused, "windows_resumed": windows_reused,
-            "link_files_resumed": link_files_reused, "recheck_resumed": recheck_reused,
+            "radius": r,
+            "link_distance": d,
+            "calibrated": th["calibrated"],
+            "windows": len(windows),
+            "links": n_links,
+            "link_files": n_link_files,
+            "videos_resumed": videos_reused,
+            "windows_resumed": windows_reused,
+            "link_files_resumed": link_files_reused,
+            "recheck_resumed": recheck_reused,
             "video_order": catalog.order_source,
             "counts": _level_counts(catalog, final.reason, node_of, final),
             "timings": timings,
@@ -223,13 +288,21 @@ def run(job: Job) -> CorrelateResult:
             qt = quality_table(data, final.identity, cfg.ground_truth, storage, cfg, d)
             write_json_atomic(join(out.uri, "quality.json"), qt, storage)
             log.info("correlate quality:\n%s", quality.format_table(qt["methods"]))
-            summary["quality"] = {m: {k: v for k, v in s.items() if k in ("pairwise_f", "bcubed_f", "nmi", "kept_fraction")}
-                                  for m, s in qt["methods"].items()}
+            summary["quality"] = {
+                m: {k: v for k, v in s.items() if k in ("pairwise_f", "bcubed_f", "nmi", "kept_fraction")}
+                for m, s in qt["methods"].items()
+            }
             timings["quality_s"] = round(time.time() - t, 3)
         c = summary["counts"]
-        st.log_metrics({"images_in": c["images_in"], "images_out": c["level3"]["images_out"],
-                        "identities_out": c["level3"]["identities_out"], "links": summary["links"],
-                        "identities_multi_video": audit["identities_multi_video"]})
+        st.log_metrics(
+            {
+                "images_in": c["images_in"],
+                "images_out": c["level3"]["images_out"],
+                "identities_out": c["level3"]["identities_out"],
+                "links": summary["links"],
+                "identities_multi_video": audit["identities_multi_video"],
+            }
+        )
         for m, s in summary.get("quality", {}).items():
             st.log_metrics({f"{m}.{k}": v for k, v in s.items()})
         summary["notes"] = summary_notes(summary)

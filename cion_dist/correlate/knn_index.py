@@ -8,7 +8,8 @@ The shard actors sit in a placement group with the SPREAD strategy (one bundle e
 different nodes. Every query batch goes to every shard; the per-shard top-k lists are merged into the global
 top-k with ``faiss.ResultHeap`` (max-heap on inner products). An optional ``id_range`` restricts a search to a
 contiguous block of global ids (on each shard, the local range of its stripe inside it): level 3 lays identity
-centroids out in video order, so a sliding window is one id range of the same index. ``flat`` is exact (``IndexFlatIP``); ``ivf`` is approximate (``IndexIVFFlat`` over
+centroids out in video order, so a sliding window is one id range of the same index. ``flat`` is exact
+(``IndexFlatIP``); ``ivf`` is approximate (``IndexIVFFlat`` over
 inner products, trained per shard on the shard's own rows).
 """
 
@@ -87,7 +88,11 @@ class _Shard:
         params = None
         if (lo, hi) != (0, self.n):
             sel = faiss.IDSelectorRange(lo, hi)
-            params = faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe) if self.kind == "ivf" and hasattr(self.index, "nprobe") else faiss.SearchParameters(sel=sel)
+            params = (
+                faiss.SearchParametersIVF(sel=sel, nprobe=self.index.nprobe)
+                if self.kind == "ivf" and hasattr(self.index, "nprobe")
+                else faiss.SearchParameters(sel=sel)
+            )
         sim, ids = self.index.search(q, k, params=params)
         ids = np.where(ids >= 0, ids * self.stripes + self.stripe, -1)
         sim = np.where(ids >= 0, sim, -np.inf).astype(np.float32)
@@ -100,9 +105,18 @@ _ShardActor = ray.remote(_Shard)
 class ShardedKnnIndex:
     """Top-k inner-product search over vectors sharded across Ray actors. Picklable: tasks can search it."""
 
-    def __init__(self, vectors: Optional[np.ndarray], num_shards: int = 2, kind: str = "flat", nlist: int = 64,
-                 nprobe: int = 8, shard_cpus: float = 1.0, ready_timeout_s: float = 120.0, layout: str = "striped",
-                 blocks: Optional[tuple] = None):
+    def __init__(
+        self,
+        vectors: Optional[np.ndarray],
+        num_shards: int = 2,
+        kind: str = "flat",
+        nlist: int = 64,
+        nprobe: int = 8,
+        shard_cpus: float = 1.0,
+        ready_timeout_s: float = 120.0,
+        layout: str = "striped",
+        blocks: Optional[tuple] = None,
+    ):
         """``vectors`` (n, dim), or ``vectors=None`` and ``blocks=(block list, storage, n)``: each shard then reads
         its own stripe of the correlate identity blocks, so the vectors never pass through the caller.
         ``layout="blocks"`` (contiguous row blocks per shard, the former layout) is kept for benchmarks."""
@@ -130,7 +144,9 @@ class ShardedKnnIndex:
         self.shards = [
             _ShardActor.options(
                 num_cpus=shard_cpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=self.pg, placement_group_bundle_index=i),
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    placement_group=self.pg, placement_group_bundle_index=i
+                ),
             ).remote(kind, nlist, nprobe, threads)
             for i in range(num_shards)
         ]

@@ -29,9 +29,16 @@ def final_identity_of_labels(node_label: np.ndarray, node_of_image: np.ndarray, 
     return out
 
 
-def audit_merges(node_label: np.ndarray, node_video: np.ndarray, src: np.ndarray, dist: np.ndarray,
-                 linkage: np.ndarray, d: float, identity_of_label: Optional[np.ndarray] = None,
-                 top: int = 10) -> dict:
+def audit_merges(
+    node_label: np.ndarray,
+    node_video: np.ndarray,
+    src: np.ndarray,
+    dist: np.ndarray,
+    linkage: np.ndarray,
+    d: float,
+    identity_of_label: Optional[np.ndarray] = None,
+    top: int = 10,
+) -> dict:
     """Summary of the cross-video merges.
 
     ``linkage[e]`` is the average-linkage distance at which link ``e`` joined two sets, NaN where it joined
@@ -58,21 +65,34 @@ def audit_merges(node_label: np.ndarray, node_video: np.ndarray, src: np.ndarray
     order = multi[np.argsort(margin, kind="stable")][:top]
     rows = []
     for s in order.tolist():
-        rows.append({
-            "identity": int(identity_of_label[s]) if identity_of_label is not None else -1,
-            "set": s, "videos": int(videos[s]), "level2_identities": int(nodes[s]),
-            "weakest_link": round(float(weakest[s]), 4), "weakest_average_linkage": round(float(weakest_avg[s]), 4),
-            "margin": round(float(d - max(weakest[s], weakest_avg[s])), 4),
-        })
-    return {"identities_multi_video": int(len(multi)), "links_accepted": int(acc.sum()),
-            "link_distance": float(d), "closest_to_threshold": rows}
+        rows.append(
+            {
+                "identity": int(identity_of_label[s]) if identity_of_label is not None else -1,
+                "set": s,
+                "videos": int(videos[s]),
+                "level2_identities": int(nodes[s]),
+                "weakest_link": round(float(weakest[s]), 4),
+                "weakest_average_linkage": round(float(weakest_avg[s]), 4),
+                "margin": round(float(d - max(weakest[s], weakest_avg[s])), 4),
+            }
+        )
+    return {
+        "identities_multi_video": int(len(multi)),
+        "links_accepted": int(acc.sum()),
+        "link_distance": float(d),
+        "closest_to_threshold": rows,
+    }
 
 
 def format_audit(audit: dict) -> str:
-    lines = [f"merge audit: {audit['identities_multi_video']} identities span several videos "
-             f"({audit['links_accepted']} links accepted, d = {audit['link_distance']:.4f}); closest to the threshold:"]
+    lines = [
+        f"merge audit: {audit['identities_multi_video']} identities span several videos "
+        f"({audit['links_accepted']} links accepted, d = {audit['link_distance']:.4f}); closest to the threshold:"
+    ]
     for r in audit["closest_to_threshold"]:
-        lines.append(f"  identity {r['identity']:>6}: {r['videos']} videos, {r['level2_identities']} level-2 "
-                     f"identities, weakest link {r['weakest_link']:.4f}, average linkage "
-                     f"{r['weakest_average_linkage']:.4f}, margin {r['margin']:.4f}")
+        lines.append(
+            f"  identity {r['identity']:>6}: {r['videos']} videos, {r['level2_identities']} level-2 "
+            f"identities, weakest link {r['weakest_link']:.4f}, average linkage "
+            f"{r['weakest_average_linkage']:.4f}, margin {r['margin']:.4f}"
+        )
     return "\n".join(lines)

@@ -71,8 +71,11 @@ def plot_removals(reason: np.ndarray) -> bytes:
     idx = [i for i in range(1, len(REASONS))]
     colours = {1: "#e07b39", 2: "#3b75af", 3: "#6a9f58"}
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    bars = ax.bar([REASONS[i].replace("_", " ") for i in idx], [counts[i] for i in idx],
-                  color=[colours[int(LEVEL_OF_REASON[i])] for i in idx])
+    bars = ax.bar(
+        [REASONS[i].replace("_", " ") for i in idx],
+        [counts[i] for i in idx],
+        color=[colours[int(LEVEL_OF_REASON[i])] for i in idx],
+    )
     for b, i in zip(bars, idx):
         ax.annotate(str(int(counts[i])), (b.get_x() + b.get_width() / 2, b.get_height()), ha="center", va="bottom")
     for lvl, c in colours.items():
@@ -84,15 +87,18 @@ def plot_removals(reason: np.ndarray) -> bytes:
     return _png(fig)
 
 
-def plot_calibration(radius_hist: list | None, link_hist: list | None, r: float, d: float,
-                     calibrated: list[str]) -> bytes:
+def plot_calibration(
+    radius_hist: list | None, link_hist: list | None, r: float, d: float, calibrated: list[str]
+) -> bytes:
     """The two distributions ``r`` and ``d`` come from, with both thresholds marked on each."""
     plt = _figure()
     edges = np.linspace(*HIST_RANGE, HIST_BINS + 1)
     centres = (edges[:-1] + edges[1:]) / 2
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    panels = ((axes[0], radius_hist, "image to its tracklet centroid", "radius" in calibrated),
-              (axes[1], link_hist, "tracklet centroid to nearest in other videos", "link_distance" in calibrated))
+    panels = (
+        (axes[0], radius_hist, "image to its tracklet centroid", "radius" in calibrated),
+        (axes[1], link_hist, "tracklet centroid to nearest in other videos", "link_distance" in calibrated),
+    )
     for ax, hist, what, auto in panels:
         if hist:
             ax.bar(centres, hist, width=edges[1] - edges[0], color="#9bb7d4")
@@ -106,13 +112,20 @@ def plot_calibration(radius_hist: list | None, link_hist: list | None, r: float,
     return _png(fig)
 
 
-def correlate_figures(identity: np.ndarray, video_rank: np.ndarray, reason: np.ndarray, summary: dict) -> dict[str, bytes]:
+def correlate_figures(
+    identity: np.ndarray, video_rank: np.ndarray, reason: np.ndarray, summary: dict
+) -> dict[str, bytes]:
     """File name -> PNG bytes for one correlation run."""
     figs = {
         "identity_sizes.png": plot_identity_sizes(identity_statistics(identity, video_rank)),
         "removals.png": plot_removals(reason),
     }
     rs, ls = summary.get("radius_stats") or {}, summary.get("link_stats") or {}
-    figs["calibration.png"] = plot_calibration(rs.get("hist"), ls.get("hist"), float(summary["radius"]),
-                                               float(summary["link_distance"]), list(summary.get("calibrated", [])))
+    figs["calibration.png"] = plot_calibration(
+        rs.get("hist"),
+        ls.get("hist"),
+        float(summary["radius"]),
+        float(summary["link_distance"]),
+        list(summary.get("calibrated", [])),
+    )
     return figs

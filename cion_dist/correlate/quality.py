@@ -78,8 +78,12 @@ def score(true: np.ndarray, pred: np.ndarray) -> dict:
     pp, pr, pf = pairwise_prf(true, full)
     bp, br, bf = bcubed_prf(true, full)
     return {
-        "pairwise_precision": pp, "pairwise_recall": pr, "pairwise_f": pf,
-        "bcubed_precision": bp, "bcubed_recall": br, "bcubed_f": bf,
+        "pairwise_precision": pp,
+        "pairwise_recall": pr,
+        "pairwise_f": pf,
+        "bcubed_precision": bp,
+        "bcubed_recall": br,
+        "bcubed_f": bf,
         "nmi": nmi(true, full),
         "kept_fraction": float((pred >= 0).mean()) if len(pred) else 0.0,
         "clusters": int(len(np.unique(pred[pred >= 0]))),

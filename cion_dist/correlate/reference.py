@@ -15,9 +15,21 @@ from cion_dist.correlate.linking import IdentityResult, finalize_identities, lin
 from cion_dist.correlate.switches import SwitchSplit
 
 
-def correlate_in_process(x: np.ndarray, video: np.ndarray, tracklet: np.ndarray, r: float, d: float, *,
-                         window: int = 8, stride: int = 4, k: int = 10, min_tracklet: int = 2, min_images: int = 4,
-                         frame: np.ndarray | None = None, split: SwitchSplit = SwitchSplit()) -> IdentityResult:
+def correlate_in_process(
+    x: np.ndarray,
+    video: np.ndarray,
+    tracklet: np.ndarray,
+    r: float,
+    d: float,
+    *,
+    window: int = 8,
+    stride: int = 4,
+    k: int = 10,
+    min_tracklet: int = 2,
+    min_images: int = 4,
+    frame: np.ndarray | None = None,
+    split: SwitchSplit = SwitchSplit(),
+) -> IdentityResult:
     """Levels 1-3 over images whose videos come in corpus order (rows of one video need not be contiguous)."""
     videos = list(dict.fromkeys(np.asarray(video).tolist()))
     node_of = np.full(len(x), -1, dtype=np.int64)
@@ -25,8 +37,9 @@ def correlate_in_process(x: np.ndarray, video: np.ndarray, tracklet: np.ndarray,
     node_video, n = [], 0
     for vi, v in enumerate(videos):
         idx = np.flatnonzero(video == v)
-        res = denoise_video(x[idx], tracklet[idx], r, d, min_tracklet, None if frame is None else frame[idx],
-                            split=split)
+        res = denoise_video(
+            x[idx], tracklet[idx], r, d, min_tracklet, None if frame is None else frame[idx], split=split
+        )
         node_of[idx] = np.where(res.group >= 0, res.group + n, -1)
         reason[idx] = res.reason
         node_video += [vi] * res.n_groups

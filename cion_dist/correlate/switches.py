@@ -41,7 +41,8 @@ def best_cut(x: np.ndarray, min_segment: int) -> tuple[int, float]:
     left = prefix[ks - 1]
     right = total - left
     cos = np.einsum("ij,ij->i", left, right) / np.maximum(
-        np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1), 1e-12)
+        np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1), 1e-12
+    )
     j = int(np.argmax(1.0 - cos))
     return int(ks[j]), float(1.0 - cos[j])
 

@@ -71,7 +71,7 @@ def make_corpus(
             runs.append([who[j], f])
         track = 0
         labels = []
-        for j, (pid, f) in enumerate(runs):
+        for _pid, f in runs:
             n = len(f)
             t = np.full(n, track)
             if rng.random() < split_prob:
@@ -101,7 +101,9 @@ def make_corpus(
     )
 
 
-def write_embed_output(output: str, corpus: Corpus, run_id: str = "embed-fixture", storage=None, per_video: bool = True):
+def write_embed_output(
+    output: str, corpus: Corpus, run_id: str = "embed-fixture", storage=None, per_video: bool = True
+):
     """Write ``corpus`` the way the embed stage does: Parquet parts then ``_SUCCESS.json``; returns the run URI."""
     from cion_dist.storage.fs import Storage
     from cion_dist.storage.stage_io import StageOutput

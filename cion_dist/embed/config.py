@@ -13,9 +13,15 @@ class HandcraftedConfig(StrictModel):
     """Stripe colour histograms (HSV and Lab), a weight-free re-ID descriptor."""
 
     stripes: int = Field(8, ge=1, le=32, description="horizontal stripes the crop is cut into")
-    hsv_bins: tuple[PositiveInt, PositiveInt, PositiveInt] = Field((8, 4, 2), description="joint H x S x V bins per stripe")
-    lab_bins: tuple[PositiveInt, PositiveInt, PositiveInt] = Field((1, 8, 8), description="joint L x a x b bins per stripe")
-    centre_sigma: float = Field(0.1, gt=0, description="column weight exp(-(x-0.5)^2/2s^2) over crop width; damps background")
+    hsv_bins: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (8, 4, 2), description="joint H x S x V bins per stripe"
+    )
+    lab_bins: tuple[PositiveInt, PositiveInt, PositiveInt] = Field(
+        (1, 8, 8), description="joint L x a x b bins per stripe"
+    )
+    centre_sigma: float = Field(
+        0.1, gt=0, description="column weight exp(-(x-0.5)^2/2s^2) over crop width; damps background"
+    )
     balance: bool = Field(True, description="grey-world colour balance per crop: cancels a camera's colour cast")
 
 
@@ -25,14 +31,21 @@ class EmbedConfig(StrictModel):
     model: str = Field("", description="onnx file, torch architecture name (resnet50, vit_small, timm:<name>) or empty")
     weights: Optional[str] = Field(None, description="path, s3:// URI, or models:/name@alias")
     batch_size: int = ExecutionField(256, ge=1, description="crops per model call (GPU: 512 in fp16)")
-    crops_per_unit: int = Field(4096, ge=1, description="crops per embed unit and output part (whole ingest parts "
-                                "are grouped up to this); part of the run id, since it decides the output files")
-    parts_per_unit: int = Field(64, ge=1, description="ingest parts per unit when the ingest output has no part "
-                                "reports (older outputs)")
+    crops_per_unit: int = Field(
+        4096,
+        ge=1,
+        description="crops per embed unit and output part (whole ingest parts "
+        "are grouped up to this); part of the run id, since it decides the output files",
+    )
+    parts_per_unit: int = Field(
+        64, ge=1, description="ingest parts per unit when the ingest output has no part reports (older outputs)"
+    )
     concurrency: int = ExecutionField(1, ge=1, description="embedding actors")
     num_gpus: float = ExecutionField(0, ge=0, description="GPUs per actor; > 0 runs on GPU (fp16 for torch backbones)")
     num_cpus: float = ExecutionField(1, gt=0, description="CPUs reserved per actor")
-    threads: Optional[int] = ExecutionField(None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)")
+    threads: Optional[int] = ExecutionField(
+        None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)"
+    )
     height: int = Field(256, ge=8)
     width: int = Field(128, ge=8)
     on_bad_image: Literal["fail", "skip"] = Field(

@@ -49,11 +49,18 @@ class HandcraftedEmbedder:
 
     def __init__(self, cfg: Optional[HandcraftedConfig] = None, batch_size: int = 256):
         cfg = cfg or HandcraftedConfig()
-        self.kw = dict(stripes=cfg.stripes, hsv_bins=tuple(cfg.hsv_bins), lab_bins=tuple(cfg.lab_bins), centre_sigma=cfg.centre_sigma,
-                       balance=cfg.balance)
+        self.kw = dict(
+            stripes=cfg.stripes,
+            hsv_bins=tuple(cfg.hsv_bins),
+            lab_bins=tuple(cfg.lab_bins),
+            centre_sigma=cfg.centre_sigma,
+            balance=cfg.balance,
+        )
         self.batch_size = batch_size
-        self.name = (f"handcrafted-s{cfg.stripes}-hsv{'x'.join(map(str, cfg.hsv_bins))}-lab{'x'.join(map(str, cfg.lab_bins))}"
-                     f"-c{cfg.centre_sigma:g}{'-gw' if cfg.balance else ''}")
+        self.name = (
+            f"handcrafted-s{cfg.stripes}-hsv{'x'.join(map(str, cfg.hsv_bins))}-lab{'x'.join(map(str, cfg.lab_bins))}"
+            f"-c{cfg.centre_sigma:g}{'-gw' if cfg.balance else ''}"
+        )
         self.dim = descriptor_dim(cfg.stripes, tuple(cfg.hsv_bins), tuple(cfg.lab_bins))
 
     def __call__(self, images: Images) -> np.ndarray:
@@ -74,8 +81,10 @@ def normalisation(session, mean, std, where: str) -> tuple[tuple, tuple]:
     meta = session.get_modelmeta().custom_metadata_map or {}
     mean = mean if mean is not None else meta.get("mean")
     std = std if std is not None else meta.get("std")
-    return (_triple(mean, "mean", where) if mean is not None else tuple(IMAGENET_MEAN.tolist()),
-            _triple(std, "std", where) if std is not None else tuple(IMAGENET_STD.tolist()))
+    return (
+        _triple(mean, "mean", where) if mean is not None else tuple(IMAGENET_MEAN.tolist()),
+        _triple(std, "std", where) if std is not None else tuple(IMAGENET_STD.tolist()),
+    )
 
 
 class OnnxEmbedder:
@@ -86,8 +95,17 @@ class OnnxEmbedder:
     stage and the evaluate stage (``evaluate.model=<file>.onnx``) both run re-ID ONNX models through this class.
     """
 
-    def __init__(self, path: str, height: int = 256, width: int = 128, batch_size: int = 64, threads: Optional[int] = None,
-                 use_gpu: bool = False, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+    def __init__(
+        self,
+        path: str,
+        height: int = 256,
+        width: int = 128,
+        batch_size: int = 64,
+        threads: Optional[int] = None,
+        use_gpu: bool = False,
+        mean: Optional[Sequence[float]] = None,
+        std: Optional[Sequence[float]] = None,
+    ):
         import onnxruntime as ort
 
         self._args = (path, height, width, batch_size, threads, use_gpu, mean, std)
@@ -143,8 +161,15 @@ class TorchEmbedder:
     configured height/width apply only when the export did not record a size.
     """
 
-    def __init__(self, spec: BackboneSpec, height: int = 256, width: int = 128, batch_size: int = 64,
-                 threads: Optional[int] = None, use_gpu: bool = False):
+    def __init__(
+        self,
+        spec: BackboneSpec,
+        height: int = 256,
+        width: int = 128,
+        batch_size: int = 64,
+        threads: Optional[int] = None,
+        use_gpu: bool = False,
+    ):
         import torch
 
         from cion_dist.models.factory import build_backbone
@@ -179,8 +204,12 @@ class TorchEmbedder:
         return out if len(out) else np.zeros((0, self.dim), dtype=np.float32)
 
 
-def build_embedder(cfg: EmbedConfig, storage: Optional[Storage] = None, tracking_uri: Optional[str] = None,
-                   registry_uri: Optional[str] = None) -> Embedder:
+def build_embedder(
+    cfg: EmbedConfig,
+    storage: Optional[Storage] = None,
+    tracking_uri: Optional[str] = None,
+    registry_uri: Optional[str] = None,
+) -> Embedder:
     """The embedder ``cfg.backbone`` names, with its model/weights fetched to local files."""
     threads = cfg.threads or max(1, int(cfg.num_cpus))
     use_gpu = cfg.num_gpus > 0

@@ -92,7 +92,9 @@ def stripe_histograms(
     lab = cv2.cvtColor(tall, cv2.COLOR_RGB2Lab).reshape(n, _H, _W, 3)  # 8-bit L, a, b
 
     hb, sb, vb = hsv_bins
-    h_idx = (_quantise(hsv[..., 0], hb, 0, 180) * sb + _quantise(hsv[..., 1], sb, 0, 256)) * vb + _quantise(hsv[..., 2], vb, 0, 256)
+    h_idx = (_quantise(hsv[..., 0], hb, 0, 180) * sb + _quantise(hsv[..., 1], sb, 0, 256)) * vb + _quantise(
+        hsv[..., 2], vb, 0, 256
+    )
     lb, ab, bb = lab_bins
     l_idx = (_quantise(lab[..., 0], lb, 0, 256) * ab + _quantise(lab[..., 1], ab, _AB_LO, _AB_HI)) * bb + _quantise(
         lab[..., 2], bb, _AB_LO, _AB_HI

@@ -3,7 +3,8 @@
 Output rows: ``image_id, tracklet_id, video_id, frame_index, embedding`` (list<float32> of length d, unit norm),
 one part per unit (whole ingest parts grouped to ``crops_per_unit`` crops, ``cion_dist.embed.plan``), written by
 the actor that embedded it in batches of ``batch_size`` crops per model call. Crops whose JPEG does not decode
-either stop the run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default) or are left
+either stop the run with a ``DataError`` naming the file and image_id (``embed.on_bad_image: fail``, the default)
+or are left
 out and listed (image_id, reason) under ``errors/`` and counted in ``_SUCCESS.json`` (``skip``). A rerun of the
 same config on the same input returns at once when ``_SUCCESS.json`` exists, else embeds only units without a
 sound part (one listing of the output checked against the part reports; no probe per unit).
@@ -43,8 +44,15 @@ def run(job: Job) -> EmbedResult:
         raise DataError(f"ingest output {ingest.uri} has no Parquet parts")
     done_keys, ledger, chk = done_parts(out)
     n_pending = n_units - len(done_keys)
-    log.info("embed: %d units planned from %s, %d done, %d to embed (%d torn or unreported redone) -> %s",
-             n_units, ingest.uri, len(done_keys), n_pending, len(chk.changed) + len(chk.unreported), out.uri)
+    log.info(
+        "embed: %d units planned from %s, %d done, %d to embed (%d torn or unreported redone) -> %s",
+        n_units,
+        ingest.uri,
+        len(done_keys),
+        n_pending,
+        len(chk.changed) + len(chk.unreported),
+        out.uri,
+    )
 
     tracking_uri = _weights_tracking_uri(job)
     with st.tracking():
@@ -54,8 +62,9 @@ def run(job: Job) -> EmbedResult:
 
             ensure_ray(job.ray)
             t0 = time.perf_counter()  # actor start-up (model load) included, Ray start-up not
-            now = embed_units(plan_files, done_keys, n_pending, out, ingest.uri, cfg, storage, tracking_uri,
-                              job.mlflow.registry_uri)
+            now = embed_units(
+                plan_files, done_keys, n_pending, out, ingest.uri, cfg, storage, tracking_uri, job.mlflow.registry_uri
+            )
             seconds = time.perf_counter() - t0
         # a resume that found every unit done wrote none: the start's check stands
         parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
@@ -71,8 +80,9 @@ def run(job: Job) -> EmbedResult:
             "crops_per_s": round(now["rows"] / seconds, 2) if seconds > 0 and now["rows"] else 0.0,
         }
         row_counts = {"embeddings": rows, "bad_images": bad}
-        st.log_metrics({"embeddings": rows, "bad_images": bad, "embedding_dim": dim,
-                        "crops_per_s": summary["crops_per_s"]})
+        st.log_metrics(
+            {"embeddings": rows, "bad_images": bad, "embedding_dim": dim, "crops_per_s": summary["crops_per_s"]}
+        )
         record = st.finalize(row_counts, summary, parts=parts)
     return EmbedResult.from_record(record)
 

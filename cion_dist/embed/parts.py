@@ -40,8 +40,14 @@ def embedding_array(features: np.ndarray, dtype: str = "float32") -> pa.ListArra
     return pa.ListArray.from_arrays(offsets, pa.array(features.reshape(-1), pa_type))
 
 
-def embed_batches(batches: Iterable[pa.RecordBatch], embedder: Embedder, source: str, on_bad_image: str = "fail",
-                  dtype: str = "float32", decode_pool=None) -> PartResult:
+def embed_batches(
+    batches: Iterable[pa.RecordBatch],
+    embedder: Embedder,
+    source: str,
+    on_bad_image: str = "fail",
+    dtype: str = "float32",
+    decode_pool=None,
+) -> PartResult:
     """Embed every row of ``batches`` (ingest columns); undecodable crops fail or are set aside by policy.
 
     ``decode_pool`` (a ``concurrent.futures`` executor) decodes a batch's JPEGs in parallel threads (OpenCV
@@ -60,12 +66,14 @@ def embed_batches(batches: Iterable[pa.RecordBatch], embedder: Embedder, source:
         ids = batch.column("image_id").to_pylist()
         images, keep = [], []
         blobs = batch.column("jpeg").to_pylist()
-        decoded = (decode_pool.map(_decode, blobs) if decode_pool is not None else map(_decode, blobs))
+        decoded = decode_pool.map(_decode, blobs) if decode_pool is not None else map(_decode, blobs)
         for i, (blob, rgb) in enumerate(zip(blobs, decoded)):
             if rgb is None or min(rgb.shape[:2]) < 2:
                 reason = "empty jpeg" if not blob else "jpeg bytes are not a decodable image"
                 if on_bad_image == "fail":
-                    raise DataError(f"{source}: image_id {ids[i]!r}: {reason} (set embed.on_bad_image=skip to skip such crops)")
+                    raise DataError(
+                        f"{source}: image_id {ids[i]!r}: {reason} (set embed.on_bad_image=skip to skip such crops)"
+                    )
                 bad_ids.append(str(ids[i]))
                 bad_reasons.append(reason)
                 continue

@@ -21,9 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from cion_dist.storage.fs import read_bytes
 from cion_dist.storage.listing import name_hash
 from cion_dist.storage.reports import REPORTS_DIR
-from cion_dist.storage.fs import read_bytes
 from cion_dist.storage.stage_io import StageOutput, join, write_table_atomic
 
 PLAN_DIR = "_plan"
@@ -46,12 +46,15 @@ def group_rows(names: list[str], crops: list[int], stem: str, crops_per_unit: in
         units.append(f"{stem}-{len(units):05d}")
         parts.append(cur)
         counts.append(n)
-    return pa.table([pa.array(units, pa.string()), pa.array(parts, pa.list_(pa.string())),
-                     pa.array(counts, pa.int64())], schema=PLAN_SCHEMA)
+    return pa.table(
+        [pa.array(units, pa.string()), pa.array(parts, pa.list_(pa.string())), pa.array(counts, pa.int64())],
+        schema=PLAN_SCHEMA,
+    )
 
 
-def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int,
-               parts_per_unit: int) -> tuple[list[str], int]:
+def write_plan(
+    ingest: StageOutput, out: StageOutput, crops_per_unit: int, parts_per_unit: int
+) -> tuple[list[str], int]:
     """Write the unit plan; returns (plan file URIs, number of units). Rewriting it gives the same plan."""
     plan_dir = join(out.uri, PLAN_DIR)
     reports = sorted(e.name for e in ingest.listing(REPORTS_DIR) if e.name.endswith(".parquet"))
@@ -78,8 +81,9 @@ def write_plan(ingest: StageOutput, out: StageOutput, crops_per_unit: int,
         seen = np.union1d(seen, keys)
         stem = posixpath.splitext(rep)[0].replace("report-", "r")
         crops = t.column("crops").to_pylist()
-        plan = group_rows([n for n, k in zip(names, keep) if k], [c for c, k in zip(crops, keep) if k], stem,
-                          crops_per_unit)
+        plan = group_rows(
+            [n for n, k in zip(names, keep) if k], [c for c, k in zip(crops, keep) if k], stem, crops_per_unit
+        )
         uri = join(plan_dir, f"plan-{stem}.parquet")
         write_table_atomic(uri, plan, out.storage)
         files.append(uri)

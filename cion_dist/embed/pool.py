@@ -30,8 +30,15 @@ RESULT_FIELDS = ("unit", "name", "sha256", "size", "fingerprint", "rows", "bad",
 class EmbedUnitsActor:
     """Callable class for ``map_batches``: builds the embedder once, then embeds and writes one part per unit."""
 
-    def __init__(self, cfg: EmbedConfig, storage: Storage, out_uri: str, ingest_uri: str,
-                 tracking_uri: Optional[str] = None, registry_uri: Optional[str] = None):
+    def __init__(
+        self,
+        cfg: EmbedConfig,
+        storage: Storage,
+        out_uri: str,
+        ingest_uri: str,
+        tracking_uri: Optional[str] = None,
+        registry_uri: Optional[str] = None,
+    ):
         from cion_dist.embed.embedders import build_embedder
 
         self.cfg = cfg
@@ -70,14 +77,26 @@ class EmbedUnitsActor:
             results["backbone"].append(self.embedder.name if self.embedder is not None else "")
             results["seconds"].append(time.perf_counter() - t0)
             results["error"].append(error)
-        return pa.table({k: np.asarray(v) if k not in ("unit", "name", "sha256", "fingerprint", "backbone", "error")
-                         else pa.array(v, pa.string()) for k, v in results.items()})
+        return pa.table(
+            {
+                k: np.asarray(v)
+                if k not in ("unit", "name", "sha256", "fingerprint", "backbone", "error")
+                else pa.array(v, pa.string())
+                for k, v in results.items()
+            }
+        )
 
     def _embed_one(self, unit: str, parts: list[str]):
         uris = [join(self.ingest_uri, p) for p in parts]
         source = f"ingest part(s) {uris[0]}" + (f" .. {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else "")
-        part = embed_batches(read_group_batches(uris, self.storage, self.cfg.batch_size), self.embedder, source,
-                             self.cfg.on_bad_image, self.cfg.dtype, decode_pool=self.decode_pool)
+        part = embed_batches(
+            read_group_batches(uris, self.storage, self.cfg.batch_size),
+            self.embedder,
+            source,
+            self.cfg.on_bad_image,
+            self.cfg.dtype,
+            decode_pool=self.decode_pool,
+        )
         if part.bad.num_rows:
             self.out.write_unit(unit, part.bad, subdir=ERRORS_SUBDIR)
         # the data part is written last: its presence (with its report) marks the unit done
@@ -85,8 +104,17 @@ class EmbedUnitsActor:
         return part.table.num_rows, part.bad.num_rows, int(self.embedder.dim), written
 
 
-def embed_units(plan_files: list[str], done_keys, n_pending: int, out: StageOutput, ingest_uri: str, cfg: EmbedConfig,
-                storage: Storage, tracking_uri: Optional[str] = None, registry_uri: Optional[str] = None) -> dict:
+def embed_units(
+    plan_files: list[str],
+    done_keys,
+    n_pending: int,
+    out: StageOutput,
+    ingest_uri: str,
+    cfg: EmbedConfig,
+    storage: Storage,
+    tracking_uri: Optional[str] = None,
+    registry_uri: Optional[str] = None,
+) -> dict:
     """Embed the planned units not done yet on a pool of ``cfg.concurrency`` actors; returns sums of the results.
 
     The plan is read by Ray Data (``read_parquet``), done units are dropped in its tasks, and results stream back
@@ -101,13 +129,24 @@ def embed_units(plan_files: list[str], done_keys, n_pending: int, out: StageOutp
     size = max(1, min(cfg.concurrency, n_pending))
     # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
     ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": 0.25})
-    ds = ds.map_batches(not_done, fn_kwargs={"key_column": "unit", "done": ray.put(done_keys)},
-                        batch_format="pyarrow", batch_size=65536, num_cpus=0.25)
+    ds = ds.map_batches(
+        not_done,
+        fn_kwargs={"key_column": "unit", "done": ray.put(done_keys)},
+        batch_format="pyarrow",
+        batch_size=65536,
+        num_cpus=0.25,
+    )
     ds = ds.repartition(blocks_for(n_pending, size, per_worker=4))
     ds = ds.map_batches(
         EmbedUnitsActor,
-        fn_constructor_kwargs={"cfg": cfg, "storage": storage, "out_uri": out.uri, "ingest_uri": ingest_uri,
-                               "tracking_uri": tracking_uri, "registry_uri": registry_uri},
+        fn_constructor_kwargs={
+            "cfg": cfg,
+            "storage": storage,
+            "out_uri": out.uri,
+            "ingest_uri": ingest_uri,
+            "tracking_uri": tracking_uri,
+            "registry_uri": registry_uri,
+        },
         batch_size=1,  # one unit (thousands of crops) per call
         batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=size),

@@ -54,7 +54,9 @@ def resize_batch(images: Images, height: int, width: int) -> np.ndarray:
     ims = as_image_list(images)
     out = np.empty((len(ims), height, width, 3), dtype=np.uint8)
     for i, im in enumerate(ims):
-        out[i] = im if im.shape[:2] == (height, width) else cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
+        out[i] = (
+            im if im.shape[:2] == (height, width) else cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
+        )
     return out
 
 

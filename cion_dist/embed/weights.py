@@ -27,8 +27,9 @@ SPEC_FILE = "backbone.json"
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 
 
-def resolve_weights(uri: str, storage: Optional[Storage] = None, tracking_uri: Optional[str] = None,
-                    registry_uri: Optional[str] = None) -> str:
+def resolve_weights(
+    uri: str, storage: Optional[Storage] = None, tracking_uri: Optional[str] = None, registry_uri: Optional[str] = None
+) -> str:
     """A local path (file or folder) holding the weights that ``uri`` names, downloading when needed.
 
     MLflow URIs resolve against ``tracking_uri`` (else the process-wide one) and ``registry_uri`` (else the
@@ -41,7 +42,7 @@ def resolve_weights(uri: str, storage: Optional[Storage] = None, tracking_uri: O
         return _download_mlflow(uri, tracking_uri, registry_uri)
     if is_s3(uri):
         return _download_s3(uri, storage or Storage())
-    path = os.path.abspath(uri[len("file://"):] if uri.startswith("file://") else uri)
+    path = os.path.abspath(uri[len("file://") :] if uri.startswith("file://") else uri)
     if not os.path.exists(path):
         raise DataError(f"embed.weights: {uri} does not exist")
     return path
@@ -62,14 +63,15 @@ def _download_mlflow(uri: str, tracking_uri: Optional[str], registry_uri: Option
         source = uri
         if uri.startswith("models:/"):
             source = _model_version_source(uri, mlflow.MlflowClient(tracking_uri=store, registry_uri=registry))
-        return mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=dst, tracking_uri=store,
-                                                   registry_uri=registry)
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=source, dst_path=dst, tracking_uri=store, registry_uri=registry
+        )
     except Exception as e:  # noqa: BLE001 - mlflow raises MlflowException, OSError, ... for a bad URI
         raise DataError(f"embed.weights: cannot download {uri} from MLflow ({store}): {e}") from e
 
 
 def _model_version_source(uri: str, client) -> str:
-    ref = uri[len("models:/"):].strip("/")
+    ref = uri[len("models:/") :].strip("/")
     if "@" in ref:
         name, alias = ref.split("@", 1)
         mv = client.get_model_version_by_alias(name, alias)
@@ -140,7 +142,9 @@ def backbone_spec(local: Optional[str], model: str = "") -> BackboneSpec:
     if not arch and spec_file:
         raise DataError(f"{spec_file}: no 'architecture' key naming the backbone")
     if not arch:
-        raise ConfigError("embed.model: set the torch architecture (e.g. resnet50_ibn_a) or give weights with a backbone.json")
+        raise ConfigError(
+            "embed.model: set the torch architecture (e.g. resnet50_ibn_a) or give weights with a backbone.json"
+        )
     same_arch = not model or model == meta.get("architecture")  # export details only describe their own network
     size = meta.get("input_size") if same_arch else None
     return BackboneSpec(

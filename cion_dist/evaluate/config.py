@@ -27,10 +27,12 @@ class EvaluateConfig(StrictModel):
     dataset: str = InputField("", description="re-ID dataset root (Market-1501 layout); empty = <output>/corpus/market")
     dataset_format: Literal["auto", "market", "msmt17", "list"] = "auto"
     keep_distractors: bool = Field(True, description="Market pid 0000 stays in the gallery as negatives")
-    model: Optional[str] = InputField(None, description="checkpoint path, models:/name@alias, an ONNX re-ID model (*.onnx), "
-                                 "or None = newest pretrain")
-    mean: Optional[tuple[float, float, float]] = Field(None, description="ONNX models: input mean (RGB, 0-1); "
-                                                       "None = the model's metadata, else ImageNet")
+    model: Optional[str] = InputField(
+        None, description="checkpoint path, models:/name@alias, an ONNX re-ID model (*.onnx), or None = newest pretrain"
+    )
+    mean: Optional[tuple[float, float, float]] = Field(
+        None, description="ONNX models: input mean (RGB, 0-1); None = the model's metadata, else ImageNet"
+    )
     std: Optional[tuple[float, float, float]] = Field(None, description="ONNX models: input std, as mean")
     architecture: Optional[str] = Field(None, description="backbone name for a bare checkpoint without backbone.json")
     protocol: Literal["frozen", "finetune"] = "frozen"
@@ -39,7 +41,9 @@ class EvaluateConfig(StrictModel):
     batch_size: int = ExecutionField(64, ge=1)
     height: int = Field(256, ge=16)
     width: int = Field(128, ge=8)
-    extraction: Literal["auto", "local", "ray"] = ExecutionField("auto", description="auto = Ray Data above ray_min_images")
+    extraction: Literal["auto", "local", "ray"] = ExecutionField(
+        "auto", description="auto = Ray Data above ray_min_images"
+    )
     ray_min_images: int = ExecutionField(4000, ge=0)
     num_actors: int = ExecutionField(2, ge=1, description="embedding actors in the Ray Data pool")
     device: str = Field("auto", description="auto, cpu or cuda")
@@ -60,7 +64,8 @@ class PromoteConfig(StrictModel):
     dataset_digest: Optional[str] = Field(None, description="None = the candidate's most recent evaluation dataset")
     protocol: Literal["frozen", "finetune"] = "frozen"
     floor: Optional[float] = Field(
-        None, description="the candidate's metric must reach this to take the champion alias (needed for a first champion)"
+        None,
+        description="the candidate's metric must reach this to take the champion alias (needed for a first champion)",
     )
     allow_first_without_floor: bool = Field(
         False, description="let the first champion be crowned without a floor (any finite metric)"

@@ -58,7 +58,7 @@ class ReidDataset:
         root = self.root.rstrip("/")
         for split in SPLITS:
             for im in sorted(self.split(split), key=lambda r: r.uri):
-                rel = im.uri[len(root):].lstrip("/") if im.uri.startswith(root) else im.uri
+                rel = im.uri[len(root) :].lstrip("/") if im.uri.startswith(root) else im.uri
                 h.update(f"{split}\t{rel}\t{im.pid}\t{im.camid}\t{im.size}\n".encode())
         return h.hexdigest()
 
@@ -93,8 +93,9 @@ def parse_market_name(name: str, where: str) -> tuple[int, int]:
     return int(m.group(1)), cam - 1
 
 
-def read_market(root: str, storage: Optional[Storage] = None, keep_distractors: bool = True,
-                require_train: bool = False) -> ReidDataset:
+def read_market(
+    root: str, storage: Optional[Storage] = None, keep_distractors: bool = True, require_train: bool = False
+) -> ReidDataset:
     """Market-1501 layout: ``bounding_box_train/``, ``bounding_box_test/`` (gallery), ``query/``."""
     st = storage or Storage()
     ds = ReidDataset("market1501", root.rstrip("/"))
@@ -219,7 +220,9 @@ def detect_format(root: str, storage: Optional[Storage] = None) -> str:
     return "msmt17" if fs.exists(path) else "market"
 
 
-def load_dataset(root: str, fmt: str = "auto", storage: Optional[Storage] = None, keep_distractors: bool = True) -> ReidDataset:
+def load_dataset(
+    root: str, fmt: str = "auto", storage: Optional[Storage] = None, keep_distractors: bool = True
+) -> ReidDataset:
     """Read a benchmark in the named (or detected) format."""
     st = storage or Storage()
     fs, path = st.fs(root)

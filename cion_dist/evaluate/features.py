@@ -90,9 +90,18 @@ def embed_tensor(model: torch.nn.Module, x: torch.Tensor, flip: bool = True) -> 
     return f.float().cpu().numpy()
 
 
-def extract_local(model: torch.nn.Module, uris: Sequence[str], storage: Optional[Storage] = None, *,
-                  batch_size: int = 64, flip: bool = True, height: int = 256, width: int = 128,
-                  device: str = "auto", threads: int = 2) -> np.ndarray:
+def extract_local(
+    model: torch.nn.Module,
+    uris: Sequence[str],
+    storage: Optional[Storage] = None,
+    *,
+    batch_size: int = 64,
+    flip: bool = True,
+    height: int = 256,
+    width: int = 128,
+    device: str = "auto",
+    threads: int = 2,
+) -> np.ndarray:
     """In-process extraction, ``[N, D]`` float32 in the order of ``uris``; ``model`` is a torch module or an
     embed-stage embedder (``is_embedder``)."""
     onnx = is_embedder(model)
@@ -101,7 +110,9 @@ def extract_local(model: torch.nn.Module, uris: Sequence[str], storage: Optional
     feats = []
     for s in range(0, len(uris), batch_size):
         imgs = load_images(uris[s : s + batch_size], storage, threads)
-        feats.append(embed_images(model, imgs, flip) if onnx else embed_tensor(model, to_tensor(imgs, height, width), flip))
+        feats.append(
+            embed_images(model, imgs, flip) if onnx else embed_tensor(model, to_tensor(imgs, height, width), flip)
+        )
     if not feats:
         return np.zeros((0, int(getattr(model, "embed_dim", getattr(model, "dim", 0)))), dtype=np.float32)
     return np.concatenate(feats).astype(np.float32, copy=False)
@@ -129,9 +140,18 @@ class _EmbedActor:
         return {"idx": np.asarray(batch["idx"]), "feat": feats}
 
 
-def extract_ray(model: torch.nn.Module, uris: Sequence[str], storage: Optional[Storage] = None, *,
-                batch_size: int = 64, flip: bool = True, height: int = 256, width: int = 128,
-                device: str = "auto", num_actors: int = 2) -> np.ndarray:
+def extract_ray(
+    model: torch.nn.Module,
+    uris: Sequence[str],
+    storage: Optional[Storage] = None,
+    *,
+    batch_size: int = 64,
+    flip: bool = True,
+    height: int = 256,
+    width: int = 128,
+    device: str = "auto",
+    num_actors: int = 2,
+) -> np.ndarray:
     """Ray Data batch inference over an actor pool; ``[N, D]`` float32 in the order of ``uris``."""
     import ray
 
@@ -141,8 +161,14 @@ def extract_ray(model: torch.nn.Module, uris: Sequence[str], storage: Optional[S
     ds = ray.data.from_items([{"idx": i, "uri": u} for i, u in enumerate(uris)])
     out = ds.map_batches(
         _EmbedActor,
-        fn_constructor_kwargs={"model": model_ref, "storage": st, "flip": flip, "height": height, "width": width,
-                               "device": "cuda" if gpus else "cpu"},
+        fn_constructor_kwargs={
+            "model": model_ref,
+            "storage": st,
+            "flip": flip,
+            "height": height,
+            "width": width,
+            "device": "cuda" if gpus else "cpu",
+        },
         batch_size=batch_size,
         batch_format="numpy",
         concurrency=num_actors,

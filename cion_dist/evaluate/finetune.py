@@ -90,8 +90,17 @@ def augment(x: torch.Tensor, rng: torch.Generator, pad: int = 10) -> torch.Tenso
     return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
 
 
-def finetune(backbone: nn.Module, train: Sequence, cfg, storage=None, *, height: int = 256, width: int = 128,
-             device: str = "auto", seed: int = 0) -> tuple[nn.Module, dict]:
+def finetune(
+    backbone: nn.Module,
+    train: Sequence,
+    cfg,
+    storage=None,
+    *,
+    height: int = 256,
+    width: int = 128,
+    device: str = "auto",
+    seed: int = 0,
+) -> tuple[nn.Module, dict]:
     """Fine-tune a copy of ``backbone`` on ``train`` (``ReidImage`` rows); returns (evaluation model, stats)."""
     from cion_dist.evaluate.features import load_images, resolve_device, to_tensor
 

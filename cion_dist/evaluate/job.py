@@ -56,13 +56,20 @@ def score(job: Job, ds: ReidDataset, qf: np.ndarray, gf: np.ndarray) -> ReidMetr
         gn = gf / np.maximum(np.linalg.norm(gf, axis=1, keepdims=True), 1e-12)
         dist = k_reciprocal_distances(qn, gn, cfg.rerank_k1, cfg.rerank_k2, cfg.rerank_lambda)
         return evaluate_distances(dist, qp, gp, qc, gc, max_rank=cfg.max_rank)
-    return evaluate_features(qf, gf, qp, gp, qc, gc, metric=cfg.metric, max_rank=cfg.max_rank, chunk_size=cfg.chunk_size)
+    return evaluate_features(
+        qf, gf, qp, gp, qc, gc, metric=cfg.metric, max_rank=cfg.max_rank, chunk_size=cfg.chunk_size
+    )
 
 
 def _summary(metrics: ReidMetrics, digest: str, model_uri: str, extra: dict) -> dict:
     s = {k: float(getattr(metrics, k)) for k in METRICS}
-    s.update(num_queries=metrics.num_queries, num_valid_queries=metrics.num_valid, num_skipped_queries=metrics.num_skipped,
-             dataset_digest=digest, model_uri=model_uri)
+    s.update(
+        num_queries=metrics.num_queries,
+        num_valid_queries=metrics.num_valid,
+        num_skipped_queries=metrics.num_skipped,
+        dataset_digest=digest,
+        model_uri=model_uri,
+    )
     s.update(extra)
     return s
 
@@ -77,16 +84,27 @@ def run(job: Job) -> EvaluateResult:
     digest = ds.digest()
     if job.mlflow.enabled:
         configure(job)
-    model = resolve_model(cfg.model, experiment=job.mlflow.experiment, storage=storage,
-                          architecture=cfg.architecture, mlflow_enabled=job.mlflow.enabled,
-                          onnx={"height": cfg.height, "width": cfg.width, "mean": cfg.mean, "std": cfg.std,
-                                "batch_size": cfg.batch_size})
+    model = resolve_model(
+        cfg.model,
+        experiment=job.mlflow.experiment,
+        storage=storage,
+        architecture=cfg.architecture,
+        mlflow_enabled=job.mlflow.enabled,
+        onnx={"height": cfg.height, "width": cfg.width, "mean": cfg.mean, "std": cfg.std, "batch_size": cfg.batch_size},
+    )
     if model.embedder is not None and cfg.protocol == "finetune":
-        raise ConfigError(f"evaluate.protocol=finetune needs a torch backbone; {model.uri} is an ONNX model "
-                          "(use protocol: frozen)")
+        raise ConfigError(
+            f"evaluate.protocol=finetune needs a torch backbone; {model.uri} is an ONNX model (use protocol: frozen)"
+        )
     dataset_rec = {"uri": root, "digest": digest, "stage": "dataset"}
-    st = StageRun(job, STAGE, cfg, [dataset_rec, model.record()], storage=storage,
-                  input_digest=f"{digest}:{model.uri}:{model.weights_digest}")
+    st = StageRun(
+        job,
+        STAGE,
+        cfg,
+        [dataset_rec, model.record()],
+        storage=storage,
+        input_digest=f"{digest}:{model.uri}:{model.weights_digest}",
+    )
     if (done := st.completed()) is not None:
         return EvaluateResult.from_record(done, skipped=True, uri=model.uri)
     out = st.out
@@ -96,44 +114,65 @@ def run(job: Job) -> EvaluateResult:
     if cfg.protocol == "finetune":
         from cion_dist.evaluate.finetune import finetune
 
-        net, extra = finetune(net, ds.train, cfg.finetune, storage, height=cfg.height, width=cfg.width,
-                              device=cfg.device, seed=job.seed)
+        net, extra = finetune(
+            net, ds.train, cfg.finetune, storage, height=cfg.height, width=cfg.width, device=cfg.device, seed=job.seed
+        )
     t1 = time.time()
     qf = extract(job, net, [r.uri for r in ds.query], storage)
     gf = extract(job, net, [r.uri for r in ds.gallery], storage)
     t2 = time.time()
     metrics = score(job, ds, qf, gf)
     if metrics.num_valid == 0 or not np.isfinite(metrics.mAP):
-        raise DataError(f"evaluate: none of the {metrics.num_queries} queries of {root} has a true match in the gallery "
-                        "from another camera; no metric can be computed (check the dataset layout and camera ids)")
+        raise DataError(
+            f"evaluate: none of the {metrics.num_queries} queries of {root} has a true match in the gallery "
+            "from another camera; no metric can be computed (check the dataset layout and camera ids)"
+        )
     t3 = time.time()
-    extra.update(finetune_seconds=round(t1 - t0, 3), extract_seconds=round(t2 - t1, 3), metric_seconds=round(t3 - t2, 3))
+    extra.update(
+        finetune_seconds=round(t1 - t0, 3), extract_seconds=round(t2 - t1, 3), metric_seconds=round(t3 - t2, 3)
+    )
     summary = _summary(metrics, digest, model.uri, extra)
     if ds.junk:  # the protocol ignores them; say so, since the image counts then differ from the folder's
         summary["junk_images_skipped"] = ds.junk
-        log.info("evaluate: %d junk images (person id -1) of %s left out, as the Market-1501 protocol does", ds.junk, root)
+        log.info(
+            "evaluate: %d junk images (person id -1) of %s left out, as the Market-1501 protocol does", ds.junk, root
+        )
     log.info("evaluate %s on %s: mAP %.4f rank1 %.4f", model.uri, root, metrics.mAP, metrics.rank1)
 
     mlflow_run_id = None
-    params = {"dataset": {"root": root, "format": ds.name, **ds.counts()},
-              "model": {"uri": model.uri, "architecture": model.architecture, "embed_dim": model.embed_dim}}
+    params = {
+        "dataset": {"root": root, "format": ds.name, **ds.counts()},
+        "model": {"uri": model.uri, "architecture": model.architecture, "embed_dim": model.embed_dim},
+    }
     with st.tracking(params=params):
         st.log_metrics(summary | {f"cmc_{i + 1}": c for i, c in enumerate(metrics.cmc)})
         if st.mlrun is not None:
             import mlflow
 
             mlflow_run_id = st.mlflow_run_id
-            mlflow.set_tags({"cion.eval.dataset_digest": digest, "cion.eval.protocol": cfg.protocol,
-                             "cion.model.uri": model.uri, "cion.model.weights_digest": model.weights_digest})
+            mlflow.set_tags(
+                {
+                    "cion.eval.dataset_digest": digest,
+                    "cion.eval.protocol": cfg.protocol,
+                    "cion.model.uri": model.uri,
+                    "cion.model.weights_digest": model.weights_digest,
+                }
+            )
             if model.name:
                 from cion_dist import __version__
                 from cion_dist.evaluate.promotion import evaluation_settings
                 from cion_dist.tracking.registry import record_evaluation
 
                 mlflow.set_tags({"cion.model.name": model.name, "cion.model.version": model.version})
-                record_evaluation(model.name, model.version, cfg.protocol, digest,
-                                  {k: summary[k] for k in METRICS}, run_id=mlflow_run_id,
-                                  settings=evaluation_settings(cfg, digest, __version__))
+                record_evaluation(
+                    model.name,
+                    model.version,
+                    cfg.protocol,
+                    digest,
+                    {k: summary[k] for k in METRICS},
+                    run_id=mlflow_run_id,
+                    settings=evaluation_settings(cfg, digest, __version__),
+                )
         summary["mlflow_run_id"] = mlflow_run_id
         table = pa.table({k: [v] for k, v in summary.items() if v is not None})
         out.write_reported_unit("metrics", table)

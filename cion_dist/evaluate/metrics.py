@@ -90,12 +90,24 @@ class _Accumulator:
     def result(self) -> ReidMetrics:
         n = self.num_valid
         if n == 0:
-            return ReidMetrics(mAP=float("nan"), mINP=float("nan"), cmc=[float("nan")] * self.max_rank,
-                               num_queries=self.num_queries, num_valid=0, num_skipped=self.num_queries)
+            return ReidMetrics(
+                mAP=float("nan"),
+                mINP=float("nan"),
+                cmc=[float("nan")] * self.max_rank,
+                num_queries=self.num_queries,
+                num_valid=0,
+                num_skipped=self.num_queries,
+            )
         hits = self.hits if self.hits is not None else torch.zeros(self.max_rank, dtype=torch.long)
         cmc = (torch.cumsum(hits, 0).double() / n).tolist()
-        return ReidMetrics(mAP=self.ap_sum / n, mINP=self.inp_sum / n, cmc=cmc, num_queries=self.num_queries,
-                           num_valid=n, num_skipped=self.num_queries - n)
+        return ReidMetrics(
+            mAP=self.ap_sum / n,
+            mINP=self.inp_sum / n,
+            cmc=cmc,
+            num_queries=self.num_queries,
+            num_valid=n,
+            num_skipped=self.num_queries - n,
+        )
 
 
 def _as_ids(x) -> torch.Tensor:
@@ -103,8 +115,9 @@ def _as_ids(x) -> torch.Tensor:
     return torch.as_tensor(np.asarray(x).astype(np.int32, copy=False))
 
 
-def ranking_stats(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g_pids: torch.Tensor,
-                  g_cams: torch.Tensor) -> dict[str, torch.Tensor]:
+def ranking_stats(
+    dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g_pids: torch.Tensor, g_cams: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Per-query first-match rank, AP, INP and validity for a ``(B, G)`` block of distances (smaller = closer).
 
     No row is sorted. A query has few true matches, so only those are sorted (ties by gallery index); each
@@ -160,8 +173,9 @@ def ranking_stats(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor
     return {"first_rank": first, "ap": torch.where(valid, ap, zeros), "inp": inp, "valid": valid}
 
 
-def ranking_stats_sorted(dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g_pids: torch.Tensor,
-                  g_cams: torch.Tensor) -> dict[str, torch.Tensor]:
+def ranking_stats_sorted(
+    dist: torch.Tensor, q_pids: torch.Tensor, q_cams: torch.Tensor, g_pids: torch.Tensor, g_cams: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """``ranking_stats`` the straightforward way: sort every row of the block, then scan it. Same results; kept as
     the baseline the benchmark compares against (the sort is most of the cost)."""
     order = torch.sort(dist, dim=1, stable=True).indices
@@ -196,7 +210,9 @@ def _stats_fn(ranking: str):
     raise ValueError(f"unknown ranking method {ranking!r}; use 'count' or 'sort'")
 
 
-def evaluate_distances(distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 10, ranking: str = "count") -> ReidMetrics:
+def evaluate_distances(
+    distmat, q_pids, g_pids, q_cams, g_cams, max_rank: int = 10, ranking: str = "count"
+) -> ReidMetrics:
     """Metrics from a full ``(Q, G)`` distance matrix (numpy or torch), e.g. after re-ranking."""
     dist = torch.as_tensor(np.asarray(distmat) if not torch.is_tensor(distmat) else distmat)
     _check_shapes(dist.shape, q_pids, g_pids, q_cams, g_cams)
@@ -218,8 +234,13 @@ def _to_float(x) -> torch.Tensor:
     return t.float().contiguous()
 
 
-def distance_block(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine", g_sqnorm: Optional[torch.Tensor] = None,
-                   backend: str = "torch") -> torch.Tensor:
+def distance_block(
+    qf: torch.Tensor,
+    gf: torch.Tensor,
+    metric: str = "cosine",
+    g_sqnorm: Optional[torch.Tensor] = None,
+    backend: str = "torch",
+) -> torch.Tensor:
     """``(B, G)`` distances between query rows and gallery rows; smaller is closer.
 
     ``cosine`` expects L2-normalised rows and returns ``1 - q.g``; ``euclidean`` returns squared L2 distances.
@@ -228,7 +249,9 @@ def distance_block(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine", g
         import faiss
 
         mt = faiss.METRIC_INNER_PRODUCT if metric == "cosine" else faiss.METRIC_L2
-        d = torch.from_numpy(faiss.pairwise_distances(np.ascontiguousarray(qf.numpy()), np.ascontiguousarray(gf.numpy()), metric=mt))
+        d = torch.from_numpy(
+            faiss.pairwise_distances(np.ascontiguousarray(qf.numpy()), np.ascontiguousarray(gf.numpy()), metric=mt)
+        )
         return 1.0 - d if metric == "cosine" else d
     if backend != "torch":
         raise ValueError(f"unknown distance backend {backend!r}; use 'torch' or 'faiss'")
@@ -241,9 +264,22 @@ def distance_block(qf: torch.Tensor, gf: torch.Tensor, metric: str = "cosine", g
     raise ValueError(f"unknown metric {metric!r}; use 'cosine' or 'euclidean'")
 
 
-def evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, *, metric: str = "cosine", normalize: bool = True,
-                      max_rank: int = 10, chunk_size: int = 512, backend: str = "torch",
-                      device: Optional[str] = None, ranking: str = "count") -> ReidMetrics:
+def evaluate_features(
+    qf,
+    gf,
+    q_pids,
+    g_pids,
+    q_cams,
+    g_cams,
+    *,
+    metric: str = "cosine",
+    normalize: bool = True,
+    max_rank: int = 10,
+    chunk_size: int = 512,
+    backend: str = "torch",
+    device: Optional[str] = None,
+    ranking: str = "count",
+) -> ReidMetrics:
     """Metrics straight from features, one chunk of queries at a time (memory ~ ``chunk_size x G``).
 
     ``device`` (e.g. ``cuda``) runs the torch backend there; the FAISS backend always runs on CPU."""
@@ -284,7 +320,7 @@ def naive_metrics(distmat: np.ndarray, q_pids, g_pids, q_cams, g_cams, max_rank:
             continue
         pos = np.flatnonzero(good) + 1
         if pos[0] <= max_rank:
-            cmc_hits[pos[0] - 1:] += 1
+            cmc_hits[pos[0] - 1 :] += 1
         aps.append(np.mean(np.arange(1, len(pos) + 1) / pos))
         inps.append(len(pos) / pos[-1])
     n = len(aps)

@@ -18,7 +18,7 @@ from torch import nn
 
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.storage.fs import Storage, is_s3, join, read_bytes
-from cion_dist.tracking.registry import META_FILE, WEIGHTS_FILE, BACKBONE_DIR, download_backbone, get_version
+from cion_dist.tracking.registry import BACKBONE_DIR, META_FILE, WEIGHTS_FILE, download_backbone, get_version
 
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -86,10 +86,13 @@ def load_checkpoint(uri: str, storage: Optional[Storage] = None, architecture: O
     elif uri.lower().endswith(CHECKPOINT_EXTS):
         folder, fname = _split(uri)
         weights = uri
-        meta = _meta_from(join(folder, os.path.splitext(fname)[0] + ".json"), st) or _meta_from(join(folder, META_FILE), st)
+        meta = _meta_from(join(folder, os.path.splitext(fname)[0] + ".json"), st) or _meta_from(
+            join(folder, META_FILE), st
+        )
     else:
-        raise DataError(f"{uri}: not a model folder, backbone.json, checkpoint ({', '.join(CHECKPOINT_EXTS)}) "
-                        "or ONNX model (.onnx)")
+        raise DataError(
+            f"{uri}: not a model folder, backbone.json, checkpoint ({', '.join(CHECKPOINT_EXTS)}) or ONNX model (.onnx)"
+        )
     arch = architecture or (meta or {}).get("architecture")
     if not arch:
         raise ConfigError(f"{uri}: no {META_FILE} names the architecture; set evaluate.architecture")
@@ -102,8 +105,15 @@ def load_checkpoint(uri: str, storage: Optional[Storage] = None, architecture: O
     return ResolvedModel(module.eval(), uri, arch, embed_dim, digest)
 
 
-def load_onnx(uri: str, storage: Optional[Storage] = None, height: int = 256, width: int = 128,
-              mean=None, std=None, batch_size: int = 64) -> ResolvedModel:
+def load_onnx(
+    uri: str,
+    storage: Optional[Storage] = None,
+    height: int = 256,
+    width: int = 128,
+    mean=None,
+    std=None,
+    batch_size: int = 64,
+) -> ResolvedModel:
     """An ONNX re-ID model file (path or s3://): input size from the model's fixed axes (else ``height`` /
     ``width``), normalisation from ``mean`` / ``std``, else the model's metadata, else ImageNet."""
     from cion_dist.embed.embedders import OnnxEmbedder
@@ -116,8 +126,14 @@ def load_onnx(uri: str, storage: Optional[Storage] = None, height: int = 256, wi
     embedder = OnnxEmbedder(local, height, width, batch_size, mean=mean, std=std)
     with open(local, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
-    return ResolvedModel(module=None, uri=uri, architecture=embedder.name, embed_dim=embedder.dim,
-                         weights_digest=digest, embedder=embedder)
+    return ResolvedModel(
+        module=None,
+        uri=uri,
+        architecture=embedder.name,
+        embed_dim=embedder.dim,
+        weights_digest=digest,
+        embedder=embedder,
+    )
 
 
 def load_registered(uri: str, architecture: Optional[str] = None) -> ResolvedModel:
@@ -137,11 +153,13 @@ def load_run_model(uri: str, architecture: Optional[str] = None) -> ResolvedMode
 
     from cion_dist.tracking.registry import find_backbone_dir
 
-    rest = uri[len("runs:/"):]
+    rest = uri[len("runs:/") :]
     run_id, _, sub = rest.partition("/")
     sub = sub or BACKBONE_DIR
     try:
-        local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=sub, dst_path=tempfile.mkdtemp(prefix="cion-model-"))
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=sub, dst_path=tempfile.mkdtemp(prefix="cion-model-")
+        )
     except Exception as e:  # noqa: BLE001 - mlflow raises several types for a missing run/path
         raise DataError(f"cannot download {uri}: {e}") from None
     folder = find_backbone_dir(local)
@@ -166,9 +184,13 @@ def newest_pretrain_uri(experiment: str) -> str:
     """``models:/`` of the newest finished pretrain run's registered version, else ``runs:/<id>/model``."""
     import mlflow
 
-    runs = mlflow.search_runs(experiment_names=[experiment],
-                              filter_string="tags.`cion.stage` = 'pretrain' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1, output_format="list")
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string="tags.`cion.stage` = 'pretrain' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
     if not runs:
         raise DataError(f"no finished pretrain run in MLflow experiment {experiment!r}; set evaluate.model")
     rid = runs[0].info.run_id
@@ -176,17 +198,26 @@ def newest_pretrain_uri(experiment: str) -> str:
     return f"models:/{mv.name}/{mv.version}" if mv is not None else f"runs:/{rid}/{BACKBONE_DIR}"
 
 
-def resolve_model(spec: Optional[str], *, experiment: str, storage: Optional[Storage] = None,
-                  architecture: Optional[str] = None, mlflow_enabled: bool = True, onnx: Optional[dict] = None) -> ResolvedModel:
+def resolve_model(
+    spec: Optional[str],
+    *,
+    experiment: str,
+    storage: Optional[Storage] = None,
+    architecture: Optional[str] = None,
+    mlflow_enabled: bool = True,
+    onnx: Optional[dict] = None,
+) -> ResolvedModel:
     """Load the backbone ``spec`` names (see module docstring); ``init:<architecture>`` is a seeded random init,
     the 'before pretraining' reference; ``onnx`` (height, width, mean, std) applies to ``*.onnx`` models."""
     if spec is not None and spec.startswith("init:"):
-        return random_init(spec[len("init:"):])
+        return random_init(spec[len("init:") :])
     if spec is not None and spec.lower().endswith(".onnx"):
         return load_onnx(spec, storage, **(onnx or {}))
     if spec is None or spec.startswith(("models:/", "runs:/")):
         if not mlflow_enabled:
-            raise ConfigError("evaluate.model needs MLflow (models:/, runs:/ or newest pretrain) but mlflow.enabled is false")
+            raise ConfigError(
+                "evaluate.model needs MLflow (models:/, runs:/ or newest pretrain) but mlflow.enabled is false"
+            )
         spec = spec or newest_pretrain_uri(experiment)
         if spec.startswith("models:/"):
             return load_registered(spec, architecture)
@@ -206,5 +237,10 @@ def random_init(architecture: str, seed: int = 0) -> ResolvedModel:
         torch.manual_seed(seed)
         module = build_backbone(architecture)
     spec = f"init:{architecture}"
-    return ResolvedModel(module=module, uri=spec, architecture=architecture, embed_dim=int(module.embed_dim),
-                         weights_digest=hashlib.sha256(f"{spec}:seed{seed}".encode()).hexdigest())
+    return ResolvedModel(
+        module=module,
+        uri=spec,
+        architecture=architecture,
+        embed_dim=int(module.embed_dim),
+        weights_digest=hashlib.sha256(f"{spec}:seed{seed}".encode()).hexdigest(),
+    )

@@ -112,8 +112,9 @@ def _crop(img: np.ndarray, b: Box, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(img[y1:y2, x1:x2], (size[1], size[0]), interpolation=cv2.INTER_AREA)
 
 
-def build_benchmark(root: str, out: str, *, min_visibility: float = 0.3, min_height: float = 50,
-                    size: tuple[int, int] = (256, 128)) -> dict:
+def build_benchmark(
+    root: str, out: str, *, min_visibility: float = 0.3, min_height: float = 50, size: tuple[int, int] = (256, 128)
+) -> dict:
     """Crops of every sequence folder under ``root`` (``<root>/<SEQ>/img1``, ``gt/gt.txt``) into ``out``.
 
     Returns counts; the dataset is ``<out>/list.parquet``. Idempotent: an existing list is reused."""

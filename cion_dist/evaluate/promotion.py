@@ -45,9 +45,18 @@ class Decision:
 
 def evaluation_settings(cfg, dataset_digest: str, code_version: str) -> dict:
     """Everything that changes an evaluation's numbers, from an ``EvaluateConfig``: the comparison key."""
-    s = {"protocol": cfg.protocol, "height": cfg.height, "width": cfg.width, "flip": cfg.flip,
-         "metric": cfg.metric, "rerank": cfg.rerank, "keep_distractors": cfg.keep_distractors,
-         "dataset_format": cfg.dataset_format, "dataset_digest": dataset_digest, "code_version": code_version}
+    s = {
+        "protocol": cfg.protocol,
+        "height": cfg.height,
+        "width": cfg.width,
+        "flip": cfg.flip,
+        "metric": cfg.metric,
+        "rerank": cfg.rerank,
+        "keep_distractors": cfg.keep_distractors,
+        "dataset_format": cfg.dataset_format,
+        "dataset_digest": dataset_digest,
+        "code_version": code_version,
+    }
     if cfg.rerank:
         s.update(rerank_k1=cfg.rerank_k1, rerank_k2=cfg.rerank_k2, rerank_lambda=cfg.rerank_lambda)
     if cfg.protocol == "finetune":
@@ -63,33 +72,62 @@ def _comparable(a: Evaluated, b: Evaluated) -> bool:
     return a.dataset_digest == b.dataset_digest and (a.settings_key == b.settings_key)
 
 
-def decide(candidate: Evaluated, champion: Optional[Evaluated], metric: str = "mAP", margin: float = 0.0,
-           floor: Optional[float] = None, allow_first_without_floor: bool = False) -> Decision:
+def decide(
+    candidate: Evaluated,
+    champion: Optional[Evaluated],
+    metric: str = "mAP",
+    margin: float = 0.0,
+    floor: Optional[float] = None,
+    allow_first_without_floor: bool = False,
+) -> Decision:
     """Apply the promotion rules (see module docstring)."""
     d = (candidate.dataset_digest or "?")[:12]
     where = f"on {d}" + (f" (settings {candidate.settings_key})" if candidate.settings_key else "")
     if not _finite(candidate.value) or not candidate.dataset_digest:
         return Decision(False, None, f"version {candidate.version} has no {metric} on dataset {d}; evaluate it first")
     if floor is not None and candidate.value < floor:
-        return Decision(False, CHALLENGER if champion is not None else None,
-                        f"{metric} {candidate.value:.4f} of version {candidate.version} is below the floor {floor} {where}")
+        return Decision(
+            False,
+            CHALLENGER if champion is not None else None,
+            f"{metric} {candidate.value:.4f} of version {candidate.version} is below the floor {floor} {where}",
+        )
     if champion is None:
         if floor is None and not allow_first_without_floor:
-            return Decision(False, None, f"no champion yet and no promote.floor: version {candidate.version} "
-                                         f"({metric} {candidate.value:.4f} {where}) is not crowned; set promote.floor "
-                                         "to the least acceptable value, or promote.allow_first_without_floor=true")
+            return Decision(
+                False,
+                None,
+                f"no champion yet and no promote.floor: version {candidate.version} "
+                f"({metric} {candidate.value:.4f} {where}) is not crowned; set promote.floor "
+                "to the least acceptable value, or promote.allow_first_without_floor=true",
+            )
         why = f"reaches the floor {floor}" if floor is not None else "no floor, first champion explicitly allowed"
-        return Decision(True, CHAMPION, f"no champion yet: version {candidate.version} ({metric} "
-                                        f"{candidate.value:.4f} {where}; {why}) becomes champion")
+        return Decision(
+            True,
+            CHAMPION,
+            f"no champion yet: version {candidate.version} ({metric} "
+            f"{candidate.value:.4f} {where}; {why}) becomes champion",
+        )
     if champion.version == candidate.version:
         return Decision(False, None, f"version {candidate.version} is already champion")
     if not _comparable(candidate, champion) or not _finite(champion.value):
-        return Decision(False, CHALLENGER, f"champion version {champion.version} has no {metric} {where}; "
-                                           "not comparable: evaluate the champion with the same settings")
+        return Decision(
+            False,
+            CHALLENGER,
+            f"champion version {champion.version} has no {metric} {where}; "
+            "not comparable: evaluate the champion with the same settings",
+        )
     gain = candidate.value - champion.value
     if gain > margin:
-        return Decision(True, CHAMPION, f"{metric} {candidate.value:.4f} beats champion version {champion.version} "
-                                        f"({champion.value:.4f}) by {gain:.4f} > margin {margin} {where}")
+        return Decision(
+            True,
+            CHAMPION,
+            f"{metric} {candidate.value:.4f} beats champion version {champion.version} "
+            f"({champion.value:.4f}) by {gain:.4f} > margin {margin} {where}",
+        )
     what = "ties" if gain == 0 else ("is below" if gain < 0 else "does not beat")
-    return Decision(False, CHALLENGER, f"{metric} {candidate.value:.4f} {what} champion version {champion.version} "
-                                       f"({champion.value:.4f}); needs more than +{margin} {where}")
+    return Decision(
+        False,
+        CHALLENGER,
+        f"{metric} {candidate.value:.4f} {what} champion version {champion.version} "
+        f"({champion.value:.4f}); needs more than +{margin} {where}",
+    )

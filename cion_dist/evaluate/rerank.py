@@ -34,8 +34,9 @@ def _reciprocal(initial_rank: np.ndarray, i: int, k: int) -> np.ndarray:
     return forward[(backward == i).any(axis=1)]
 
 
-def k_reciprocal_distances_dense(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6,
-                                 lambda_value: float = 0.3) -> np.ndarray:
+def k_reciprocal_distances_dense(
+    qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3
+) -> np.ndarray:
     """Re-ranked ``(Q, G)`` distances with dense (Q + G)^2 matrices: small inputs and tests only."""
     qf = np.asarray(qf, dtype=np.float32)
     gf = np.asarray(gf, dtype=np.float32)
@@ -115,8 +116,9 @@ def _weights(feats: np.ndarray, sq: np.ndarray, rank: np.ndarray, k1: int, block
     return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), np.asarray(indptr)), shape=(n, n))
 
 
-def k_reciprocal_blocks(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                        block: int = 512):
+def k_reciprocal_blocks(
+    qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 512
+):
     """Yield ``(first query, (b, G) re-ranked distances)`` for consecutive blocks of queries (see the module)."""
     import scipy.sparse as sp
 
@@ -155,8 +157,9 @@ def k_reciprocal_blocks(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 
         yield s, (1.0 - lambda_value) * jaccard + lambda_value * d
 
 
-def k_reciprocal_distances(qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3,
-                           block: int = 512) -> np.ndarray:
+def k_reciprocal_distances(
+    qf: np.ndarray, gf: np.ndarray, k1: int = 20, k2: int = 6, lambda_value: float = 0.3, block: int = 512
+) -> np.ndarray:
     """Re-ranked ``(Q, G)`` distance matrix from query and gallery features (rows L2-normalised by the caller),
     computed in blocks (see the module)."""
     qf = np.asarray(qf, dtype=np.float32)

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-import numpy as np
 import pyarrow as pa
 
 from cion_dist.ingest.appearance import box_histograms
@@ -34,10 +33,19 @@ class ClipResult:
     gate: dict = field(default_factory=dict)  # GateTally.to_dict()
 
 
-def tracklets_to_table(video_id: str, tracklets: list[Tracklet], crops: dict, fps: float, scale: tuple[float, float],
-                       min_crop_height: int, min_length: int, gated: Optional[dict] = None,
-                       tally: Optional[GateTally] = None, frame_size: tuple[int, int] = (0, 0),
-                       edge_margin: float = 0.01) -> pa.Table:
+def tracklets_to_table(
+    video_id: str,
+    tracklets: list[Tracklet],
+    crops: dict,
+    fps: float,
+    scale: tuple[float, float],
+    min_crop_height: int,
+    min_length: int,
+    gated: Optional[dict] = None,
+    tally: Optional[GateTally] = None,
+    frame_size: tuple[int, int] = (0, 0),
+    edge_margin: float = 0.01,
+) -> pa.Table:
     """Rows for tracklets whose crops are tall enough; tracklets left with fewer than ``min_length`` are dropped.
 
     ``crops[(frame, detection)]`` holds the JPEG; boxes are mapped back to source pixels by ``scale`` (sx, sy).
@@ -85,8 +93,15 @@ def frame_range(num_frames: int, fps: float, start_s: Optional[float], end_s: Op
     return lo, hi
 
 
-def ingest_clip(video_id: str, uri: str, cfg, storage: Optional[Storage] = None, detector=None,
-                start_s: Optional[float] = None, end_s: Optional[float] = None) -> ClipResult:
+def ingest_clip(
+    video_id: str,
+    uri: str,
+    cfg,
+    storage: Optional[Storage] = None,
+    detector=None,
+    start_s: Optional[float] = None,
+    end_s: Optional[float] = None,
+) -> ClipResult:
     """Decode, detect and track one clip (or the ``[start_s, end_s)`` segment of it, seconds into the file: only
     that range is decoded; frame indices stay those of the file); raises ``DataError`` for a missing, empty or
     undecodable clip."""
@@ -146,9 +161,26 @@ def ingest_clip(video_id: str, uri: str, cfg, storage: Optional[Storage] = None,
     t = time.perf_counter()
     tracklets = tracker.finish()
     tally = GateTally()
-    table = tracklets_to_table(video_id, tracklets, crops, clip.fps, clip.scale, cfg.min_crop_height,
-                               cfg.tracker.min_length, gated, tally, (clip.width, clip.height), EDGE_TOUCH)
+    table = tracklets_to_table(
+        video_id,
+        tracklets,
+        crops,
+        clip.fps,
+        clip.scale,
+        cfg.min_crop_height,
+        cfg.tracker.min_length,
+        gated,
+        tally,
+        (clip.width, clip.height),
+        EDGE_TOUCH,
+    )
     timings["track"] += time.perf_counter() - t
     table = table.replace_schema_metadata(clip_metadata(video_id, clip.num_frames, clip.fps, frames))
-    return ClipResult(table, frames, detections, time.perf_counter() - t0, {k: round(v, 3) for k, v in timings.items()},
-                      tally.to_dict())
+    return ClipResult(
+        table,
+        frames,
+        detections,
+        time.perf_counter() - t0,
+        {k: round(v, 3) for k, v in timings.items()},
+        tally.to_dict(),
+    )

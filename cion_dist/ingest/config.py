@@ -30,8 +30,13 @@ class TileConfig(StrictModel):
     grid: tuple[int, int] = Field((1, 1), description="tiles across, down; (1, 1) = whole frame only")
     overlap: float = Field(0.25, ge=0, lt=0.9, description="share of a tile its neighbour also covers")
     full_frame: bool = Field(True, description="also run the whole frame (people taller than a tile)")
-    edge_margin: float = Field(0.01, ge=0, lt=0.5, description="tile boxes this close to an inner tile edge "
-                               "(share of the tile size) are people cut by the tile and dropped")
+    edge_margin: float = Field(
+        0.01,
+        ge=0,
+        lt=0.5,
+        description="tile boxes this close to an inner tile edge "
+        "(share of the tile size) are people cut by the tile and dropped",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -49,9 +54,15 @@ class DetectorConfig(StrictModel):
     model_uri: Optional[str] = Field(None, description="ONNX / weights file (path or s3://) for neural detectors")
     score_threshold: float = Field(0.35, ge=0, le=1)
     nms_threshold: float = Field(0.45, ge=0, le=1)
-    input_size: Optional[int] = Field(None, ge=32, description="square input for models with dynamic spatial axes; "
-                                      "a model's fixed size wins (with a warning); None = the model's, else 640")
-    batch_size: int = ExecutionField(8, ge=1, description="images per model call where the model's batch axis is dynamic")
+    input_size: Optional[int] = Field(
+        None,
+        ge=32,
+        description="square input for models with dynamic spatial axes; "
+        "a model's fixed size wins (with a warning); None = the model's, else 640",
+    )
+    batch_size: int = ExecutionField(
+        8, ge=1, description="images per model call where the model's batch axis is dynamic"
+    )
     tiles: TileConfig = TileConfig()
     num_gpus: float = ExecutionField(0, ge=0)
     threads: int = ExecutionField(1, ge=1, description="onnxruntime intra-op threads per clip task")
@@ -92,9 +103,14 @@ class GateConfig(StrictModel):
     enabled: bool = True
     action: Literal["drop", "flag"] = Field("drop", description="drop failing crops, or keep them and only count")
     min_height: int = Field(40, ge=1, description="crops shorter than this (source pixels) are tiny")
-    border_margin: float = Field(0.0, ge=0, lt=0.5, description="boxes this close to a frame edge (share of the "
-                                 "frame's width / height) are cut by the border, e.g. 0.005; 0 = no check (default: "
-                                 "on the synthetic pipeline it lowered CION's pairwise F, see docs/footage.md)")
+    border_margin: float = Field(
+        0.0,
+        ge=0,
+        lt=0.5,
+        description="boxes this close to a frame edge (share of the "
+        "frame's width / height) are cut by the border, e.g. 0.005; 0 = no check (default: "
+        "on the synthetic pipeline it lowered CION's pairwise F, see docs/footage.md)",
+    )
     min_aspect: float = Field(1.5, gt=0, description="height / width below this is not an upright person")
     max_aspect: float = Field(5.0, gt=0, description="height / width above this is not a whole person")
     two_person_aspect: float = Field(1.1, ge=0, description="height / width below this: two people side by side")

@@ -11,8 +11,9 @@ import numpy as np
 from cion_dist.errors import DataError
 
 
-def sample_indices(num_frames: int, fps: float, sample_fps: Optional[float] = None, every_n: int = 1,
-                   max_frames: Optional[int] = None) -> np.ndarray:
+def sample_indices(
+    num_frames: int, fps: float, sample_fps: Optional[float] = None, every_n: int = 1, max_frames: Optional[int] = None
+) -> np.ndarray:
     """Frame indices to decode: at ``sample_fps`` (nearest source frame per tick) or every ``every_n``-th frame.
 
     A rate at or above the source rate keeps every frame. ``max_frames`` truncates the sampled list.
@@ -83,13 +84,16 @@ def open_clip(data: bytes, resize_width: Optional[int] = None, name: str = "<cli
     return ClipVideo(reader, n, fps, int(w), int(h), int(w0), int(h0))
 
 
-def iter_chunks(clip: ClipVideo, indices: np.ndarray, chunk_frames: int,
-                name: str = "<clip>") -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_chunks(
+    clip: ClipVideo, indices: np.ndarray, chunk_frames: int, name: str = "<clip>"
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield (frame indices, frames ``[n, H, W, 3]`` RGB uint8) for at most ``chunk_frames`` frames at a time."""
     for start in range(0, len(indices), chunk_frames):
         idx = indices[start : start + chunk_frames]
         try:
             frames = clip.reader.get_batch(idx.tolist()).asnumpy()
         except Exception as e:
-            raise DataError(f"{name}: decoding frames {int(idx[0])}..{int(idx[-1])} failed ({type(e).__name__})") from None
+            raise DataError(
+                f"{name}: decoding frames {int(idx[0])}..{int(idx[-1])} failed ({type(e).__name__})"
+            ) from None
         yield idx, frames

@@ -67,8 +67,15 @@ def sharpness(crop_rgb: np.ndarray, height: int = 128) -> float:
     return float(cv2.Laplacian(scaled, cv2.CV_64F).var())
 
 
-def assess(boxes, width: int, height: int, cfg, scale: tuple[float, float] = (1.0, 1.0),
-           frame: Optional[np.ndarray] = None, scores=None) -> list[str]:
+def assess(
+    boxes,
+    width: int,
+    height: int,
+    cfg,
+    scale: tuple[float, float] = (1.0, 1.0),
+    frame: Optional[np.ndarray] = None,
+    scores=None,
+) -> list[str]:
     """Drop reason per box of one frame (``""`` = clean); ``boxes`` in frame pixels, ``scale`` maps them to source
     pixels (``min_height`` is in source pixels); ``frame`` (RGB) is needed for the blur check only; boxes whose
     ``scores`` are under ``overlap_min_score`` do not count as covering others."""
@@ -80,11 +87,17 @@ def assess(boxes, width: int, height: int, cfg, scale: tuple[float, float] = (1.
     aspect = (b[:, 3] - b[:, 1]) / np.maximum(b[:, 2] - b[:, 0], 1e-9)
     checks = [
         ("tiny", h < cfg.min_height),
-        ("border", near_border(b, width, height, cfg.border_margin) if cfg.border_margin > 0 else np.zeros(len(b), bool)),
+        (
+            "border",
+            near_border(b, width, height, cfg.border_margin) if cfg.border_margin > 0 else np.zeros(len(b), bool),
+        ),
         ("two_person", aspect < cfg.two_person_aspect),
         ("aspect", (aspect < cfg.min_aspect) | (aspect > cfg.max_aspect)),
-        ("overlap", covered_fraction(b, None if scores is None else np.asarray(scores) >= cfg.overlap_min_score)
-         > cfg.max_overlap),
+        (
+            "overlap",
+            covered_fraction(b, None if scores is None else np.asarray(scores) >= cfg.overlap_min_score)
+            > cfg.max_overlap,
+        ),
     ]
     for name, bad in checks:
         for i in np.flatnonzero(bad):
@@ -94,7 +107,7 @@ def assess(boxes, width: int, height: int, cfg, scale: tuple[float, float] = (1.
         for i, box in enumerate(b):
             if not reasons[i]:
                 x1, y1, x2, y2 = (int(round(v)) for v in box)
-                crop = frame[max(0, y1):max(0, y2), max(0, x1):max(0, x2)]
+                crop = frame[max(0, y1) : max(0, y2), max(0, x1) : max(0, x2)]
                 if crop.size == 0 or sharpness(crop) < cfg.min_sharpness:
                     reasons[i] = "blur"
     return reasons
@@ -119,8 +132,14 @@ class GateTally:
         self.kept_aspect[int(np.searchsorted(ASPECT_BINS, a, side="right") - 1)] += 1
 
     def to_dict(self) -> dict:
-        return {"considered": self.considered, "dropped": dict(self.dropped), "flagged": dict(self.flagged),
-                "kept": self.kept, "kept_near_edge": self.kept_near_edge, "kept_aspect": list(self.kept_aspect)}
+        return {
+            "considered": self.considered,
+            "dropped": dict(self.dropped),
+            "flagged": dict(self.flagged),
+            "kept": self.kept,
+            "kept_near_edge": self.kept_near_edge,
+            "kept_aspect": list(self.kept_aspect),
+        }
 
     @classmethod
     def merged(cls, parts) -> "GateTally":
@@ -138,7 +157,9 @@ class GateTally:
 
     def summary(self) -> dict:
         """Flat figures for a stage summary and MLflow: drops by reason, kept share, edge share, aspect histogram."""
-        labels = [f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}" for lo, hi in zip(ASPECT_BINS[:-1], ASPECT_BINS[1:])]
+        labels = [
+            f"{lo:g}-{hi:g}" if hi != float("inf") else f">={lo:g}" for lo, hi in zip(ASPECT_BINS[:-1], ASPECT_BINS[1:])
+        ]
         return {
             "gate_considered": self.considered,
             **{f"gate_dropped_{r}": n for r, n in self.dropped.items()},

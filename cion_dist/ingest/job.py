@@ -75,8 +75,10 @@ def run(job: Job) -> IngestResult:
         write_errors(out, stats.errors)
         if manifest.rows and len(stats.errors) / manifest.rows > cfg.max_error_fraction:
             names = ", ".join(f"{e['video_id']} ({e['reason']})" for e in stats.errors[:5])
-            raise DataError(f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
-                            f"max_error_fraction={cfg.max_error_fraction}: {names}")
+            raise DataError(
+                f"ingest: {len(stats.errors)} of {manifest.rows} clips failed, more than "
+                f"max_error_fraction={cfg.max_error_fraction}: {names}"
+            )
         # a resume that found every part done wrote none: the start's check stands
         parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
         crops, tracklets = parts.totals.get("crops", 0), parts.totals.get("tracklets", 0)
@@ -94,8 +96,10 @@ def run(job: Job) -> IngestResult:
         }
         summary.update(stats.gate_figures())
         if len(done_keys):
-            summary["notes"] = [f"resumed: {len(done_keys)} of {manifest.rows} clips were written by an earlier "
-                                f"attempt and kept; {stats.done} were ingested now, and the rates count these"]
+            summary["notes"] = [
+                f"resumed: {len(done_keys)} of {manifest.rows} clips were written by an earlier "
+                f"attempt and kept; {stats.done} were ingested now, and the rates count these"
+            ]
         rows = {"crops": crops, "tracklets": tracklets, "clips": manifest.rows, "errors": len(stats.errors)}
         log.info(
             "ingest: %d clips (%d now), %d frames decoded, %d crops, %d tracklets, %d errors, %.1f frames/s",
@@ -178,8 +182,13 @@ def run_clips(
     cols = ["video_id", "uri"] + [c for c in ("start_s", "end_s") if c in manifest.columns]  # segments of a video
     # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, ray_remote_args={"num_cpus": 0.25})
-    ds = ds.map_batches(not_done, fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
-                        batch_format="pyarrow", batch_size=65536, num_cpus=0.25)
+    ds = ds.map_batches(
+        not_done,
+        fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
+        batch_format="pyarrow",
+        batch_size=65536,
+        num_cpus=0.25,
+    )
     # several small blocks per worker: each task ingests its block's clips one after another
     ds = ds.repartition(blocks_for(n_pending, size))
     kwargs = {"cfg": cfg, "storage": storage, "out_uri": out.uri, "manifest_uri": manifest.uri}

@@ -38,6 +38,7 @@ def resolve_clip_uri(clip_uri: str, manifest_uri: str) -> str:
 def check_manifest_types(table: pa.Table, uri: str) -> None:
     """``video_id``, ``uri`` and ``source`` are strings; ``start_time`` (which orders videos) is a number or a
     timestamp: a string there would sort "10" before "9", an int id would never match the parts' names."""
+
     def bad(col: str, want: str) -> DataError:
         return DataError(f"manifest {uri}: column {col!r} must be {want}, got {table.schema.field(col).type}")
 

@@ -89,7 +89,7 @@ def list_videos(root: str, storage: Storage, extensions=VIDEO_EXTS) -> list[str]
 
 def relative(uri: str, root: str) -> str:
     base = root.rstrip("/")
-    rel = uri[len(base):].lstrip("/") if uri.startswith(base) else posixpath.basename(uri)
+    rel = uri[len(base) :].lstrip("/") if uri.startswith(base) else posixpath.basename(uri)
     return rel or posixpath.basename(uri)
 
 
@@ -127,7 +127,9 @@ def start_time_for(rel: str, probe: dict, pattern: Optional[str], fmt: Optional[
             try:
                 return epoch_seconds(m.group("time"), fmt)
             except ValueError as e:
-                raise DataError(f"manifest time_format {fmt!r} cannot parse {m.group('time')!r} of {rel!r} ({e})") from None
+                raise DataError(
+                    f"manifest time_format {fmt!r} cannot parse {m.group('time')!r} of {rel!r} ({e})"
+                ) from None
     created = probe.get("creation_time")
     if created:
         try:
@@ -159,13 +161,22 @@ def probe_video(uri: str, storage: Storage) -> dict:
                     duration = 0.0
                 frames = int(s.frames or 0) or (int(round(duration * fps)) if fps else 0)
                 meta = {**dict(c.metadata or {}), **dict(s.metadata or {})}
-                return {"duration_s": duration, "fps": fps, "frames": frames, "width": int(s.codec_context.width),
-                        "height": int(s.codec_context.height), "codec": str(s.codec_context.name),
-                        "size_bytes": size, "creation_time": meta.get("creation_time")}
+                return {
+                    "duration_s": duration,
+                    "fps": fps,
+                    "frames": frames,
+                    "width": int(s.codec_context.width),
+                    "height": int(s.codec_context.height),
+                    "codec": str(s.codec_context.name),
+                    "size_bytes": size,
+                    "creation_time": meta.get("creation_time"),
+                }
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - PyAV / fsspec raise many types; name the file
-        raise DataError(f"{uri}: cannot read video container ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise DataError(
+            f"{uri}: cannot read video container ({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''})"
+        ) from None
 
 
 def probe_many(uris: list[str], storage: Storage) -> list[dict]:
@@ -208,20 +219,34 @@ def manifest_rows(spec: ManifestSpec, probed: list[dict]) -> tuple[list[dict], l
             continue
         pieces = segments(pr["duration_s"], spec.segment_s)
         for k, (s0, s1) in enumerate(pieces):
-            row = {"video_id": vid if s0 is None else f"{vid}-s{k:04d}", "uri": p["uri"], "source": source,
-                   "start_time": None if start is None else start + (s0 or 0.0),
-                   **{c: pr[c] for c in ("duration_s", "fps", "frames", "width", "height", "codec", "size_bytes")}}
+            row = {
+                "video_id": vid if s0 is None else f"{vid}-s{k:04d}",
+                "uri": p["uri"],
+                "source": source,
+                "start_time": None if start is None else start + (s0 or 0.0),
+                **{c: pr[c] for c in ("duration_s", "fps", "frames", "width", "height", "codec", "size_bytes")},
+            }
             if spec.segment_s:
                 row.update(start_s=s0, end_s=s1)
             rows.append(row)
     return rows, errors
 
 
-MANIFEST_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("uri", pa.string()), ("source", pa.string()), ("start_time", pa.float64()),
-    ("duration_s", pa.float64()), ("fps", pa.float64()), ("frames", pa.int64()), ("width", pa.int32()),
-    ("height", pa.int32()), ("codec", pa.string()), ("size_bytes", pa.int64()),
-])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("video_id", pa.string()),
+        ("uri", pa.string()),
+        ("source", pa.string()),
+        ("start_time", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("fps", pa.float64()),
+        ("frames", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("codec", pa.string()),
+        ("size_bytes", pa.int64()),
+    ]
+)
 SEGMENT_FIELDS = [pa.field("start_s", pa.float64()), pa.field("end_s", pa.float64())]
 
 
@@ -260,6 +285,12 @@ def build_manifest(spec: ManifestSpec, storage: Optional[Storage] = None) -> dic
     _write(pa.Table.from_pylist(errors, schema=ERRORS), err_uri, st)
     for e in errors:
         log.warning("manifest: %s", e["reason"])
-    return {"manifest": spec.out, "errors_uri": err_uri, "files": len(files), "clips": len(rows),
-            "errors": len(errors), "sources": len({r["source"] for r in rows}),
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "manifest": spec.out,
+        "errors_uri": err_uri,
+        "files": len(files),
+        "clips": len(rows),
+        "errors": len(errors),
+        "sources": len({r["source"] for r in rows}),
+        "seconds": round(time.perf_counter() - t0, 2),
+    }

@@ -32,8 +32,18 @@ class BoxKalman:
         z = box_to_z(box)
         self.x = np.concatenate([z, np.zeros(4)])
         h = z[3]
-        std = np.array([2 * _POS_STD * h, 2 * _POS_STD * h, 2 * _POS_STD * h, 2 * _POS_STD * h,
-                        10 * _VEL_STD * h, 10 * _VEL_STD * h, 10 * _VEL_STD * h, 10 * _VEL_STD * h])
+        std = np.array(
+            [
+                2 * _POS_STD * h,
+                2 * _POS_STD * h,
+                2 * _POS_STD * h,
+                2 * _POS_STD * h,
+                10 * _VEL_STD * h,
+                10 * _VEL_STD * h,
+                10 * _VEL_STD * h,
+                10 * _VEL_STD * h,
+            ]
+        )
         self.P = np.diag(std**2)
 
     def predict(self, steps: int = 1) -> np.ndarray:

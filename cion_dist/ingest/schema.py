@@ -4,19 +4,22 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-CROPS = pa.schema([
-    ("image_id", pa.string()),
-    ("video_id", pa.string()),
-    ("tracklet_id", pa.string()),
-    ("frame_index", pa.int64()),
-    ("timestamp_s", pa.float64()),
-    ("bbox", pa.list_(pa.float32(), 4)),
-    ("score", pa.float32()),
-    ("jpeg", pa.binary()),
-])
+CROPS = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("video_id", pa.string()),
+        ("tracklet_id", pa.string()),
+        ("frame_index", pa.int64()),
+        ("timestamp_s", pa.float64()),
+        ("bbox", pa.list_(pa.float32(), 4)),
+        ("score", pa.float32()),
+        ("jpeg", pa.binary()),
+    ]
+)
 
-ERRORS = pa.schema([("video_id", pa.string()), ("uri", pa.string()), ("reason", pa.string()),
-                    ("error_type", pa.string())])
+ERRORS = pa.schema(
+    [("video_id", pa.string()), ("uri", pa.string()), ("reason", pa.string()), ("error_type", pa.string())]
+)
 
 MANIFEST_REQUIRED = ("video_id", "uri")
 
@@ -39,8 +42,12 @@ META_DECODED = b"cion.clip.frames_decoded"
 def clip_metadata(video_id: str, num_frames: int, fps: float, decoded: int) -> dict[bytes, bytes]:
     """Parquet key-value metadata of a clip's part: the source's length and rate and how many frames were
     decoded, so evaluation can rebuild which frames were looked at, even for clips with no crops."""
-    return {META_VIDEO: str(video_id).encode(), META_NUM_FRAMES: str(int(num_frames)).encode(),
-            META_FPS: repr(float(fps)).encode(), META_DECODED: str(int(decoded)).encode()}
+    return {
+        META_VIDEO: str(video_id).encode(),
+        META_NUM_FRAMES: str(int(num_frames)).encode(),
+        META_FPS: repr(float(fps)).encode(),
+        META_DECODED: str(int(decoded)).encode(),
+    }
 
 
 def read_clip_metadata(md: dict | None) -> tuple[str, int, float, int] | None:

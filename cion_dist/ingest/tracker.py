@@ -49,9 +49,17 @@ class _Track:
 class ByteTracker:
     """Feed ``update`` frame by frame in order; ``finish`` returns the tracklets that pass the length filter."""
 
-    def __init__(self, high_threshold: float = 0.5, low_threshold: float = 0.1, match_iou: float = 0.3,
-                 max_age: int = 10, min_length: int = 3, min_hits: int = 2, appearance_weight: float = 0.5,
-                 feature_momentum: float = 0.8):
+    def __init__(
+        self,
+        high_threshold: float = 0.5,
+        low_threshold: float = 0.1,
+        match_iou: float = 0.3,
+        max_age: int = 10,
+        min_length: int = 3,
+        min_hits: int = 2,
+        appearance_weight: float = 0.5,
+        feature_momentum: float = 0.8,
+    ):
         self.high, self.low, self.match_iou = high_threshold, low_threshold, match_iou
         self.max_age, self.min_length, self.min_hits = max_age, min_length, min_hits
         self.appearance_weight, self.feature_momentum = appearance_weight, feature_momentum
@@ -61,8 +69,15 @@ class ByteTracker:
 
     @classmethod
     def from_config(cls, cfg) -> "ByteTracker":
-        return cls(cfg.high_threshold, cfg.low_threshold, cfg.match_iou, cfg.max_age, cfg.min_length, cfg.min_hits,
-                   cfg.appearance_weight)
+        return cls(
+            cfg.high_threshold,
+            cfg.low_threshold,
+            cfg.match_iou,
+            cfg.max_age,
+            cfg.min_length,
+            cfg.min_hits,
+            cfg.appearance_weight,
+        )
 
     def _cost(self, tracks: list[_Track], boxes: np.ndarray, feats: Optional[np.ndarray]) -> np.ndarray:
         """1 - IoU, blended with appearance distance where both sides have features; IoU below the gate is +inf."""
@@ -169,8 +184,13 @@ class ByteTracker:
             if int(d) in used:
                 continue
             tr = Tracklet(self._next_id, [int(frame)], [boxes[d].copy()], [float(scores[d])], [int(d)])
-            t = _Track(self._next_id, BoxKalman(boxes[d]), tr, confirmed=self.min_hits <= 1,
-                       feature=None if feats is None else feats[d])
+            t = _Track(
+                self._next_id,
+                BoxKalman(boxes[d]),
+                tr,
+                confirmed=self.min_hits <= 1,
+                feature=None if feats is None else feats[d],
+            )
             self._next_id += 1
             survivors.append(t)
         self._live = survivors

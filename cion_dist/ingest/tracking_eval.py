@@ -89,16 +89,34 @@ def evaluate_tracks(gt, pred, iou_threshold: float = 0.5, min_visibility: float 
         accs.append(acc)
         names.append(str(v))
     mh = mm.metrics.create()
-    metrics = ["mota", "motp", "idf1", "idp", "idr", "num_switches", "num_false_positives", "num_misses",
-               "num_objects", "num_unique_objects", "precision", "recall"]
+    metrics = [
+        "mota",
+        "motp",
+        "idf1",
+        "idp",
+        "idr",
+        "num_switches",
+        "num_false_positives",
+        "num_misses",
+        "num_objects",
+        "num_unique_objects",
+        "precision",
+        "recall",
+    ]
     summary = mh.compute_many(accs, metrics=metrics, names=names, generate_overall=True)
     overall = summary.loc["OVERALL"]
     out = {m: float(overall[m]) for m in metrics}
     for m in ("num_switches", "num_false_positives", "num_misses", "num_objects", "num_unique_objects"):
         out[m] = int(overall[m])
     out["motp"] = float(1.0 - out["motp"]) if np.isfinite(out["motp"]) else float("nan")  # mean IoU of matches
-    out["per_video"] = {n: {"mota": float(summary.loc[n, "mota"]), "idf1": float(summary.loc[n, "idf1"]),
-                            "num_switches": int(summary.loc[n, "num_switches"])} for n in names}
+    out["per_video"] = {
+        n: {
+            "mota": float(summary.loc[n, "mota"]),
+            "idf1": float(summary.loc[n, "idf1"]),
+            "num_switches": int(summary.loc[n, "num_switches"]),
+        }
+        for n in names
+    }
     out["videos"] = len(names)
     return out
 
@@ -110,12 +128,17 @@ def read_ingest_boxes(ingest_uri: str, storage: Optional[Storage] = None):
     out = StageOutput(str(ingest_uri).rstrip("/"), storage or Storage())
     table = out.read(columns=["video_id", "frame_index", "tracklet_id", "bbox"])
     boxes = np.asarray(table.column("bbox").to_pylist(), dtype=np.float64).reshape(-1, 4)
-    return pd.DataFrame({
-        "video_id": table.column("video_id").to_pylist(),
-        "frame_index": table.column("frame_index").to_numpy(),
-        "tracklet_id": table.column("tracklet_id").to_pylist(),
-        "x1": boxes[:, 0], "y1": boxes[:, 1], "x2": boxes[:, 2], "y2": boxes[:, 3],
-    })
+    return pd.DataFrame(
+        {
+            "video_id": table.column("video_id").to_pylist(),
+            "frame_index": table.column("frame_index").to_numpy(),
+            "tracklet_id": table.column("tracklet_id").to_pylist(),
+            "x1": boxes[:, 0],
+            "y1": boxes[:, 1],
+            "x2": boxes[:, 2],
+            "y2": boxes[:, 3],
+        }
+    )
 
 
 def sampled_frames(ingest_uri: str, storage: Optional[Storage] = None) -> Optional[dict]:
@@ -130,13 +153,19 @@ def sampled_frames(ingest_uri: str, storage: Optional[Storage] = None) -> Option
     cfg = out.success().get("config", {})
     frames = {}
     for video_id, (n, fps, _) in part_clip_info(out).items():
-        frames[video_id] = sample_indices(n, fps, cfg.get("sample_fps"), cfg.get("every_n", 1),
-                                          cfg.get("max_frames")).tolist()
+        frames[video_id] = sample_indices(
+            n, fps, cfg.get("sample_fps"), cfg.get("every_n", 1), cfg.get("max_frames")
+        ).tolist()
     return frames or None
 
 
-def evaluate_ingest_tracking(ingest_uri: str, gt_uri: str, storage: Optional[Storage] = None,
-                             iou_threshold: float = 0.5, min_visibility: float = 0.3) -> dict:
+def evaluate_ingest_tracking(
+    ingest_uri: str,
+    gt_uri: str,
+    storage: Optional[Storage] = None,
+    iou_threshold: float = 0.5,
+    min_visibility: float = 0.3,
+) -> dict:
     """MOTA, IDF1, ID switches (and more) of an ingest run against a synthetic corpus's ground truth."""
     from cion_dist.synth.groundtruth import read_ground_truth
 
@@ -151,6 +180,12 @@ def evaluate_ingest_tracking(ingest_uri: str, gt_uri: str, storage: Optional[Sto
     if gt.empty:
         raise DataError(f"ground truth {gt_uri} has no rows for the clips of {ingest_uri}")
     result = evaluate_tracks(gt, pred, iou_threshold=iou_threshold, min_visibility=min_visibility, frames=frames)
-    result.update({"ingest_uri": str(ingest_uri), "gt_uri": str(gt_uri), "iou_threshold": iou_threshold,
-                   "min_visibility": min_visibility})
+    result.update(
+        {
+            "ingest_uri": str(ingest_uri),
+            "gt_uri": str(gt_uri),
+            "iou_threshold": iou_threshold,
+            "min_visibility": min_visibility,
+        }
+    )
     return result

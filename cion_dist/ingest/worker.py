@@ -27,15 +27,41 @@ from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 log = logging.getLogger(__name__)
 
-def stats_row(video_id: str, uri: str, status: str, reason: str = "", frames: int = 0, detections: int = 0,
-              crops: int = 0, tracklets: int = 0, seconds: float = 0.0, written=None, name: str = "",
-              error_type: str = "", gate: str = "") -> dict[str, Any]:
+
+def stats_row(
+    video_id: str,
+    uri: str,
+    status: str,
+    reason: str = "",
+    frames: int = 0,
+    detections: int = 0,
+    crops: int = 0,
+    tracklets: int = 0,
+    seconds: float = 0.0,
+    written=None,
+    name: str = "",
+    error_type: str = "",
+    gate: str = "",
+) -> dict[str, Any]:
     """One clip's result; for a written part also its report (name, sha256, size, listing fingerprint).
     ``gate``: the clip's quality-gate tally as JSON (``GateTally.to_dict``), empty when the clip was not run."""
-    return {"video_id": video_id, "uri": uri, "status": status, "reason": reason, "error_type": error_type,
-            "frames": frames, "detections": detections, "crops": crops, "tracklets": tracklets, "seconds": seconds,
-            "name": name, "sha256": written.sha256 if written else "", "size": written.size if written else 0,
-            "fingerprint": written.fingerprint if written else "", "gate": gate}
+    return {
+        "video_id": video_id,
+        "uri": uri,
+        "status": status,
+        "reason": reason,
+        "error_type": error_type,
+        "frames": frames,
+        "detections": detections,
+        "crops": crops,
+        "tracklets": tracklets,
+        "seconds": seconds,
+        "name": name,
+        "sha256": written.sha256 if written else "",
+        "size": written.size if written else 0,
+        "fingerprint": written.fingerprint if written else "",
+        "gate": gate,
+    }
 
 
 def _seconds(v) -> Optional[float]:
@@ -65,18 +91,36 @@ class ClipWorker:
         uri = resolve_clip_uri(str(row["uri"]), self.manifest_uri)
         t0 = time.perf_counter()
         try:
-            res = ingest_clip(video_id, uri, self.cfg, self.storage, self._detector_for_clip(),
-                              _seconds(row.get("start_s")), _seconds(row.get("end_s")))
+            res = ingest_clip(
+                video_id,
+                uri,
+                self.cfg,
+                self.storage,
+                self._detector_for_clip(),
+                _seconds(row.get("start_s")),
+                _seconds(row.get("end_s")),
+            )
             written = self.out.write_unit(video_id, res.table)
         except Exception as e:  # noqa: BLE001 - one clip's fault never fails the dataset; the driver counts them
             reason = redact_text(e) if isinstance(e, DataError) else f"{type(e).__name__}: {redact_text(e)} ({uri})"
             log.warning("ingest: skipping clip %s: %s", video_id, reason)
-            return stats_row(video_id, uri, "error", reason=reason, seconds=time.perf_counter() - t0,
-                             error_type=type(e).__name__)
+            return stats_row(
+                video_id, uri, "error", reason=reason, seconds=time.perf_counter() - t0, error_type=type(e).__name__
+            )
         tracklets = len(set(res.table.column("tracklet_id").to_pylist()))
-        return stats_row(video_id, uri, "done", frames=res.frames, detections=res.detections,
-                         crops=res.table.num_rows, tracklets=tracklets, seconds=time.perf_counter() - t0,
-                         written=written, name=unit_filename(video_id), gate=json.dumps(res.gate))
+        return stats_row(
+            video_id,
+            uri,
+            "done",
+            frames=res.frames,
+            detections=res.detections,
+            crops=res.table.num_rows,
+            tracklets=tracklets,
+            seconds=time.perf_counter() - t0,
+            written=written,
+            name=unit_filename(video_id),
+            gate=json.dumps(res.gate),
+        )
 
 
 def ingest_row(row: dict[str, Any], cfg, storage: Storage, out_uri: str, manifest_uri: str) -> dict[str, Any]:

@@ -83,8 +83,10 @@ def ingest_sections(out: StageOutput, max_groups: int, per_group: int) -> tuple[
     for v, _, ids in chosen:
         wanted[v].update(ids)
     jpeg = crops_for(out, wanted)
-    sec = Section("Tracklets", f"the longest tracklets of each video ({len(chosen)} of {tracklets} read), "
-                  f"{per_group} crops spread along each")
+    sec = Section(
+        "Tracklets",
+        f"the longest tracklets of each video ({len(chosen)} of {tracklets} read), {per_group} crops spread along each",
+    )
     sec.groups = [Group(f"{tid}", f"{len(ids)} crops shown", [jpeg.get(i, b"") for i in ids]) for _, tid, ids in chosen]
     summary = out.success().get("summary", {})
     facts = {k: v for k, v in summary.items() if k.startswith("gate_") or k in ("clips", "frames_decoded", "detector")}
@@ -129,33 +131,44 @@ def correlate_sections(out: StageOutput, max_groups: int, per_group: int) -> tup
     shown: dict[int, list[tuple[str, str]]] = {}
     for i, by_video in members.items():
         k = max(1, per_group // max(1, len(by_video)))  # crops from each of its videos
-        shown[i] = [(v, img) for v in sorted(by_video) for img in _spread(by_video[v], k)][:max(per_group, len(by_video))]
+        shown[i] = [(v, img) for v in sorted(by_video) for img in _spread(by_video[v], k)][
+            : max(per_group, len(by_video))
+        ]
     wanted: dict[str, set] = defaultdict(set)
     for rows in list(shown.values()) + list(removed.values()):
         for v, img in rows:
             wanted[v].add(img)
     jpeg = crops_for(upstream(out, "ingest"), wanted)
     margin = {r["identity"]: r for r in audit.get("closest_to_threshold", [])}
-    ids_sec = Section("Identities", "first those whose weakest cross-video link is closest to the threshold (check "
-                      "these for look-alike merges), then the largest and the cross-video ones; crops from each video")
+    ids_sec = Section(
+        "Identities",
+        "first those whose weakest cross-video link is closest to the threshold (check "
+        "these for look-alike merges), then the largest and the cross-video ones; crops from each video",
+    )
     for i, label in picks:
         note = f"{label}; {size[i]} images in {len(videos[i])} videos"
         if i in margin:
             note += f"; weakest link {margin[i]['weakest_link']}, margin {margin[i]['margin']}"
         ids_sec.groups.append(Group(f"identity {i}", note, [jpeg.get(img, b"") for _, img in shown[i]]))
     rem_sec = Section("Removed images", "a sample per removal reason")
-    rem_sec.groups = [Group(r, f"{len(rows)} shown", [jpeg.get(img, b"") for _, img in rows])
-                      for r, rows in sorted(removed.items())]
+    rem_sec.groups = [
+        Group(r, f"{len(rows)} shown", [jpeg.get(img, b"") for _, img in rows]) for r, rows in sorted(removed.items())
+    ]
     c = summary.get("counts", {})
-    facts = {"images in": c.get("images_in"), "identities out": c.get("level3", {}).get("identities_out"),
-             "removed by reason": c.get("reasons"), "radius r": summary.get("radius"),
-             "link distance d": summary.get("link_distance"),
-             "identities spanning several videos": audit.get("identities_multi_video")}
+    facts = {
+        "images in": c.get("images_in"),
+        "identities out": c.get("level3", {}).get("identities_out"),
+        "removed by reason": c.get("reasons"),
+        "radius r": summary.get("radius"),
+        "link distance d": summary.get("link_distance"),
+        "identities spanning several videos": audit.get("identities_multi_video"),
+    }
     return [ids_sec, rem_sec], facts
 
 
-def inspect_run(run_uri: str, out_dir: str, storage: Optional[Storage] = None, max_groups: int = 24,
-                per_group: int = 12) -> dict:
+def inspect_run(
+    run_uri: str, out_dir: str, storage: Optional[Storage] = None, max_groups: int = 24, per_group: int = 12
+) -> dict:
     """Write ``index.html`` and its PNG strips for the ingest or correlate run at ``run_uri``."""
     st = storage or Storage()
     run = StageOutput(run_uri.rstrip("/"), st)
@@ -177,5 +190,4 @@ def inspect_run(run_uri: str, out_dir: str, storage: Optional[Storage] = None, m
     page = page_html(f"{stage} run {run.uri}", facts, sections)
     index = join(out_dir, "index.html")
     write_bytes_atomic(index, page.encode(), st)
-    return {"index": index, "stage": stage, "sheets": n,
-            "sections": {s.title: len(s.groups) for s in sections}}
+    return {"index": index, "stage": stage, "sheets": n, "sections": {s.title: len(s.groups) for s in sections}}

@@ -58,10 +58,14 @@ class Section:
 def page_html(title: str, facts: dict, sections: list[Section]) -> str:
     """A static page: the run's key figures, then one block per section with its strips (PNG files beside it)."""
     esc = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
-           "<style>body{font-family:sans-serif;margin:1.5em}img{display:block;margin:2px 0 10px}"
-           "table{border-collapse:collapse}td{padding:2px 10px;border-bottom:1px solid #ddd}"
-           ".note{color:#555;font-size:90%}</style></head><body>", f"<h1>{esc(title)}</h1>", "<table>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)}</title>",
+        "<style>body{font-family:sans-serif;margin:1.5em}img{display:block;margin:2px 0 10px}"
+        "table{border-collapse:collapse}td{padding:2px 10px;border-bottom:1px solid #ddd}"
+        ".note{color:#555;font-size:90%}</style></head><body>",
+        f"<h1>{esc(title)}</h1>",
+        "<table>",
+    ]
     out += [f"<tr><td>{esc(str(k))}</td><td>{esc(str(v))}</td></tr>" for k, v in facts.items()]
     out.append("</table>")
     for s in sections:
@@ -69,7 +73,9 @@ def page_html(title: str, facts: dict, sections: list[Section]) -> str:
         if not s.groups:
             out.append("<p>(none)</p>")
         for g in s.groups:
-            out.append(f"<div><b>{esc(g.title)}</b> <span class='note'>{esc(g.note)}</span>"
-                       f"<img src='{esc(g.file)}' alt='{esc(g.title)}'></div>")
+            out.append(
+                f"<div><b>{esc(g.title)}</b> <span class='note'>{esc(g.note)}</span>"
+                f"<img src='{esc(g.file)}' alt='{esc(g.title)}'></div>"
+            )
     out.append("</body></html>")
     return "\n".join(out)

@@ -5,7 +5,8 @@ gain fixed to 1). It is written as a plain module computing ``W / ||W||`` from a
 through ``torch.nn.utils.parametrizations``: DeepSpeed ZeRO-3 gathers the parameters of the module whose forward
 runs, and a parametrisation keeps its tensors in a nested module whose forward never runs.
 
-Initialisation follows the reference recipe (docs/pretrain_study.md, "head initialisation"): the MLP's linear layers start from a
+Initialisation follows the reference recipe (docs/pretrain_study.md, "head initialisation"): the MLP's linear
+layers start from a
 trunc-normal with std 0.02, the last layer keeps PyTorch's default ``nn.Linear`` initialisation (Kaiming-uniform,
 ``U(-1/sqrt(in), 1/sqrt(in))``, std ``1/sqrt(3 in)``: 0.036 at in = 256). The scale of the last layer does not
 change its output (rows are normalised) but it sets how far each optimiser step turns a row: the gradient of
@@ -15,9 +16,8 @@ about 1.8x further per step than the reference's.
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -26,7 +26,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def backbone_state(full_state: dict[str, torch.Tensor], prefix: str = "backbone.") -> dict[str, torch.Tensor]:
     """The backbone's tensors of a student/teacher state_dict, prefix stripped, fp32, contiguous."""
     out = {
-        k[len(prefix):]: (v.float() if v.is_floating_point() else v).contiguous().cpu()
+        k[len(prefix) :]: (v.float() if v.is_floating_point() else v).contiguous().cpu()
         for k, v in full_state.items()
         if k.startswith(prefix)
     }
@@ -35,8 +35,13 @@ def backbone_state(full_state: dict[str, torch.Tensor], prefix: str = "backbone.
     return out
 
 
-def export_files(state: dict[str, torch.Tensor], architecture: str, embed_dim: int, kwargs: Optional[dict] = None,
-                 input_size=INPUT_SIZE) -> dict[str, bytes]:
+def export_files(
+    state: dict[str, torch.Tensor],
+    architecture: str,
+    embed_dim: int,
+    kwargs: Optional[dict] = None,
+    input_size=INPUT_SIZE,
+) -> dict[str, bytes]:
     """File name -> bytes of an exported backbone."""
     from safetensors.torch import save
 

@@ -54,7 +54,7 @@ def build_backbone(name: str, pretrained_path: Optional[str] = None, **kw) -> nn
     checkpoint (see ``load_backbone_weights``).
     """
     if name.startswith("timm:"):
-        model = _build_timm(name[len("timm:"):], **kw)
+        model = _build_timm(name[len("timm:") :], **kw)
     elif name in zoo.ZOO:
         model = zoo.build_zoo_backbone(name, **kw)
     else:
@@ -119,7 +119,7 @@ def _strip(key: str) -> str:
         changed = False
         for p in _PREFIXES:
             if key.startswith(p):
-                key, changed = key[len(p):], True
+                key, changed = key[len(p) :], True
     return key
 
 
@@ -137,7 +137,9 @@ def load_backbone_weights(model: nn.Module, path: str, strict: bool = True, stor
     mismatched = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
     if mismatched:
         detail = ", ".join(f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in mismatched[:5])
-        raise DataError(f"{path}: shapes do not match the {getattr(model, 'arch', type(model).__name__)} backbone: {detail}")
+        raise DataError(
+            f"{path}: shapes do not match the {getattr(model, 'arch', type(model).__name__)} backbone: {detail}"
+        )
     usable = {k: v for k, v in sd.items() if k in own}
     missing = sorted(k for k in own if k not in usable and not k.endswith("num_batches_tracked"))
     unexpected = sorted(k for k in sd if k not in own and not _HEADS.match(k))

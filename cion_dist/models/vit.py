@@ -80,9 +80,15 @@ class PatchEmbed(nn.Module):
                 raise ValueError(f"stem_conv needs an even patch size, got {patch}")
             w = stem_width
             self.stem = nn.Sequential(
-                nn.Conv2d(3, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                nn.Conv2d(3, w, 7, 2, 3, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
             )
             self.proj = nn.Conv2d(w, dim, patch // 2, patch // 2)
         else:
@@ -178,4 +184,3 @@ def vit_small(**kw) -> VisionTransformer:
 def vit_base(**kw) -> VisionTransformer:
     kw.setdefault("stem_conv", True)
     return _vit(768, 12, 12, **kw)
-

@@ -107,8 +107,10 @@ def _declare_torchvision_schemas() -> None:
         del sys.modules[mod]  # half-imported by the failed attempt
     if not _DECLARED:
         lib = torch.library.Library("torchvision", "FRAGMENT")
-        for schema in ("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-                       "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor"):
+        for schema in (
+            "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+            "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor",
+        ):
             try:
                 lib.define(schema)
             except RuntimeError:  # already defined by a loaded extension
@@ -147,8 +149,9 @@ def _resample_volo_positions(model: nn.Module) -> None:
             if idx == 2 and self.pos_embed is not None:
                 pos = self.pos_embed
                 if pos.shape[1:3] != x.shape[1:3]:
-                    pos = F.interpolate(pos.permute(0, 3, 1, 2), size=tuple(x.shape[1:3]), mode="bicubic",
-                                        align_corners=False).permute(0, 2, 3, 1)
+                    pos = F.interpolate(
+                        pos.permute(0, 3, 1, 2), size=tuple(x.shape[1:3]), mode="bicubic", align_corners=False
+                    ).permute(0, 2, 3, 1)
                 x = self.pos_drop(x + pos)
             x = block(x)
         b, _, _, c = x.shape

@@ -11,8 +11,8 @@ import time
 from typing import Iterator, Optional
 
 from cion_dist.config.loader import load_default
-from cion_dist.stage import EvaluateResult, StageResult
 from cion_dist.pipeline.runner import run_pipeline, run_stage
+from cion_dist.stage import EvaluateResult, StageResult
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,10 @@ def loopback_s3(bucket: str) -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
     os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": saved["AWS_DEFAULT_REGION"] or "us-east-1"})
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
@@ -82,8 +85,10 @@ def summary_rows(results: list[StageResult], baseline: Optional[EvaluateResult])
         ("pretraining steps", get("pretrain", "steps")),
         ("pretraining loss first -> last", f"{get('pretrain', 'first_loss')} -> {get('pretrain', 'final_loss')}"),
         ("pretraining health", get("pretrain", "health_verdict")),
-        ("mAP / Rank-1 before pretraining (random init)",
-         f"{_fmt(baseline.mAP)} / {_fmt(baseline.rank1)}" if baseline else "-"),
+        (
+            "mAP / Rank-1 before pretraining (random init)",
+            f"{_fmt(baseline.mAP)} / {_fmt(baseline.rank1)}" if baseline else "-",
+        ),
         ("mAP / Rank-1 after pretraining", f"{get('evaluate', 'mAP')} / {get('evaluate', 'rank1')}"),
         ("benchmark queries (held-out identities x cameras)", get("evaluate", "num_queries")),
         ("promotion", f"{get('promote', 'decision')} ({version})"),

@@ -23,8 +23,13 @@ STAGE_MODULES = {
 }
 
 # which config field of a stage receives the previous stage's output URI
-_INPUT_FIELD = {"ingest": ("ingest", "manifest"), "embed": ("embed", "input"), "correlate": ("correlate", "input"),
-                "pretrain": ("pretrain", "input"), "evaluate": ("evaluate", "model")}
+_INPUT_FIELD = {
+    "ingest": ("ingest", "manifest"),
+    "embed": ("embed", "input"),
+    "correlate": ("correlate", "input"),
+    "pretrain": ("pretrain", "input"),
+    "evaluate": ("evaluate", "model"),
+}
 
 
 def stage_module(stage: str):
@@ -97,8 +102,13 @@ def _run_pipeline(job: Job) -> list[StageResult]:
 
 def _next_input(stage: str, res: StageResult):
     """(config section, field, value): where the stage after ``stage`` finds what ``res`` hands over."""
-    follow = {"synth": "ingest", "ingest": "embed", "embed": "correlate", "correlate": "pretrain",
-              "pretrain": "evaluate"}
+    follow = {
+        "synth": "ingest",
+        "ingest": "embed",
+        "embed": "correlate",
+        "correlate": "pretrain",
+        "pretrain": "evaluate",
+    }
     if stage in follow:
         section, fieldname = _INPUT_FIELD[follow[stage]]
         return (section, fieldname, res.handoff)

@@ -101,8 +101,9 @@ def forwarded_env(job: Job, environ: Optional[dict] = None) -> dict[str, str]:
     return {k: environ[k] for k in job.runtime_env.forward_env if environ.get(k) and k not in job.runtime_env.env_vars}
 
 
-def build_runtime_env(job: Job, job_file: str | Path, secret_env: Optional[dict[str, str]] = None,
-                      environ: Optional[dict] = None) -> dict[str, Any]:
+def build_runtime_env(
+    job: Job, job_file: str | Path, secret_env: Optional[dict[str, str]] = None, environ: Optional[dict] = None
+) -> dict[str, Any]:
     """The ``runtime_env`` dict for Ray's job API; keys left out when the job leaves them empty.
 
     ``secret_env`` (from ``split_overrides``) and the forwarded credentials join ``env_vars``.
@@ -193,7 +194,9 @@ def wait_for_job(
         if status in TERMINAL:
             return status
         if deadline is not None and time.monotonic() > deadline:
-            raise CionError(f"job {submission_id} still {status} after {timeout_s:.0f} s; it keeps running on the cluster")
+            raise CionError(
+                f"job {submission_id} still {status} after {timeout_s:.0f} s; it keeps running on the cluster"
+            )
         time.sleep(poll_s)
 
 
@@ -220,8 +223,11 @@ def submit_job(
     runtime_env = build_runtime_env(job, job_file, secret_env)
     entrypoint = build_entrypoint(job_path_on_cluster(job_file, runtime_env.get("working_dir")), plain, command)
     if not job.output.startswith(_REMOTE_PREFIXES) and not Path(job.output).is_absolute():
-        log.warning("output %r is relative: on the cluster it lands inside the job's working directory; "
-                    "use s3:// (or a shared absolute path) for results that must outlive the job", job.output)
+        log.warning(
+            "output %r is relative: on the cluster it lands inside the job's working directory; "
+            "use s3:// (or a shared absolute path) for results that must outlive the job",
+            job.output,
+        )
     client = _client(address)
     try:
         sid = client.submit_job(
@@ -235,8 +241,11 @@ def submit_job(
     cmds = follow_commands(address, sid)
     echo(f"submitted {job.stage} job {sid} to {address}")
     echo(f"  entrypoint: {redact_text(entrypoint)}")
-    secret_names = sorted(k for k, v in runtime_env.get("env_vars", {}).items()
-                          if (k in secret_env or is_secret_name(k)) and not _is_reference(v))
+    secret_names = sorted(
+        k
+        for k, v in runtime_env.get("env_vars", {}).items()
+        if (k in secret_env or is_secret_name(k)) and not _is_reference(v)
+    )
     if secret_names:
         echo(f"  secrets passed as runtime_env env_vars, not on the command line: {', '.join(secret_names)}")
     refs = sorted(k for k, v in runtime_env.get("env_vars", {}).items() if _is_reference(v))
@@ -244,8 +253,9 @@ def submit_job(
         echo(f"  read from the cluster's environment: {', '.join(refs)}")
     shown = {k: v for k, v in runtime_env.items() if k != "env_vars"}
     if "env_vars" in runtime_env:
-        shown["env_vars"] = redact_env({k: v for k, v in runtime_env["env_vars"].items() if k not in secret_env}
-                                       | {k: "***" for k in secret_env})
+        shown["env_vars"] = redact_env(
+            {k: v for k, v in runtime_env["env_vars"].items() if k not in secret_env} | {k: "***" for k in secret_env}
+        )
     log.debug("runtime_env: %s", shown)
     for c in cmds:
         echo(f"  {c}")
@@ -255,7 +265,8 @@ def submit_job(
     result.status = wait_for_job(client, sid, poll_s=poll_s, timeout_s=timeout_s, echo=echo)
     if result.status != "SUCCEEDED":
         message = (client.get_job_info(sid).message or "").strip().splitlines()
-        raise CionError(f"job {sid} ended {result.status}: "
-                        f"{redact_text(message[0]) if message else 'see the logs above'}")
+        raise CionError(
+            f"job {sid} ended {result.status}: {redact_text(message[0]) if message else 'see the logs above'}"
+        )
     echo(f"job {sid} SUCCEEDED")
     return result

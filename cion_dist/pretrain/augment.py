@@ -99,8 +99,12 @@ def _chw(img: Image.Image) -> np.ndarray:
 def multi_crop(img: Image.Image, spec: MultiCropSpec, rng: np.random.Generator) -> list[np.ndarray]:
     """The ``2 + N`` crops of one image as uint8 ``[3, H, W]`` arrays (globals first)."""
     img = img.convert("RGB")
-    g1 = maybe_blur(flip_and_color(random_resized_crop(img, spec.global_size, spec.global_scale, spec.ratio, rng), rng), 1.0, rng)
-    g2 = maybe_blur(flip_and_color(random_resized_crop(img, spec.global_size, spec.global_scale, spec.ratio, rng), rng), 0.1, rng)
+    g1 = maybe_blur(
+        flip_and_color(random_resized_crop(img, spec.global_size, spec.global_scale, spec.ratio, rng), rng), 1.0, rng
+    )
+    g2 = maybe_blur(
+        flip_and_color(random_resized_crop(img, spec.global_size, spec.global_scale, spec.ratio, rng), rng), 0.1, rng
+    )
     if rng.random() < 0.2:
         g2 = ImageOps.solarize(g2, threshold=128)
     crops = [_chw(g1), _chw(g2)]

@@ -17,11 +17,16 @@ from cion_dist.config.base import ExecutionField, InputField, StrictModel
 class PretrainConfig(StrictModel):
     input: Optional[str] = InputField(None, description="correlate run folder; None = newest complete correlate run")
     crops: Optional[str] = InputField(
-        None, description="ingest run folder with the jpeg column; None = follow the correlate -> embed -> ingest lineage"
+        None,
+        description="ingest run folder with the jpeg column; None = follow the correlate -> embed -> ingest lineage",
     )
     # networks
-    backbone: str = Field("resnet18", description="factory name: resnet50_ibn_a, vit_small, resnet_tiny, timm:<name>...")
-    backbone_kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {stem_conv: true, drop_path_rate: 0.1}")
+    backbone: str = Field(
+        "resnet18", description="factory name: resnet50_ibn_a, vit_small, resnet_tiny, timm:<name>..."
+    )
+    backbone_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="e.g. {stem_conv: true, drop_path_rate: 0.1}"
+    )
     pretrained: Optional[str] = Field(None, description="initial backbone weights (safetensors / torch checkpoint)")
     out_dim: int = Field(4096, ge=2, description="prototypes of the head's last layer (paper: 65536)")
     hidden_dim: int = Field(2048, ge=1)
@@ -66,8 +71,9 @@ class PretrainConfig(StrictModel):
     )
     offload_optimizer: bool = Field(False, description="ZeRO optimizer state offload to CPU (needs deepspeed_adamw)")
     partition_teacher: bool = Field(
-        True, description="ZeRO-3: partition the teacher like the student (1/world of its memory, EMA shard by shard, "
-        "its forward gathers layers); false = a replica per rank (EMA gathers the student each step)"
+        True,
+        description="ZeRO-3: partition the teacher like the student (1/world of its memory, EMA shard by shard, "
+        "its forward gathers layers); false = a replica per rank (EMA gathers the student each step)",
     )
     comm_bucket_numel: Optional[int] = Field(
         None, ge=1, description="elements per ZeRO reduce / gather bucket; None = a quarter of the model, at most 5e8"

@@ -26,7 +26,9 @@ def is_zero3_param(p: torch.Tensor) -> bool:
     return hasattr(p, "ds_id") and hasattr(p, "ds_numel")
 
 
-def _buckets(params: list[tuple[torch.Tensor, torch.Tensor]], max_numel: int) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+def _buckets(
+    params: list[tuple[torch.Tensor, torch.Tensor]], max_numel: int
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
     bucket, size = [], 0
     for pair in params:
         n = pair[1].ds_numel if is_zero3_param(pair[1]) else pair[1].numel()
@@ -141,7 +143,7 @@ def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
             part = p.ds_tensor.numel()
             flat = src.reshape(-1)
             start = dist.get_rank(group=p.ds_process_group) * part
-            piece = flat[start:start + part]
+            piece = flat[start : start + part]
             p.ds_tensor.zero_()
             p.ds_tensor[: piece.numel()].copy_(piece)
         else:

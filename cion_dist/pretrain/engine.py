@@ -41,8 +41,13 @@ def deepspeed_config(cfg: PretrainConfig, world_size: int, n_params: int) -> dic
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cfg.use_gpu}
     if cfg.zero_stage == 3:
-        zero.update({"stage3_param_persistence_threshold": 0, "stage3_gather_16bit_weights_on_model_save": False,
-                     "stage3_prefetch_bucket_size": bucket})
+        zero.update(
+            {
+                "stage3_param_persistence_threshold": 0,
+                "stage3_gather_16bit_weights_on_model_save": False,
+                "stage3_prefetch_bucket_size": bucket,
+            }
+        )
     ds: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": cfg.batch_size_per_worker,
         "train_batch_size": cfg.batch_size_per_worker * world_size,
@@ -101,11 +106,14 @@ def deepspeed_parts(cfg: PretrainConfig, world_size: int, seed: int, device: tor
     groups, kinds = param_groups(student)
     optimizer = adamw(groups, device) if cfg.optimizer == "adamw" else None
     engine, *_ = deepspeed.initialize(
-        model=student, optimizer=optimizer, model_parameters=groups if optimizer is None else None,
+        model=student,
+        optimizer=optimizer,
+        model_parameters=groups if optimizer is None else None,
         config=deepspeed_config(cfg, world_size, n_params),
     )
     teacher, teacher_engine = place_teacher(teacher, cfg, world_size, n_params, device)
-    loss_fn = IdentityDINOLoss(cfg.out_dim, 2 + cfg.local_crops, cfg.student_temp, cfg.teacher_temp,
-                               cfg.center_momentum).to(device)
+    loss_fn = IdentityDINOLoss(
+        cfg.out_dim, 2 + cfg.local_crops, cfg.student_temp, cfg.teacher_temp, cfg.center_momentum
+    ).to(device)
     dtype = next(engine.module.parameters()).dtype
     return StepParts(engine, teacher, loss_fn, kinds, dtype), teacher_engine

@@ -22,8 +22,7 @@ ONE_PROTOTYPE = math.log(2.0)  # batch-mean entropy below this: fewer than 2 pro
 UNIFORM_MARGIN = 0.15  # per-image entropy within this many nats of log D: every image spreads over > 86% of D
 DIVERGE_MARGIN = 1.0  # loss this many nats above log D (worse than a uniform guess) and rising: diverging
 
-LEARNING, ONE, UNIFORM, DIVERGING = ("learning", "collapsing to one prototype", "uniform (not sharpening)",
-                                     "diverging")
+LEARNING, ONE, UNIFORM, DIVERGING = ("learning", "collapsing to one prototype", "uniform (not sharpening)", "diverging")
 KEYS = ("loss", "teacher_entropy", "batch_entropy", "kl")
 
 
@@ -47,8 +46,10 @@ def health_verdict(history: Sequence[dict], out_dim: int) -> tuple[str, str]:
     loss0, loss1 = _mean(first, "loss"), _mean(last, "loss")
     h0, h1 = _mean(first, "teacher_entropy"), _mean(last, "teacher_entropy")
     hb1, kl0, kl1 = _mean(last, "batch_entropy"), _mean(first, "kl"), _mean(last, "kl")
-    figures = (f"teacher entropy {h0:.3f} -> {h1:.3f} nats (uniform {log_d:.3f}), batch-mean entropy {hb1:.3f}, "
-               f"KL {kl0:.3f} -> {kl1:.3f}, loss {loss0:.3f} -> {loss1:.3f} (means of the first and last {w} steps)")
+    figures = (
+        f"teacher entropy {h0:.3f} -> {h1:.3f} nats (uniform {log_d:.3f}), batch-mean entropy {hb1:.3f}, "
+        f"KL {kl0:.3f} -> {kl1:.3f}, loss {loss0:.3f} -> {loss1:.3f} (means of the first and last {w} steps)"
+    )
     if loss1 > max(loss0, log_d) + DIVERGE_MARGIN:
         return DIVERGING, f"the loss rose above a uniform guess's; {figures}"
     if hb1 < ONE_PROTOTYPE:

@@ -7,7 +7,8 @@ named by ``pretrain.crops``. Before training they are joined, by Ray tasks, into
 (``cion_dist.pretrain.stream``). Output folder ``<output>/pretrain/<run_id>/``: ``train/`` (Ray Train checkpoints with
 DeepSpeed shards; a rerun of the same run id resumes from the newest), ``model/`` (the teacher backbone as
 ``backbone.safetensors`` + ``backbone.json``), ``_SUCCESS.json``. MLflow: resolved config as params, per-step
-metrics from rank 0, the input datasets (``stage_run``), the ``model/`` folder as artifacts, registered as a new version of
+metrics from rank 0, the input datasets (``stage_run``), the ``model/`` folder as artifacts, registered as a new
+version of
 ``pretrain.model_name`` (a plain artifact folder, not an MLflow flavour: ``cion_dist.models.export.load_exported``
 reads it back from ``models:/<name>/<version>``).
 """
@@ -32,8 +33,13 @@ from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
 STAGE = "pretrain"
-WORKER_FIGURES = ("images_per_s_mean", "data_wait_fraction_mean", "teacher_mb", "peak_rss_mb_max_worker",
-                  "rss_mb_max_worker")
+WORKER_FIGURES = (
+    "images_per_s_mean",
+    "data_wait_fraction_mean",
+    "teacher_mb",
+    "peak_rss_mb_max_worker",
+    "rss_mb_max_worker",
+)
 
 
 # ---------------------------------------------------------------- inputs
@@ -71,8 +77,12 @@ def labelled_set(job: Job, corr: StageOutput, crops: StageOutput) -> StageOutput
 
     cfg = job.pretrain
     seed = cfg.seed if cfg.seed is not None else job.seed
-    layout = {"world": cfg.num_workers, "shard_images": cfg.shard_images, "min_ids_per_shard": min_ids_per_shard(cfg),
-              "seed": seed}
+    layout = {
+        "world": cfg.num_workers,
+        "shard_images": cfg.shard_images,
+        "min_ids_per_shard": min_ids_per_shard(cfg),
+        "seed": seed,
+    }
     digest = f"{input_record(corr)['digest']}:{input_record(crops)['digest']}"
     run_id = derive_run_id(labelled.STAGE, layout, digest)
     ensure_ray(job.ray)
@@ -90,8 +100,17 @@ def run_plan(job: Job, data: StageOutput):
 
     cfg = job.pretrain
     seed = cfg.seed if cfg.seed is not None else job.seed
-    plan = RunPlan.build(read_index(data), shard_files(data), cfg.num_workers, cfg.batch_size_per_worker, seed,
-                         cfg.epochs, cfg.gradual_epochs, cfg.gradual_instances, cfg.steps_per_task)
+    plan = RunPlan.build(
+        read_index(data),
+        shard_files(data),
+        cfg.num_workers,
+        cfg.batch_size_per_worker,
+        seed,
+        cfg.epochs,
+        cfg.gradual_epochs,
+        cfg.gradual_instances,
+        cfg.steps_per_task,
+    )
     plan.check()
     return plan
 
@@ -113,8 +132,14 @@ def fit(job: Job, data, storage_path: str, name: str, tracking: Optional[dict] =
     seed = cfg.seed if cfg.seed is not None else job.seed
     ensure_ray(job.ray)
     if isinstance(data, pa.Table):
-        data = feed_for_table(data, output=join(storage_path, "data"), world=cfg.num_workers,
-                              batch=cfg.batch_size_per_worker, seed=seed, cfg=cfg)
+        data = feed_for_table(
+            data,
+            output=join(storage_path, "data"),
+            world=cfg.num_workers,
+            batch=cfg.batch_size_per_worker,
+            seed=seed,
+            cfg=cfg,
+        )
     plan = run_plan(job, data)
     epoch_steps = [plan.epoch_steps(e) for e in range(cfg.epochs)]
     cursor = make_cursor()
@@ -133,13 +158,15 @@ def fit(job: Job, data, storage_path: str, name: str, tracking: Optional[dict] =
             "epoch_k": plan.ks,
             "cursor": cursor,
             "mlflow": tracking,
-            "hooks": hooks.current(),  # measurement / fault drills installed by benchmarks and tests; none in production
+            # measurement / fault drills installed by benchmarks and tests; none in production
+            "hooks": hooks.current(),
         },
         # the trainer's dataset is the run's (epoch, shard) work list; the ingest config gives each rank its own
         # items, mapped to one stream of multi-crop batches over that rank's shards only
         datasets={DATASET: items},
-        dataset_config=ingest_config(plan, bounds, spec=spec, augment=cfg.augment_in == "ray_data", cursor=cursor,
-                                     storage=data.storage),
+        dataset_config=ingest_config(
+            plan, bounds, spec=spec, augment=cfg.augment_in == "ray_data", cursor=cursor, storage=data.storage
+        ),
         torch_config=TorchConfig(backend="nccl" if cfg.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers, use_gpu=cfg.use_gpu, resources_per_worker={"CPU": cfg.cpus_per_worker}
@@ -198,8 +225,12 @@ def _log_model(files: dict[str, bytes], cfg, run) -> Optional[str]:
         client.get_registered_model(cfg.model_name)
     except Exception:  # noqa: BLE001 - mlflow raises MlflowException(RESOURCE_DOES_NOT_EXIST)
         client.create_registered_model(cfg.model_name, description="CION-pretrained person re-ID backbones")
-    mv = client.create_model_version(cfg.model_name, source=mlflow.get_artifact_uri("model"), run_id=run.info.run_id,
-                                     tags={"architecture": cfg.backbone})
+    mv = client.create_model_version(
+        cfg.model_name,
+        source=mlflow.get_artifact_uri("model"),
+        run_id=run.info.run_id,
+        tags={"architecture": cfg.backbone},
+    )
     return f"models:/{cfg.model_name}/{mv.version}"
 
 
@@ -244,8 +275,13 @@ def run(job: Job) -> PretrainResult:
     n_images, n_ids = int(counts["images"]), int(counts["identities"])
     run_plan(job, data)  # data errors stop the stage here, before MLflow and Ray Train start
     storage_path = cfg.storage_path or join(out.uri, "train")
-    params = {"seed": job.seed, "images": n_images, "identities": n_ids, "storage_path": storage_path,
-              "labelled": data.uri}
+    params = {
+        "seed": job.seed,
+        "images": n_images,
+        "identities": n_ids,
+        "storage_path": storage_path,
+        "labelled": data.uri,
+    }
     with st.tracking(params=params) as run_:
         mlrun = run_.mlrun
         tracking, plots = None, []
@@ -259,11 +295,20 @@ def run(job: Job) -> PretrainResult:
         metrics = dict(result.metrics or {})
         folder, files = export_teacher(result, job, out)
         model_uri = folder
-        st.log_metrics({"final_loss": metrics.get("last_loss", float("nan")),
-                        "first_loss": metrics.get("first_loss", float("nan"))})
+        st.log_metrics(
+            {
+                "final_loss": metrics.get("last_loss", float("nan")),
+                "first_loss": metrics.get("first_loss", float("nan")),
+            }
+        )
         # the last report's throughput and per-worker memory, measured in the workers
-        st.log_metrics({k: v for k, v in metrics.items() if k in WORKER_FIGURES or
-                        (k.startswith("student_") and k.endswith("_mb"))})
+        st.log_metrics(
+            {
+                k: v
+                for k, v in metrics.items()
+                if k in WORKER_FIGURES or (k.startswith("student_") and k.endswith("_mb"))
+            }
+        )
         if mlrun is not None:
             model_uri = _log_model(files, cfg, mlrun) or folder
             plots = write_plots(out, tracking)
@@ -281,7 +326,10 @@ def run(job: Job) -> PretrainResult:
         "health_verdict": metrics.get("health_verdict"),  # cion_dist.pretrain.health: learning or which collapse
         "health": f"{metrics.get('health_verdict')}: {metrics.get('health_reason')}",
     }
-    log.log(logging.INFO if summary["health_verdict"] == "learning" else logging.WARNING, "pretrain health: %s",
-            summary["health"])
+    log.log(
+        logging.INFO if summary["health_verdict"] == "learning" else logging.WARNING,
+        "pretrain health: %s",
+        summary["health"],
+    )
     rows = {"images": n_images, "identities": n_ids, "steps": summary["steps"]}
     return PretrainResult.from_record(st.finalize(rows, summary))

@@ -120,8 +120,11 @@ def join_unit(corr_uri: str, ingest_uris: list[str], storage: Storage) -> pa.Tab
         t = t.set_column(0, "image_id", t["image_id"].cast(pa.string()))
         t = t.filter(pc.is_in(t["image_id"], value_set=wanted))
         pieces.append(t.set_column(1, "jpeg", t["jpeg"].cast(pa.large_binary())))
-    crops = pa.concat_tables(pieces) if pieces else pa.table({"image_id": pa.array([], pa.string()),
-                                                              "jpeg": pa.array([], pa.large_binary())})
+    crops = (
+        pa.concat_tables(pieces)
+        if pieces
+        else pa.table({"image_id": pa.array([], pa.string()), "jpeg": pa.array([], pa.large_binary())})
+    )
     joined = ids.join(crops, "image_id", join_type="inner")
     if joined.num_rows != ids.num_rows:
         have = set(joined["image_id"].to_pylist())
@@ -143,16 +146,24 @@ def _exchange_with_ray_data(units, ids, shard_of, shards, out, storage) -> list[
     import ray
 
     ds = ray.data.from_items(units, override_num_blocks=len(units))
-    ds = ds.map_batches(join_and_tag, batch_size=1, batch_format="numpy", num_cpus=1,
-                        fn_kwargs={"identity_ids": ids, "shards": shard_of, "storage": storage})
+    ds = ds.map_batches(
+        join_and_tag,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs={"identity_ids": ids, "shards": shard_of, "storage": storage},
+    )
     ds = ds.groupby("shard", num_partitions=min(shards, 64))
-    ds = ds.map_groups(_write_shard, batch_format="pyarrow", num_cpus=1, fn_kwargs={"out_uri": out.uri, "storage": storage})
+    ds = ds.map_groups(
+        _write_shard, batch_format="pyarrow", num_cpus=1, fn_kwargs={"out_uri": out.uri, "storage": storage}
+    )
     return ds.take_all()
 
 
 def _join_split(units: list[dict], ids, shard_of, shards: int, storage: Storage):
-    t = join_and_tag({"corr": [u["corr"] for u in units], "ingest": [u["ingest"] for u in units]}, ids, shard_of,
-                     storage)
+    t = join_and_tag(
+        {"corr": [u["corr"] for u in units], "ingest": [u["ingest"] for u in units]}, ids, shard_of, storage
+    )
     shard = t["shard"].to_numpy()
     parts = [t.filter(pa.array(shard == s)) for s in range(shards)]
     return parts if shards > 1 else parts[0]
@@ -184,8 +195,16 @@ def _write_shard(group: pa.Table, out_uri: str, storage: Storage) -> pa.Table:
     shard = int(group["shard"][0].as_py())
     t = sort_shard(group.drop_columns(["shard"]))
     written = StageOutput(out_uri, storage).write_unit(shard_unit(shard), t)
-    return pa.table({"shard": [shard], "rows": [t.num_rows], "name": [unit_filename(shard_unit(shard))],
-                     "sha256": [written.sha256], "size": [int(written.size)], "fingerprint": [written.fingerprint]})
+    return pa.table(
+        {
+            "shard": [shard],
+            "rows": [t.num_rows],
+            "name": [unit_filename(shard_unit(shard))],
+            "sha256": [written.sha256],
+            "size": [int(written.size)],
+            "fingerprint": [written.fingerprint],
+        }
+    )
 
 
 def _report(out: StageOutput, written: list[dict]) -> None:
@@ -228,8 +247,8 @@ def scan(corr: StageOutput, crops: StageOutput) -> tuple[list[dict], list[dict]]
     if not inf:
         raise DataError(f"no Parquet parts in {crops.uri}")
     chunk = PARTS_PER_SCAN_TASK
-    rc = [scan_c.remote(cf[i:i + chunk], corr.storage) for i in range(0, len(cf), chunk)]
-    ri = [scan_i.remote(inf[i:i + chunk], crops.storage) for i in range(0, len(inf), chunk)]
+    rc = [scan_c.remote(cf[i : i + chunk], corr.storage) for i in range(0, len(cf), chunk)]
+    ri = [scan_i.remote(inf[i : i + chunk], crops.storage) for i in range(0, len(inf), chunk)]
     try:
         return [x for r in ray.get(rc) for x in r], [x for r in ray.get(ri) for x in r]
     except Exception as e:  # noqa: BLE001 - a task's DataError arrives wrapped by Ray
@@ -262,8 +281,18 @@ def join_units(corr_parts: list[dict], ingest_parts: list[dict]) -> list[dict]:
     return units
 
 
-def build(corr: StageOutput, crops: StageOutput, output: str, run_id: str, *, world: int, shard_images: int,
-          min_ids_per_shard: int, seed: int, config: dict) -> StageOutput:
+def build(
+    corr: StageOutput,
+    crops: StageOutput,
+    output: str,
+    run_id: str,
+    *,
+    world: int,
+    shard_images: int,
+    min_ids_per_shard: int,
+    seed: int,
+    config: dict,
+) -> StageOutput:
     """Write (or find complete) the labelled set of ``corr`` x ``crops``; returns its stage output."""
     out = StageOutput.create(output, STAGE, run_id, corr.storage)
     if out.is_complete():
@@ -286,8 +315,10 @@ def build(corr: StageOutput, crops: StageOutput, output: str, run_id: str, *, wo
     expect = np.bincount(shard_of, weights=counts, minlength=shards).astype(np.int64)
     bad = [s for s in range(shards) if rows.get(s, 0) != expect[s]]
     if bad:
-        raise DataError(f"labelled set {out.uri}: shards {bad[:5]} hold {[rows.get(s, 0) for s in bad[:5]]} rows, "
-                        f"expected {expect[bad[:5]].tolist()}")
+        raise DataError(
+            f"labelled set {out.uri}: shards {bad[:5]} hold {[rows.get(s, 0) for s in bad[:5]]} rows, "
+            f"expected {expect[bad[:5]].tolist()}"
+        )
     _report(out, written)
     write_index(out, ids, shard_of, counts)
     return finalize(out, corr, crops, ids, counts, shards, config)
@@ -296,21 +327,40 @@ def build(corr: StageOutput, crops: StageOutput, output: str, run_id: str, *, wo
 def write_index(out: StageOutput, ids: np.ndarray, shard_of: np.ndarray, counts: np.ndarray) -> None:
     from cion_dist.storage.fs import write_bytes_atomic
 
-    t = pa.table({"identity_id": pa.array(ids, pa.int64()), "shard": pa.array(shard_of, pa.int64()),
-                  "images": pa.array(counts, pa.int64())})
+    t = pa.table(
+        {
+            "identity_id": pa.array(ids, pa.int64()),
+            "shard": pa.array(shard_of, pa.int64()),
+            "images": pa.array(counts, pa.int64()),
+        }
+    )
     write_bytes_atomic(out.unit_uri("index", subdir=INDEX_DIR), table_to_parquet_bytes(t), out.storage)
 
 
-def finalize(out: StageOutput, corr: Optional[StageOutput], crops: Optional[StageOutput], ids, counts, shards: int,
-             config: dict) -> StageOutput:
+def finalize(
+    out: StageOutput, corr: Optional[StageOutput], crops: Optional[StageOutput], ids, counts, shards: int, config: dict
+) -> StageOutput:
     inputs = [input_record(x) for x in (corr, crops) if x is not None]
-    out.finalize(stage=STAGE, rows={"images": int(np.sum(counts)), "identities": int(len(ids)), "shards": shards},
-                 inputs=inputs, config=config)
+    out.finalize(
+        stage=STAGE,
+        rows={"images": int(np.sum(counts)), "identities": int(len(ids)), "shards": shards},
+        inputs=inputs,
+        config=config,
+    )
     return out
 
 
-def write_table(table: pa.Table, output: str, run_id: str, *, world: int, shard_images: int, min_ids_per_shard: int,
-                seed: int, storage: Optional[Storage] = None) -> StageOutput:
+def write_table(
+    table: pa.Table,
+    output: str,
+    run_id: str,
+    *,
+    world: int,
+    shard_images: int,
+    min_ids_per_shard: int,
+    seed: int,
+    storage: Optional[Storage] = None,
+) -> StageOutput:
     """A labelled set from an in-memory ``image_id, identity_id, jpeg`` table (small corpora, benchmarks, tests)."""
     st = storage or Storage()
     out = StageOutput.create(output, STAGE, run_id, st)
@@ -329,8 +379,15 @@ def write_table(table: pa.Table, output: str, run_id: str, *, world: int, shard_
     for s in range(shards):
         part = sort_shard(table.filter(pa.array(row_shard == s)))
         w = out.write_unit(shard_unit(s), part)
-        written.append({"name": unit_filename(shard_unit(s)), "sha256": w.sha256, "size": int(w.size),
-                        "fingerprint": w.fingerprint, "rows": part.num_rows})
+        written.append(
+            {
+                "name": unit_filename(shard_unit(s)),
+                "sha256": w.sha256,
+                "size": int(w.size),
+                "fingerprint": w.fingerprint,
+                "rows": part.num_rows,
+            }
+        )
     _report(out, written)
     write_index(out, ids, shard_of, counts)
     return finalize(out, None, None, ids, counts, shards, {"source": "table"})

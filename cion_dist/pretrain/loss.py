@@ -26,8 +26,15 @@ from torch import nn
 
 
 class IdentityDINOLoss(nn.Module):
-    def __init__(self, out_dim: int, ncrops: int, student_temp: float = 0.1, teacher_temp: float = 0.04,
-                 center_momentum: float = 0.9, n_global: int = 2):
+    def __init__(
+        self,
+        out_dim: int,
+        ncrops: int,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        center_momentum: float = 0.9,
+        n_global: int = 2,
+    ):
         super().__init__()
         self.ncrops = ncrops
         self.n_global = n_global
@@ -39,8 +46,9 @@ class IdentityDINOLoss(nn.Module):
     def forward(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int) -> torch.Tensor:
         return self.loss_and_health(student_out, teacher_out, k, health=False)[0]
 
-    def loss_and_health(self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int,
-                        health: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss_and_health(
+        self, student_out: torch.Tensor, teacher_out: torch.Tensor, k: int, health: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(loss, health)``; ``health`` holds detached 0-d tensors (no host sync), empty with ``health=False``.
 
         Half-precision outputs are not copied to fp32 first: the teacher's are promoted by the fp32 centre, the

@@ -78,8 +78,12 @@ def plot_loss(history: dict) -> bytes:
 def plot_health(history: dict) -> bytes:
     plt = _plt()
     fig, axes = plt.subplots(2, 2, figsize=(10, 6))
-    panels = ((axes[0, 0], ("lr",), "learning rate"), (axes[0, 1], ("momentum",), "teacher momentum"),
-              (axes[1, 0], ("images_per_s",), "images / s"), (axes[1, 1], ("data_wait_fraction",), "data wait share"))
+    panels = (
+        (axes[0, 0], ("lr",), "learning rate"),
+        (axes[0, 1], ("momentum",), "teacher momentum"),
+        (axes[1, 0], ("images_per_s",), "images / s"),
+        (axes[1, 1], ("data_wait_fraction",), "data wait share"),
+    )
     for ax, keys, title in panels:
         for key in keys:
             if key in history:

@@ -85,14 +85,14 @@ def counts_plan(counts: np.ndarray, k: int, p: int, rng: np.random.Generator) ->
     slot_ident = np.repeat(order, used[order])[: t * p]
     block_start = np.concatenate([[0], np.cumsum(used[order])[:-1]])
     slot_group = np.arange(t * p) - np.repeat(block_start, used[order])[: t * p]
-    # element c of group j of identity i is padded position l = j*K + c of that identity's image list
-    l = slot_group[:, None] * k + np.arange(k)[None, :]
+    # element c of group j of identity i is padded position pos = j*K + c of that identity's image list
+    pos = slot_group[:, None] * k + np.arange(k)[None, :]
     ni = n[slot_ident][:, None]
     base = starts[slot_ident][:, None]
-    real = shuffled[base + np.minimum(l, ni - 1)]
-    pad = extras[base + np.clip(l - ni, 0, None) % np.maximum(ni, 1)]
-    drawn = base + np.floor(rng.random(l.shape) * ni).astype(np.int64)  # fewer than K: with replacement
-    rows = np.where(ni < k, drawn, np.where(l < ni, real, pad))
+    real = shuffled[base + np.minimum(pos, ni - 1)]
+    pad = extras[base + np.clip(pos - ni, 0, None) % np.maximum(ni, 1)]
+    drawn = base + np.floor(rng.random(pos.shape) * ni).astype(np.int64)  # fewer than K: with replacement
+    rows = np.where(ni < k, drawn, np.where(pos < ni, real, pad))
     grid = rows.reshape(p, t, k).transpose(1, 0, 2)  # [batch, identity slot, K]
     grid = grid[rng.permutation(t)]
     grid = np.take_along_axis(grid, rng.permuted(np.tile(np.arange(p), (t, 1)), axis=1)[:, :, None], axis=1)

@@ -13,8 +13,9 @@ from typing import Sequence
 import numpy as np
 
 
-def cosine_schedule(base: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0,
-                    warmup_start: float = 0.0) -> np.ndarray:
+def cosine_schedule(
+    base: float, final: float, epochs: int, steps_per_epoch: int, warmup_epochs: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
     """Linear warm-up from ``warmup_start`` to ``base`` over ``warmup_epochs``, then a half cosine to ``final``."""
     total = epochs * steps_per_epoch
     warm = min(warmup_epochs * steps_per_epoch, total)
@@ -45,8 +46,18 @@ class Schedules:
     momentum: np.ndarray
 
     @classmethod
-    def build(cls, *, epochs: int, steps_per_epoch: int, lr: float, min_lr: float, warmup_epochs: int,
-              weight_decay: float, weight_decay_end: float, momentum_teacher: float) -> "Schedules":
+    def build(
+        cls,
+        *,
+        epochs: int,
+        steps_per_epoch: int,
+        lr: float,
+        min_lr: float,
+        warmup_epochs: int,
+        weight_decay: float,
+        weight_decay_end: float,
+        momentum_teacher: float,
+    ) -> "Schedules":
         return cls(
             lr=cosine_schedule(lr, min_lr, epochs, steps_per_epoch, warmup_epochs),
             wd=cosine_schedule(weight_decay, weight_decay_end, epochs, steps_per_epoch),
@@ -57,8 +68,16 @@ class Schedules:
         return {"lr": at(self.lr, step), "wd": at(self.wd, step), "momentum": at(self.momentum, step)}
 
 
-def for_epochs(epoch_steps: Sequence[int], *, lr: float, min_lr: float, warmup_epochs: int, weight_decay: float,
-               weight_decay_end: float, momentum_teacher: float) -> Schedules:
+def for_epochs(
+    epoch_steps: Sequence[int],
+    *,
+    lr: float,
+    min_lr: float,
+    warmup_epochs: int,
+    weight_decay: float,
+    weight_decay_end: float,
+    momentum_teacher: float,
+) -> Schedules:
     """Schedules over the run's real steps, read at the running global step.
 
     The reference reads ``len(loader) * epoch + it`` from arrays sized by the first loader, so when K grows and
@@ -70,6 +89,13 @@ def for_epochs(epoch_steps: Sequence[int], *, lr: float, min_lr: float, warmup_e
     """
     total = int(sum(epoch_steps))
     warm = int(sum(epoch_steps[:warmup_epochs]))
-    return Schedules.build(epochs=total, steps_per_epoch=1, lr=lr, min_lr=min_lr, warmup_epochs=warm,
-                           weight_decay=weight_decay, weight_decay_end=weight_decay_end,
-                           momentum_teacher=momentum_teacher)
+    return Schedules.build(
+        epochs=total,
+        steps_per_epoch=1,
+        lr=lr,
+        min_lr=min_lr,
+        warmup_epochs=warm,
+        weight_decay=weight_decay,
+        weight_decay_end=weight_decay_end,
+        momentum_teacher=momentum_teacher,
+    )

@@ -55,8 +55,9 @@ class StepParts:
         return self.loss_fn.center.device
 
 
-def train_step(parts: StepParts, views: Sequence, k: int, hp: dict[str, float], freeze_last_layer: bool = False
-               ) -> dict[str, torch.Tensor]:
+def train_step(
+    parts: StepParts, views: Sequence, k: int, hp: dict[str, float], freeze_last_layer: bool = False
+) -> dict[str, torch.Tensor]:
     """One optimiser step on a batch of uint8 crops ``views`` (one ``[B, 3, H, W]`` array or tensor per view,
     the two global views first; ``B = P * K`` identity-major). ``hp``: ``lr``, ``wd``, ``momentum`` of this step.
     Returns detached 0-d tensors (``loss`` and ``HEALTH_KEYS``); reading them is the caller's host sync."""
@@ -82,8 +83,9 @@ def set_hyperparameters(optimizer, kinds: Sequence[str], hp: dict[str, float], f
         group["weight_decay"] = hp["wd"] if kind != "not_regularized" else 0.0
 
 
-def device_batches(views: Sequence, device: torch.device, dtype: torch.dtype, channels_last: bool = False
-                   ) -> list[torch.Tensor]:
+def device_batches(
+    views: Sequence, device: torch.device, dtype: torch.dtype, channels_last: bool = False
+) -> list[torch.Tensor]:
     """Consecutive views of one resolution as one normalised batch (view-major rows): one host-to-device copy
     and one normalisation per resolution rather than per view, and the multi-crop wrapper's concatenation of
     the views becomes a single tensor per resolution."""
@@ -168,8 +170,13 @@ def adamw(groups: list[dict], device: torch.device) -> torch.optim.AdamW:
 def build_schedules(cfg, steps_per_epoch: int, global_batch: int) -> Schedules:
     """lr (peak scaled by the global batch / 256), weight decay and teacher momentum per global step."""
     return Schedules.build(
-        epochs=cfg.epochs, steps_per_epoch=steps_per_epoch, lr=cfg.lr * global_batch / 256.0, min_lr=cfg.min_lr,
-        warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay, weight_decay_end=cfg.weight_decay_end,
+        epochs=cfg.epochs,
+        steps_per_epoch=steps_per_epoch,
+        lr=cfg.lr * global_batch / 256.0,
+        min_lr=cfg.min_lr,
+        warmup_epochs=cfg.warmup_epochs,
+        weight_decay=cfg.weight_decay,
+        weight_decay_end=cfg.weight_decay_end,
         momentum_teacher=cfg.momentum_teacher,
     )
 
@@ -178,8 +185,13 @@ class TorchEngine:
     """DeepSpeed's engine calls over a plain module and torch optimiser: autocast forward in ``dtype``, global
     gradient-norm clipping as DeepSpeed's ``gradient_clipping`` does, a GradScaler for fp16."""
 
-    def __init__(self, module: nn.Module, optimizer: torch.optim.Optimizer, clip_grad: float = 0.0,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self,
+        module: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        clip_grad: float = 0.0,
+        dtype: torch.dtype = torch.float32,
+    ):
         self.module, self.optimizer, self.clip_grad, self.dtype = module, optimizer, clip_grad, dtype
         self.device_type = next(module.parameters()).device.type
         self.scaler = torch.amp.GradScaler(self.device_type) if dtype == torch.float16 else None
@@ -204,8 +216,9 @@ class TorchEngine:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def local_parts(cfg, seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                channels_last: bool = False) -> StepParts:
+def local_parts(
+    cfg, seed: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, channels_last: bool = False
+) -> StepParts:
     """Student, teacher, loss and a ``TorchEngine`` for one process, built from a ``PretrainConfig``."""
     device = torch.device(device)
     student, teacher = build_networks(cfg, seed)
@@ -239,9 +252,16 @@ class TrainResult:
     parts: Optional[StepParts] = None
 
 
-def train(cfg, batches: Iterable[tuple[Sequence, Any]], steps: int, seed: int = 0, device: torch.device | str = "cpu",
-          dtype: torch.dtype = torch.float32, steps_per_epoch: Optional[int] = None, parts: Optional[StepParts] = None
-          ) -> TrainResult:
+def train(
+    cfg,
+    batches: Iterable[tuple[Sequence, Any]],
+    steps: int,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    steps_per_epoch: Optional[int] = None,
+    parts: Optional[StepParts] = None,
+) -> TrainResult:
     """Pretrain in this process: ``steps`` steps of ``train_step`` over ``(views, labels)`` batches (uint8 views
     as the feed makes them, labels one per image, identity-major; K is read from them). The schedules span
     ``cfg.epochs`` epochs of ``steps_per_epoch`` steps (default ``steps / cfg.epochs``), indexed by the global

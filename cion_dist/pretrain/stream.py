@@ -73,8 +73,18 @@ class RunPlan:
     _steps: dict = field(default_factory=dict)
 
     @classmethod
-    def build(cls, index: pa.Table, uris: dict[int, str], world: int, batch: int, seed: int, epochs: int,
-              gradual_epochs: list[int], gradual_instances: list[int], steps_per_task: int = 8) -> "RunPlan":
+    def build(
+        cls,
+        index: pa.Table,
+        uris: dict[int, str],
+        world: int,
+        batch: int,
+        seed: int,
+        epochs: int,
+        gradual_epochs: list[int],
+        gradual_instances: list[int],
+        steps_per_task: int = 8,
+    ) -> "RunPlan":
         shard = index["shard"].to_numpy()
         images = index["images"].to_numpy()
         shards = sorted(set(shard.tolist()))
@@ -82,10 +92,12 @@ class RunPlan:
         if missing:
             raise DataError(f"the labelled set's index names shards {missing[:5]} that have no file")
         bounds = np.searchsorted(shard, shards + [max(shards) + 1])
-        counts = {s: images[bounds[i]:bounds[i + 1]] for i, s in enumerate(shards)}
+        counts = {s: images[bounds[i] : bounds[i + 1]] for i, s in enumerate(shards)}
         if len(shards) < world:
-            raise DataError(f"the labelled set has {len(shards)} shards for {world} workers; rebuild it for this "
-                            f"world size or use fewer workers")
+            raise DataError(
+                f"the labelled set has {len(shards)} shards for {world} workers; rebuild it for this "
+                f"world size or use fewer workers"
+            )
         per_shard = np.array([counts[s].sum() for s in shards])
         ranks = [[shards[i] for i in r] for r in assign_shards(per_shard, world)]
         ks = [instances_for_epoch(e, gradual_epochs, gradual_instances) for e in range(epochs)]
@@ -116,7 +128,8 @@ class RunPlan:
                         f"worker {r} of {len(self.rank_shards)} holds {ids} identities in {len(shards)} shard(s) "
                         f"(at most {max(len(self.shard_counts[s]) for s in shards)} in one), too few for one batch "
                         f"of {p} identities x K={k} (batch_size_per_worker={self.batch}); use fewer workers, a "
-                        f"smaller batch or more identities")
+                        f"smaller batch or more identities"
+                    )
 
     def shard_order(self, epoch: int, rank: int) -> list[int]:
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, epoch, rank, 104729]))
@@ -134,8 +147,18 @@ class RunPlan:
                 n = min(self.shard_steps(s, k), cap - first)
                 for off in range(0, max(n, 0), self.steps_per_task):
                     m = min(self.steps_per_task, n - off)
-                    out.append({"epoch": e, "rank": rank, "shard": s, "uri": self.shard_uris[s], "first": first + off,
-                                "steps": m, "offset": off, "k": k})
+                    out.append(
+                        {
+                            "epoch": e,
+                            "rank": rank,
+                            "shard": s,
+                            "uri": self.shard_uris[s],
+                            "first": first + off,
+                            "steps": m,
+                            "offset": off,
+                            "k": k,
+                        }
+                    )
                 first += max(n, 0)
                 if first >= cap:
                     break
@@ -153,7 +176,9 @@ def shard_counts_from_rows(identity: np.ndarray) -> np.ndarray:
     return np.diff(np.concatenate([[0], cut, [len(identity)]]))
 
 
-def shard_batches(table: pa.Table, item: dict, batch: int, seed: int, skip: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+def shard_batches(
+    table: pa.Table, item: dict, batch: int, seed: int, skip: int = 0
+) -> Iterator[tuple[int, np.ndarray]]:
     """(step in epoch, row indices) of an item's batches, from step ``first + skip`` on."""
     counts = shard_counts_from_rows(table["identity_id"].to_numpy())
     k = int(item["k"])
@@ -190,8 +215,12 @@ def make_steps(batch: dict, *, spec: MultiCropSpec, batch_size: int, seed: int, 
             names = ids.take(take).to_pylist()
             jpegs = jpeg.take(take).to_pylist()
             s = step_seed(seed, epoch, step, rank)
-            out = {"epoch": np.array([epoch]), "step": np.array([step]), "seed": np.array([s], dtype=np.uint64),
-                   "image_ids": np.array([names], dtype=object)}
+            out = {
+                "epoch": np.array([epoch]),
+                "step": np.array([step]),
+                "seed": np.array([s], dtype=np.uint64),
+                "image_ids": np.array([names], dtype=object),
+            }
             if augment:
                 for v, view in enumerate(crop_batch(jpegs, spec, s, names)):
                     out[f"v{v}"] = view[None]
@@ -250,9 +279,20 @@ def ingest_config(plan: RunPlan, bounds: list[int], *, spec: MultiCropSpec, augm
             parts = datasets[DATASET].split_at_indices(bounds[1:-1])
             out = []
             for ds in parts:
-                ds = ds.map_batches(make_steps, batch_size=1, batch_format="numpy", num_cpus=1,
-                                    fn_kwargs={"spec": spec, "batch_size": plan.batch, "seed": plan.seed,
-                                               "augment": augment, "cursor": cursor, "storage": storage})
+                ds = ds.map_batches(
+                    make_steps,
+                    batch_size=1,
+                    batch_format="numpy",
+                    num_cpus=1,
+                    fn_kwargs={
+                        "spec": spec,
+                        "batch_size": plan.batch,
+                        "seed": plan.seed,
+                        "augment": augment,
+                        "cursor": cursor,
+                        "storage": storage,
+                    },
+                )
                 # ordered execution and quiet progress, on this dataset's own context only
                 ds.context.execution_options = self._resolve_execution_options(DATASET)
                 ds.context.enable_progress_bars = False
@@ -266,8 +306,9 @@ def ingest_config(plan: RunPlan, bounds: list[int], *, spec: MultiCropSpec, augm
 # ---------------------------------------------------------------- the worker side
 
 
-def worker_batches(shard, cursor, rank: int, epoch: int, step: int, spec: MultiCropSpec, augment: bool,
-                   prefetch: int) -> Iterator[tuple[int, int, list[np.ndarray], list[str]]]:
+def worker_batches(
+    shard, cursor, rank: int, epoch: int, step: int, spec: MultiCropSpec, augment: bool, prefetch: int
+) -> Iterator[tuple[int, int, list[np.ndarray], list[str]]]:
     """Yield ``(epoch, step, views, image_ids)`` from this rank's stream, starting at (epoch, step)."""
     import ray
 
@@ -286,17 +327,23 @@ def worker_batches(shard, cursor, rank: int, epoch: int, step: int, spec: MultiC
 
 def feed_for_table(table: pa.Table, *, output: str, world: int, batch: int, seed: int, cfg) -> Optional[object]:
     """A labelled set on local storage for an in-memory table (benchmarks, studies): see ``labelled.write_table``."""
-    from cion_dist.pretrain import labelled
-
     import hashlib
+
+    from cion_dist.pretrain import labelled
 
     h = hashlib.sha256()
     for col in ("image_id", "identity_id"):
         h.update(str(table[col].to_pylist()).encode())
     h.update(str(table["jpeg"].nbytes).encode())
-    return labelled.write_table(table, output, f"table-{h.hexdigest()[:12]}-w{world}-s{cfg.shard_images}",
-                                world=world, shard_images=cfg.shard_images,
-                                min_ids_per_shard=min_ids_per_shard(cfg), seed=seed)
+    return labelled.write_table(
+        table,
+        output,
+        f"table-{h.hexdigest()[:12]}-w{world}-s{cfg.shard_images}",
+        world=world,
+        shard_images=cfg.shard_images,
+        min_ids_per_shard=min_ids_per_shard(cfg),
+        seed=seed,
+    )
 
 
 def min_ids_per_shard(cfg) -> int:

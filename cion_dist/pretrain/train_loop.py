@@ -35,12 +35,24 @@ from cion_dist.pretrain.augment import MultiCropSpec
 from cion_dist.pretrain.config import PretrainConfig
 from cion_dist.pretrain.ema import full_state, load_full_state
 from cion_dist.pretrain.engine import (  # noqa: F401 - re-exported for the benchmarks and tests
-    _disable_cpu_shm_comm, bucket_numel, deepspeed_config, deepspeed_parts, place_teacher, resolve_precision)
+    _disable_cpu_shm_comm,
+    bucket_numel,
+    deepspeed_config,
+    deepspeed_parts,
+    place_teacher,
+    resolve_precision,
+)
 from cion_dist.pretrain.health import HealthLog, health_verdict
 from cion_dist.pretrain.hooks import LoopView
 from cion_dist.pretrain.schedules import for_epochs
 from cion_dist.pretrain.step import (  # noqa: F401 - build_networks, param_groups re-exported
-    NonFiniteLoss, build_networks, check_finite, metric_values, param_groups, train_step)
+    NonFiniteLoss,
+    build_networks,
+    check_finite,
+    metric_values,
+    param_groups,
+    train_step,
+)
 from cion_dist.pretrain.stream import DATASET, worker_batches
 
 DS_TAG = "ds"
@@ -58,7 +70,9 @@ def save_checkpoint(engine, teacher, loss_fn, state: dict, rank: int) -> str:
     engine.save_checkpoint(path, tag=DS_TAG, client_state={"cion_state": state})
     teacher_state = full_state(teacher)  # a collective when the teacher is partitioned
     if rank == 0:
-        torch.save({"teacher": teacher_state, "center": loss_fn.center.detach().cpu()}, os.path.join(path, TEACHER_FILE))
+        torch.save(
+            {"teacher": teacher_state, "center": loss_fn.center.detach().cpu()}, os.path.join(path, TEACHER_FILE)
+        )
         Path(path, STATE_FILE).write_text(json.dumps(state))
     return path
 
@@ -167,9 +181,15 @@ def train_loop_per_worker(config: dict) -> None:
     epoch_steps = [int(n) for n in config["epoch_steps"]]  # the same on every rank, fixed by the driver's plan
     ks = [int(k) for k in config["epoch_k"]]
     global_batch = cfg.batch_size_per_worker * world
-    sched = for_epochs(epoch_steps, lr=cfg.lr * global_batch / 256.0, min_lr=cfg.min_lr,
-                       warmup_epochs=cfg.warmup_epochs, weight_decay=cfg.weight_decay,
-                       weight_decay_end=cfg.weight_decay_end, momentum_teacher=cfg.momentum_teacher)
+    sched = for_epochs(
+        epoch_steps,
+        lr=cfg.lr * global_batch / 256.0,
+        min_lr=cfg.min_lr,
+        warmup_epochs=cfg.warmup_epochs,
+        weight_decay=cfg.weight_decay,
+        weight_decay_end=cfg.weight_decay_end,
+        momentum_teacher=cfg.momentum_teacher,
+    )
 
     parts, _teacher_engine = deepspeed_parts(cfg, world, seed, device)  # keep the teacher's engine referenced
     engine, teacher, loss_fn = parts.engine, parts.teacher, parts.loss_fn
@@ -195,9 +215,17 @@ def train_loop_per_worker(config: dict) -> None:
         state["health"] = health.state()
         path = save_checkpoint(engine, teacher, loss_fn, state, rank)
         verdict, reason = health_verdict(health.history(), cfg.out_dim)
-        metrics = {**{k: v for k, v in state.items() if k != "health"}, **metrics_extra, **perf, **extra,
-                   "last_loss": last_loss, "resumed_from_step": resumed_from, "steps_this_attempt": steps_this_attempt,
-                   "health_verdict": verdict, "health_reason": reason}
+        metrics = {
+            **{k: v for k, v in state.items() if k != "health"},
+            **metrics_extra,
+            **perf,
+            **extra,
+            "last_loss": last_loss,
+            "resumed_from_step": resumed_from,
+            "steps_this_attempt": steps_this_attempt,
+            "health_verdict": verdict,
+            "health_reason": reason,
+        }
         metrics = {k: v for k, v in metrics.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
         try:
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(path))
@@ -217,8 +245,16 @@ def train_loop_per_worker(config: dict) -> None:
         report_fatal(state["fatal"])
         return
     shard = ray.train.get_dataset_shard(DATASET)
-    stream = worker_batches(shard, config.get("cursor"), rank, state["epoch"], state["step_in_epoch"], spec,
-                            cfg.augment_in == "ray_data", cfg.prefetch_batches)
+    stream = worker_batches(
+        shard,
+        config.get("cursor"),
+        rank,
+        state["epoch"],
+        state["step_in_epoch"],
+        spec,
+        cfg.augment_in == "ray_data",
+        cfg.prefetch_batches,
+    )
     for epoch in range(state["epoch"], cfg.epochs):
         k = ks[epoch]
         start = state["step_in_epoch"] if epoch == state["epoch"] else 0
@@ -227,8 +263,9 @@ def train_loop_per_worker(config: dict) -> None:
         for step_in_epoch in range(start, n_steps):
             got_epoch, got_step, views, _ = next(stream)
             if (got_epoch, got_step) != (epoch, step_in_epoch):
-                raise RuntimeError(f"rank {rank} expected batch ({epoch}, {step_in_epoch}), the stream gave "
-                                   f"({got_epoch}, {got_step})")
+                raise RuntimeError(
+                    f"rank {rank} expected batch ({epoch}, {step_in_epoch}), the stream gave ({got_epoch}, {got_step})"
+                )
             t_data = time.perf_counter()
             gs = state["global_step"]
             hp = sched.values(gs)
@@ -250,8 +287,17 @@ def train_loop_per_worker(config: dict) -> None:
             steps_this_attempt += 1
             step_time = t_end - t_prev
             throughput.add(global_batch, step_time, t_data - t_prev)
-            sink.log({**values, **hp, "K": k, "epoch": epoch, "images_per_s": global_batch / max(step_time, 1e-9),
-                      "data_wait_fraction": (t_data - t_prev) / max(step_time, 1e-9)}, step=gs + 1)
+            sink.log(
+                {
+                    **values,
+                    **hp,
+                    "K": k,
+                    "epoch": epoch,
+                    "images_per_s": global_batch / max(step_time, 1e-9),
+                    "data_wait_fraction": (t_data - t_prev) / max(step_time, 1e-9),
+                },
+                step=gs + 1,
+            )
             for h in hooks:
                 h.after_step(view)
             t_prev = time.perf_counter()

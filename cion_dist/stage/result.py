@@ -31,10 +31,20 @@ class StageResult:
     def from_record(cls, record: dict, skipped: bool = False, uri: Optional[str] = None) -> "StageResult":
         """A result from a ``_SUCCESS.json`` record (a finished or an already complete run)."""
         summary = dict(record.get("summary", {}))
-        typed = {f.name: summary[f.name] for f in fields(cls)
-                 if f.name not in _COMMON and f.name in summary and summary[f.name] is not None}
-        return cls(stage=record.get("stage") or cls.STAGE, uri=uri or record["uri"], rows=dict(record.get("rows", {})),
-                   summary=summary, mlflow_run_id=summary.get("mlflow_run_id"), skipped=skipped, **typed)
+        typed = {
+            f.name: summary[f.name]
+            for f in fields(cls)
+            if f.name not in _COMMON and f.name in summary and summary[f.name] is not None
+        }
+        return cls(
+            stage=record.get("stage") or cls.STAGE,
+            uri=uri or record["uri"],
+            rows=dict(record.get("rows", {})),
+            summary=summary,
+            mlflow_run_id=summary.get("mlflow_run_id"),
+            skipped=skipped,
+            **typed,
+        )
 
 
 _COMMON = {f.name for f in fields(StageResult)}

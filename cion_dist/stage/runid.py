@@ -25,8 +25,9 @@ def _left_out(model: type[BaseModel], name: str) -> bool:
 def run_id_config(cfg: Any) -> Any:
     """The part of a config that decides a stage's output, as JSON-safe data (marked fields removed)."""
     if isinstance(cfg, BaseModel):
-        return {name: run_id_config(getattr(cfg, name)) for name in type(cfg).model_fields
-                if not _left_out(type(cfg), name)}
+        return {
+            name: run_id_config(getattr(cfg, name)) for name in type(cfg).model_fields if not _left_out(type(cfg), name)
+        }
     if isinstance(cfg, dict):
         return {str(k): run_id_config(v) for k, v in cfg.items()}
     if isinstance(cfg, (list, tuple)):
@@ -34,11 +35,15 @@ def run_id_config(cfg: Any) -> Any:
     return json.loads(json.dumps(cfg, default=str))
 
 
-def derive_run_id(stage: str, stage_config: Any, input_digest: Optional[str] = "",
-                  explicit: Optional[str] = None) -> str:
+def derive_run_id(
+    stage: str, stage_config: Any, input_digest: Optional[str] = "", explicit: Optional[str] = None
+) -> str:
     """``<stage>-<12 hex>`` from the output-deciding config and the input digest; ``explicit`` wins when set."""
     if explicit:
         return explicit
-    blob = json.dumps({"stage": stage, "config": run_id_config(stage_config), "input": input_digest or ""},
-                      sort_keys=True, default=str)
+    blob = json.dumps(
+        {"stage": stage, "config": run_id_config(stage_config), "input": input_digest or ""},
+        sort_keys=True,
+        default=str,
+    )
     return f"{stage}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"

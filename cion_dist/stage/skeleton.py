@@ -37,15 +37,25 @@ class StageRun:
     output folder: only the MLflow run and its lineage remain.
     """
 
-    def __init__(self, job, stage: str, cfg, inputs: Sequence[dict] = (), *, input_digest: Optional[str] = None,
-                 storage: Optional[Storage] = None, writes_output: bool = True):
+    def __init__(
+        self,
+        job,
+        stage: str,
+        cfg,
+        inputs: Sequence[dict] = (),
+        *,
+        input_digest: Optional[str] = None,
+        storage: Optional[Storage] = None,
+        writes_output: bool = True,
+    ):
         self.job, self.stage, self.cfg = job, stage, cfg
         self.inputs = [dict(r) for r in inputs]
         self.storage = storage or Storage(job.storage)
         digest = input_digest if input_digest is not None else ":".join(str(r.get("digest") or "") for r in self.inputs)
         self.run_id = derive_run_id(stage, cfg, digest, job.run_id)
-        self.out: Optional[StageOutput] = (StageOutput.create(job.output, stage, self.run_id, self.storage)
-                                           if writes_output else None)
+        self.out: Optional[StageOutput] = (
+            StageOutput.create(job.output, stage, self.run_id, self.storage) if writes_output else None
+        )
         self.mlrun = None
 
     @property
@@ -79,8 +89,11 @@ class StageRun:
             return
         import mlflow
 
-        clean = {k: float(v) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+        clean = {
+            k: float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        }
         if clean:
             mlflow.log_metrics(clean)
 
@@ -92,8 +105,14 @@ class StageRun:
         summary = {**summary, "mlflow_run_id": self.mlflow_run_id}
         if self.out is None:
             return {"stage": self.stage, "uri": "", "rows": rows, "inputs": self.inputs, "summary": summary}
-        record = self.out.finalize(stage=self.stage, rows=rows, inputs=self.inputs, config=dumps_config(self.cfg),
-                                   summary=summary, **finalize_kwargs)
+        record = self.out.finalize(
+            stage=self.stage,
+            rows=rows,
+            inputs=self.inputs,
+            config=dumps_config(self.cfg),
+            summary=summary,
+            **finalize_kwargs,
+        )
         if self.mlrun is not None:
             from cion_dist.tracking.lineage import log_output
 

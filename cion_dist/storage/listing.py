@@ -28,8 +28,9 @@ class Entry:
     fingerprint: str
 
 
-def iter_listing(uri: str, storage: Optional[Storage] = None, recursive: bool = True,
-                 page_size: int = PAGE_SIZE) -> Iterator[Entry]:
+def iter_listing(
+    uri: str, storage: Optional[Storage] = None, recursive: bool = True, page_size: int = PAGE_SIZE
+) -> Iterator[Entry]:
     """Every file under ``uri`` (only its direct children unless ``recursive``), streamed page by page; nothing
     when the prefix does not exist."""
     st = storage or Storage()
@@ -46,7 +47,7 @@ def iter_listing(uri: str, storage: Optional[Storage] = None, recursive: bool = 
                 kw["ContinuationToken"] = token
             page = fs.call_s3("list_objects_v2", **kw)
             for obj in page.get("Contents", ()):
-                yield Entry(obj["Key"][len(prefix):], int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
+                yield Entry(obj["Key"][len(prefix) :], int(obj["Size"]), str(obj.get("ETag", "")).strip('"'))
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
@@ -73,13 +74,19 @@ def local_fingerprint(size: int, mtime_ns: int) -> str:
 
 def name_hash(names) -> np.ndarray:
     """64-bit keys of file names (blake2b), for set operations on O(units) integer arrays instead of strings."""
-    return np.fromiter((int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "little")
-                        for n in names), dtype=np.uint64)
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(n.encode(), digest_size=8).digest(), "little") for n in names), dtype=np.uint64
+    )
 
 
 def fingerprint_hash(sizes, fingerprints) -> np.ndarray:
-    return np.fromiter((int.from_bytes(hashlib.blake2b(f"{s}|{f}".encode(), digest_size=8).digest(), "little")
-                        for s, f in zip(sizes, fingerprints)), dtype=np.uint64)
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(f"{s}|{f}".encode(), digest_size=8).digest(), "little")
+            for s, f in zip(sizes, fingerprints)
+        ),
+        dtype=np.uint64,
+    )
 
 
 @dataclass
@@ -119,7 +126,10 @@ def listing_arrays(entries, keep=lambda e: True, chunk: int = 65536) -> ListingA
             if len(buf) >= chunk:
                 flush()
     flush()
-    cat = (lambda xs, t: np.concatenate(xs) if xs else np.zeros(0, t))
+
+    def cat(xs, t):
+        return np.concatenate(xs) if xs else np.zeros(0, t)
+
     n, s, f = cat(names, np.uint64), cat(sizes, np.int64), cat(fps, np.uint64)
     order = np.argsort(n, kind="stable")
     return ListingArrays(n[order], s[order], f[order])

@@ -39,8 +39,13 @@ BASE_COLUMNS = ("name", "sha256", "size", "fingerprint")
 
 def part_record(name: str, written: Written, **counts: int) -> dict:
     """One report row: the part's name (relative to the run folder), what its writer knows, and its counts."""
-    return {"name": name, "sha256": written.sha256, "size": int(written.size), "fingerprint": written.fingerprint,
-            **{k: int(v) for k, v in counts.items()}}
+    return {
+        "name": name,
+        "sha256": written.sha256,
+        "size": int(written.size),
+        "fingerprint": written.fingerprint,
+        **{k: int(v) for k, v in counts.items()},
+    }
 
 
 def digest_words(names: Iterable[str], shas: Iterable[str]) -> np.ndarray:
@@ -123,8 +128,9 @@ class Ledger:
             words.append(digest_words(n, t.column("sha256").to_pylist()))
             for c in t.column_names:
                 if c not in BASE_COLUMNS:
-                    counts.setdefault(c, [None] * i).append(np.asarray(t.column(c).to_numpy(zero_copy_only=False),
-                                                                       np.int64))
+                    counts.setdefault(c, [None] * i).append(
+                        np.asarray(t.column(c).to_numpy(zero_copy_only=False), np.int64)
+                    )
             for c in counts:
                 if len(counts[c]) < len(names):
                     counts[c].append(np.zeros(t.num_rows, np.int64))

@@ -24,11 +24,27 @@ import pyarrow.parquet as pq
 
 from cion_dist import __version__
 from cion_dist.errors import DataError
-from cion_dist.storage.fs import (Storage, Written, join, read_bytes, read_json, sha256_bytes, write_bytes_atomic,
-                                  write_file, write_json_atomic)
+from cion_dist.storage.fs import (
+    Storage,
+    Written,
+    join,
+    read_bytes,
+    read_json,
+    sha256_bytes,
+    write_bytes_atomic,
+    write_file,
+    write_json_atomic,
+)
 from cion_dist.storage.listing import Entry, iter_listing
-from cion_dist.storage.reports import (REPORTS_DIR, Ledger, PartCheck, ReportWriter, check_parts, combine_digest,
-                                       digest_words)
+from cion_dist.storage.reports import (
+    REPORTS_DIR,
+    Ledger,
+    PartCheck,
+    ReportWriter,
+    check_parts,
+    combine_digest,
+    digest_words,
+)
 
 log = logging.getLogger(__name__)
 
@@ -165,21 +181,25 @@ class StageOutput:
         entries = (e for e in self.listing() if e.name.endswith(".parquet"))
         return ledger, check_parts(entries, ledger)
 
-    def combine(self, hash_unreported: bool = True,
-                checked: Optional[tuple[Ledger, PartCheck]] = None) -> "PartsSummary":
+    def combine(
+        self, hash_unreported: bool = True, checked: Optional[tuple[Ledger, PartCheck]] = None
+    ) -> "PartsSummary":
         """Digest and totals of the data parts from their reports and one listing, never re-reading reported parts.
 
         A part whose listing fingerprint differs from its report (rewritten, or torn) is an error naming the
-        part; reports of parts that are gone are not counted (``verify`` compares the digest, which changes). Parts no report names (a stage whose writers do not report yet, or
+        part; reports of parts that are gone are not counted (``verify`` compares the digest, which changes). Parts
+        no report names (a stage whose writers do not report yet, or
         the last parts before a crash) are read and hashed here, with a warning, unless ``hash_unreported`` is
         false (then they are an error too). ``checked`` reuses a ``check_parts`` made at the start of a run that
         then wrote nothing (a resume that found every part done): one listing instead of two.
         """
         ledger, chk = checked if checked is not None else self.check_parts()
         if chk.changed:
-            raise DataError(f"{self.uri}: {len(chk.changed)} part(s) changed after they were written (size or "
-                            f"fingerprint differs from the writer's report), e.g. {chk.changed[:3]}; rerun the stage "
-                            f"to redo them")
+            raise DataError(
+                f"{self.uri}: {len(chk.changed)} part(s) changed after they were written (size or "
+                f"fingerprint differs from the writer's report), e.g. {chk.changed[:3]}; rerun the stage "
+                f"to redo them"
+            )
         if chk.missing:  # stale reports: a part lost and not rewritten (its unit failed on the redo)
             log.info("%s: %d reported part(s) are not in the folder; they are not counted", self.uri, chk.missing)
         words = [ledger.words[chk.matched]]
@@ -200,11 +220,15 @@ class StageOutput:
         rec = self.success()
         parts = self.combine(hash_unreported=True)
         if parts.count != rec.get("parts", parts.count):
-            raise DataError(f"{self.uri}: {parts.count} parts, _SUCCESS.json recorded {rec.get('parts')}: a part was "
-                            f"added or removed")
+            raise DataError(
+                f"{self.uri}: {parts.count} parts, _SUCCESS.json recorded {rec.get('parts')}: a part was "
+                f"added or removed"
+            )
         if parts.digest != rec.get("digest"):
-            raise DataError(f"{self.uri}: parts digest {parts.digest[:12]} differs from _SUCCESS.json's "
-                            f"{str(rec.get('digest'))[:12]}: a part was changed, added or removed")
+            raise DataError(
+                f"{self.uri}: parts digest {parts.digest[:12]} differs from _SUCCESS.json's "
+                f"{str(rec.get('digest'))[:12]}: a part was changed, added or removed"
+            )
         return rec
 
     def finalize(
@@ -278,7 +302,12 @@ def resolve_input(uri: Optional[str], output: str, stage: str, storage: Optional
 def input_record(out: StageOutput) -> dict:
     """What a downstream stage records of an input: URI, digest and run id (for lineage)."""
     rec = out.success()
-    return {"uri": out.uri, "stage": rec.get("stage"), "digest": rec.get("digest"), "mlflow_run_id": rec.get("summary", {}).get("mlflow_run_id")}
+    return {
+        "uri": out.uri,
+        "stage": rec.get("stage"),
+        "digest": rec.get("digest"),
+        "mlflow_run_id": rec.get("summary", {}).get("mlflow_run_id"),
+    }
 
 
 def dumps_config(cfg: Any) -> dict:

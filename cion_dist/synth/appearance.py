@@ -5,7 +5,8 @@ with a small colour shift and a different pattern, so the corpus holds hard nega
 people). With ``texture_look_alikes`` the copy keeps the colour content of every row of the torso (vertical stripes,
 two halves and checks all hold both colours on each row), so a colour histogram over horizontal stripes cannot tell
 the two apart; with ``details`` people also carry a chest badge (shape and colour), a bag and a hair style, small
-parts that only a model looking at shape sees. Each camera gets a horizon, a perspective scale and a lighting transform (per-channel gain and offset)
+parts that only a model looking at shape sees. Each camera gets a horizon, a perspective scale and a lighting
+transform (per-channel gain and offset)
 applied to everything it sees. All draws come from the ``numpy.random.Generator`` passed in.
 """
 
@@ -61,9 +62,11 @@ class Appearance:
             "badge": self.badge,
             "bag": self.bag,
             "hair_style": self.hair_style,
-            **{f"{k}_{c}": float(getattr(self, k)[i])
-               for k in ("skin", "hair", "upper", "upper2", "lower", "shoes", "badge_colour", "bag_colour")
-               for i, c in enumerate("rgb")},
+            **{
+                f"{k}_{c}": float(getattr(self, k)[i])
+                for k in ("skin", "hair", "upper", "upper2", "lower", "shoes", "badge_colour", "bag_colour")
+                for i, c in enumerate("rgb")
+            },
         }
 
 
@@ -126,19 +129,36 @@ def _details(rng: np.random.Generator) -> dict:
     }
 
 
-def _texture_look_alike(pid: int, base: Appearance, skin: RGB, hair: RGB, shoes: RGB,
-                        rng: np.random.Generator) -> Appearance:
+def _texture_look_alike(
+    pid: int, base: Appearance, skin: RGB, hair: RGB, shoes: RGB, rng: np.random.Generator
+) -> Appearance:
     """A copy of ``base``'s colours (small shifts) in another row-balanced pattern, with its own details."""
     others = [p for p in ROW_BALANCED if p != base.pattern]
     upper2 = base.upper2 if base.pattern != "solid" else _jitter(base.upper, rng, 60.0)
-    return Appearance(pid, skin, hair, _jitter(base.upper, rng, 8.0), _jitter(upper2, rng, 8.0),
-                      _jitter(base.lower, rng, 8.0), shoes, others[int(rng.integers(len(others)))],
-                      int(rng.integers(3, 6)), similar_to=base.identity_id, **_details(rng))
+    return Appearance(
+        pid,
+        skin,
+        hair,
+        _jitter(base.upper, rng, 8.0),
+        _jitter(upper2, rng, 8.0),
+        _jitter(base.lower, rng, 8.0),
+        shoes,
+        others[int(rng.integers(len(others)))],
+        int(rng.integers(3, 6)),
+        similar_to=base.identity_id,
+        **_details(rng),
+    )
 
 
-def sample_appearances(n: int, rng: np.random.Generator, first_id: int = 1, hard_negative_fraction: float = 0.25,
-                       min_distance: float = 70.0, texture_look_alikes: bool = False,
-                       details: bool = False) -> list[Appearance]:
+def sample_appearances(
+    n: int,
+    rng: np.random.Generator,
+    first_id: int = 1,
+    hard_negative_fraction: float = 0.25,
+    min_distance: float = 70.0,
+    texture_look_alikes: bool = False,
+    details: bool = False,
+) -> list[Appearance]:
     """``n`` identities numbered from ``first_id``; about ``hard_negative_fraction`` of them imitate another one.
 
     Independent identities are kept at least ``min_distance`` apart (RGB distance of torso-mean and trouser colours)
@@ -162,13 +182,34 @@ def sample_appearances(n: int, rng: np.random.Generator, first_id: int = 1, hard
             upper = _jitter(base.upper, rng, 14.0)
             # a solid original becomes two shades of its colour, so the torso mean stays close
             upper2 = _jitter(base.upper2, rng, 14.0) if base.pattern != "solid" else _jitter(base.upper, rng, 45.0)
-            people.append(Appearance(pid, skin, hair, upper, upper2, _jitter(base.lower, rng, 14.0), shoes, pattern,
-                                     int(rng.integers(3, 6)), similar_to=base.identity_id))
+            people.append(
+                Appearance(
+                    pid,
+                    skin,
+                    hair,
+                    upper,
+                    upper2,
+                    _jitter(base.lower, rng, 14.0),
+                    shoes,
+                    pattern,
+                    int(rng.integers(3, 6)),
+                    similar_to=base.identity_id,
+                )
+            )
             continue
         best, best_d = None, -1.0
         for _ in range(60):
-            cand = Appearance(pid, skin, hair, random_colour(rng), random_colour(rng), random_colour(rng), shoes,
-                              PATTERNS[int(rng.integers(len(PATTERNS)))], int(rng.integers(3, 6)))
+            cand = Appearance(
+                pid,
+                skin,
+                hair,
+                random_colour(rng),
+                random_colour(rng),
+                random_colour(rng),
+                shoes,
+                PATTERNS[int(rng.integers(len(PATTERNS)))],
+                int(rng.integers(3, 6)),
+            )
             d = min((float(np.linalg.norm(_outfit_vector(cand) - _outfit_vector(p))) for p in people), default=1e9)
             if d > best_d:
                 best, best_d = cand, d
@@ -188,15 +229,17 @@ def sample_cameras(n: int, rng: np.random.Generator) -> list[Camera]:
     for i in range(n):
         brightness = rng.uniform(0.72, 1.15)
         cast = 1.0 + rng.uniform(-0.12, 0.12, size=3)
-        cams.append(Camera(
-            index=i,
-            horizon=float(rng.uniform(0.18, 0.32)),
-            near_height=float(rng.uniform(0.50, 0.62)),
-            ground_top=float(rng.uniform(0.55, 0.62)),
-            gain=tuple(float(g) for g in brightness * cast),
-            offset=float(rng.uniform(-10.0, 12.0)),
-            style=i % 3,
-        ))
+        cams.append(
+            Camera(
+                index=i,
+                horizon=float(rng.uniform(0.18, 0.32)),
+                near_height=float(rng.uniform(0.50, 0.62)),
+                ground_top=float(rng.uniform(0.55, 0.62)),
+                gain=tuple(float(g) for g in brightness * cast),
+                offset=float(rng.uniform(-10.0, 12.0)),
+                style=i % 3,
+            )
+        )
     return cams
 
 

@@ -29,8 +29,9 @@ class BoxRecord:
     visibility: float
 
 
-def render_clip(walks: list[Walk], bank: SpriteBank, cam: Camera, background: np.ndarray, frames: int,
-                noise: SensorNoise) -> Iterator[tuple[np.ndarray, list[BoxRecord]]]:
+def render_clip(
+    walks: list[Walk], bank: SpriteBank, cam: Camera, background: np.ndarray, frames: int, noise: SensorNoise
+) -> Iterator[tuple[np.ndarray, list[BoxRecord]]]:
     """Yield (uint8 RGB frame, ground-truth rows of that frame) for ``frames`` frames."""
     height, width = background.shape[:2]
     for f in range(frames):
@@ -53,8 +54,15 @@ def render_clip(walks: list[Walk], bank: SpriteBank, cam: Camera, background: np
         rows = []
         for s, spr, v in zip(states, sprites, vis):
             composite(frame, spr, s.x1, s.y1)
-            rows.append(BoxRecord(
-                f, s.identity_id, float(max(0, s.x1)), float(max(0, s.y1)), float(min(width, s.x1 + s.w)),
-                float(min(height, s.y1 + s.h)), round(min(1.0, max(0.0, v)), 4),
-            ))
+            rows.append(
+                BoxRecord(
+                    f,
+                    s.identity_id,
+                    float(max(0, s.x1)),
+                    float(max(0, s.y1)),
+                    float(min(width, s.x1 + s.w)),
+                    float(min(height, s.y1 + s.h)),
+                    round(min(1.0, max(0.0, v)), 4),
+                )
+            )
         yield noise.apply(frame), rows

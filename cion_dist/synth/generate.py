@@ -67,8 +67,9 @@ class CorpusPlan:
 
 def plan_corpus(cfg: SynthConfig) -> CorpusPlan:
     """Everything random about the corpus except pixel noise, decided up front from the seed."""
-    look = dict(hard_negative_fraction=cfg.look_alike_fraction, texture_look_alikes=cfg.texture_look_alikes,
-                details=cfg.details)
+    look = dict(
+        hard_negative_fraction=cfg.look_alike_fraction, texture_look_alikes=cfg.texture_look_alikes, details=cfg.details
+    )
     people = sample_appearances(cfg.identities, _rng(cfg.seed, 1), first_id=1, **look)
     held_out = sample_appearances(cfg.benchmark_identities, _rng(cfg.seed, 7), first_id=cfg.identities + 1, **look)
     cameras = sample_cameras(cfg.cameras, _rng(cfg.seed, 2))
@@ -92,8 +93,11 @@ def _corpus_root(cfg: SynthConfig) -> str:
 
 
 def _mot_text(rows: list[BoxRecord]) -> bytes:
-    lines = [f"{r.frame_index + 1},{r.identity_id},{r.x1:.2f},{r.y1:.2f},{r.x2 - r.x1:.2f},{r.y2 - r.y1:.2f},1,1,"
-             f"{r.visibility:.4f}" for r in rows]
+    lines = [
+        f"{r.frame_index + 1},{r.identity_id},{r.x1:.2f},{r.y1:.2f},{r.x2 - r.x1:.2f},{r.y2 - r.y1:.2f},1,1,"
+        f"{r.visibility:.4f}"
+        for r in rows
+    ]
     return ("\n".join(lines) + "\n").encode() if lines else b""
 
 
@@ -104,8 +108,9 @@ def _parse_mot_text(data: bytes, uri: str) -> list[BoxRecord]:
             continue
         try:
             f, pid, x, y, w, h, _, _, v = line.split(",")
-            rows.append(BoxRecord(int(f) - 1, int(pid), float(x), float(y), float(x) + float(w), float(y) + float(h),
-                                  float(v)))
+            rows.append(
+                BoxRecord(int(f) - 1, int(pid), float(x), float(y), float(x) + float(w), float(y) + float(h), float(v))
+            )
         except ValueError as e:
             raise DataError(f"{uri} line {n}: not a MOTChallenge row ({e})") from e
     return rows
@@ -123,8 +128,9 @@ def _write_many(storage: Storage, base: str, files: dict[str, bytes]) -> None:
             write_bytes_atomic(join(base, rel), data, storage)
 
 
-def _clip_unit(plan: ClipPlan, cfg: SynthConfig, background: np.ndarray, bank: SpriteBank, out: str,
-               storage: Storage) -> list[BoxRecord]:
+def _clip_unit(
+    plan: ClipPlan, cfg: SynthConfig, background: np.ndarray, bank: SpriteBank, out: str, storage: Storage
+) -> list[BoxRecord]:
     """Render, encode and store one clip (video first, then its MOT file); reuse both if already there."""
     video_uri = join(out, "videos", f"{plan.video_id}.mp4")
     mot_uri = join(out, "gt", f"{plan.video_id}.txt")
@@ -151,8 +157,14 @@ def _gt_table(per_clip: list[tuple[str, list[BoxRecord]]]) -> pa.Table:
             cols["identity_id"].append(r.identity_id)
             for c in ("x1", "y1", "x2", "y2", "visibility"):
                 cols[c].append(getattr(r, c))
-    schema = pa.schema([("video_id", pa.string()), ("frame_index", pa.int32()), ("identity_id", pa.int64()),
-                        *[(c, pa.float64()) for c in ("x1", "y1", "x2", "y2", "visibility")]])
+    schema = pa.schema(
+        [
+            ("video_id", pa.string()),
+            ("frame_index", pa.int32()),
+            ("identity_id", pa.int64()),
+            *[(c, pa.float64()) for c in ("x1", "y1", "x2", "y2", "visibility")],
+        ]
+    )
     return pa.table(cols, schema=schema)
 
 
@@ -167,8 +179,10 @@ def _check_same_config(rec: dict, cfg: SynthConfig, out: str) -> None:
     have = {k: v for k, v in (rec.get("config") or {}).items() if k != "out"}
     if have != want:
         diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
-        raise DataError(f"{out} already holds a corpus made with other settings ({', '.join(diff)}); "
-                        "choose another synth.out or delete it")
+        raise DataError(
+            f"{out} already holds a corpus made with other settings ({', '.join(diff)}); "
+            "choose another synth.out or delete it"
+        )
 
 
 def generate_corpus(cfg: SynthConfig, storage: Storage | None = None) -> dict:
@@ -191,16 +205,19 @@ def generate_corpus(cfg: SynthConfig, storage: Storage | None = None) -> dict:
         log.info("synth clip %s written", clip.video_id)
     gt = _gt_table(per_clip)
     ordered = sorted(plan.clips, key=lambda c: (c.camera.name, c.start_time))
-    manifest = pa.table({
-        "video_id": [c.video_id for c in ordered],
-        "uri": [join(out, "videos", f"{c.video_id}.mp4") for c in ordered],
-        "source": [c.camera.name for c in ordered],
-        "start_time": pa.array([c.start_time for c in ordered], pa.float64()),
-    })
+    manifest = pa.table(
+        {
+            "video_id": [c.video_id for c in ordered],
+            "uri": [join(out, "videos", f"{c.video_id}.mp4") for c in ordered],
+            "source": [c.camera.name for c in ordered],
+            "start_time": pa.array([c.start_time for c in ordered], pa.float64()),
+        }
+    )
     market = join(out, "market")
     style = BenchmarkStyle(cfg.benchmark_light_jitter, cfg.benchmark_far, cfg.benchmark_occlusion)
-    files = benchmark_files(plan.held_out, plan.cameras, backgrounds, cfg.benchmark_images_per_camera,
-                            _rng(cfg.seed, 8), style)
+    files = benchmark_files(
+        plan.held_out, plan.cameras, backgrounds, cfg.benchmark_images_per_camera, _rng(cfg.seed, 8), style
+    )
     _write_many(storage, market, files)
     write_table_atomic(join(out, "gt", "gt.parquet"), gt, storage)
     write_table_atomic(join(out, "gt", "identities.parquet"), _identity_table(plan), storage)
@@ -223,7 +240,15 @@ def generate_corpus(cfg: SynthConfig, storage: Storage | None = None) -> dict:
         "seed": cfg.seed,
         "seconds": round(time.time() - t0, 2),
     }
-    done.finalize(stage="synth", rows={"videos": result["videos"], "frames": result["frames"],
-                                       "gt_boxes": gt.num_rows, "market_images": len(files)},
-                  config=dumps_config(cfg), summary=result)
+    done.finalize(
+        stage="synth",
+        rows={
+            "videos": result["videos"],
+            "frames": result["frames"],
+            "gt_boxes": gt.num_rows,
+            "market_images": len(files),
+        },
+        config=dumps_config(cfg),
+        summary=result,
+    )
     return {**result, "skipped": False}

@@ -71,8 +71,10 @@ def label_boxes(boxes: pd.DataFrame, gt: pd.DataFrame, min_iou: float = 0.5) -> 
     if len(boxes) == 0 or len(gt) == 0:
         return out
     cols = ["x1", "y1", "x2", "y2"]
-    truth = {k: (g[cols].to_numpy(np.float64), g["identity_id"].to_numpy(np.int64))
-             for k, g in gt.groupby(["video_id", "frame_index"], sort=False)}
+    truth = {
+        k: (g[cols].to_numpy(np.float64), g["identity_id"].to_numpy(np.int64))
+        for k, g in gt.groupby(["video_id", "frame_index"], sort=False)
+    }
     pos = np.arange(len(boxes))
     for key, idx in boxes.groupby(["video_id", "frame_index"], sort=False).indices.items():
         if key not in truth:
@@ -92,8 +94,7 @@ def label_boxes(boxes: pd.DataFrame, gt: pd.DataFrame, min_iou: float = 0.5) -> 
     return out
 
 
-def crop_identities(ingest_uri: str, gt_uri: str, storage: Optional[Storage] = None,
-                    min_iou: float = 0.5) -> pa.Table:
+def crop_identities(ingest_uri: str, gt_uri: str, storage: Optional[Storage] = None, min_iou: float = 0.5) -> pa.Table:
     """``image_id, identity_id`` for every crop of an ingest run that overlaps a ground-truth person.
 
     This is the ground-truth file the correlate stage scores its identities against (``correlate.ground_truth``).
@@ -104,11 +105,19 @@ def crop_identities(ingest_uri: str, gt_uri: str, storage: Optional[Storage] = N
     run = StageOutput(str(ingest_uri).rstrip("/"), st)
     t = run.read(columns=["image_id", "video_id", "frame_index", "bbox"])
     bbox = np.asarray(t.column("bbox").to_pylist(), dtype=np.float64).reshape(-1, 4)
-    boxes = pd.DataFrame({"video_id": t.column("video_id").to_pylist(),
-                          "frame_index": t.column("frame_index").to_numpy(),
-                          "x1": bbox[:, 0], "y1": bbox[:, 1], "x2": bbox[:, 2], "y2": bbox[:, 3]})
+    boxes = pd.DataFrame(
+        {
+            "video_id": t.column("video_id").to_pylist(),
+            "frame_index": t.column("frame_index").to_numpy(),
+            "x1": bbox[:, 0],
+            "y1": bbox[:, 1],
+            "x2": bbox[:, 2],
+            "y2": bbox[:, 3],
+        }
+    )
     ident = label_boxes(boxes, read_ground_truth(gt_uri, st), min_iou)
     keep = ident >= 0
     image_id = t.column("image_id").to_pylist()
-    return pa.table({"image_id": [image_id[i] for i in np.flatnonzero(keep)],
-                     "identity_id": pa.array(ident[keep], pa.int64())})
+    return pa.table(
+        {"image_id": [image_id[i] for i in np.flatnonzero(keep)], "identity_id": pa.array(ident[keep], pa.int64())}
+    )

@@ -14,5 +14,6 @@ def run(job: Job) -> SynthResult:
     info = generate_corpus(cfg.model_copy(update={"out": out}), Storage(job.storage))
     rows = {k: int(info[k]) for k in ("videos", "frames", "gt_boxes", "market_images", "identities")}
     summary = {k: v for k, v in info.items() if k != "skipped"}  # counts too: summaries print from here
-    return SynthResult.from_record({"stage": "synth", "uri": info["out"], "rows": rows, "summary": summary},
-                                   skipped=bool(info["skipped"]))
+    return SynthResult.from_record(
+        {"stage": "synth", "uri": info["out"], "rows": rows, "summary": summary}, skipped=bool(info["skipped"])
+    )

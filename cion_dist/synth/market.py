@@ -71,9 +71,16 @@ def _lit(cam: Camera, factor: float) -> Camera:
     return replace(cam, gain=tuple(g * factor for g in cam.gain))
 
 
-def _person_frame(bank: SpriteBank, pid: int, cam: Camera, background: np.ndarray, rng: np.random.Generator,
-                  noise: SensorNoise, style: BenchmarkStyle = BenchmarkStyle(),
-                  others: tuple[int, ...] = ()) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+def _person_frame(
+    bank: SpriteBank,
+    pid: int,
+    cam: Camera,
+    background: np.ndarray,
+    rng: np.random.Generator,
+    noise: SensorNoise,
+    style: BenchmarkStyle = BenchmarkStyle(),
+    others: tuple[int, ...] = (),
+) -> tuple[np.ndarray, tuple[int, int, int, int]]:
     """A frame with one person at a random place in the camera's walking area, and the person's box."""
     H, W = background.shape[:2]
     top = cam.ground_top * H
@@ -93,15 +100,24 @@ def _person_frame(bank: SpriteBank, pid: int, cam: Camera, background: np.ndarra
     return noise.apply(frame), (x1, y1, w, h)
 
 
-def _occlude(frame: np.ndarray, bank: SpriteBank, cam: Camera, light: float, box: tuple[int, int, int, int],
-             rng: np.random.Generator, others: tuple[int, ...]) -> None:
+def _occlude(
+    frame: np.ndarray,
+    bank: SpriteBank,
+    cam: Camera,
+    light: float,
+    box: tuple[int, int, int, int],
+    rng: np.random.Generator,
+    others: tuple[int, ...],
+) -> None:
     """Hide 20-50 % of the person's width: another person a little nearer, or a post / bin in the scene colour."""
     x1, y1, w, h = box
     side = 1 if rng.random() < 0.5 else -1
     if others and rng.random() < 0.6:
         oh = int(round(h * rng.uniform(1.02, 1.15)))
         ox = int(round(x1 + side * w * rng.uniform(0.5, 0.8)))
-        spr = bank.scaled(int(others[int(rng.integers(len(others)))]), int(rng.integers(POSES)), oh, bool(rng.random() < 0.5))
+        spr = bank.scaled(
+            int(others[int(rng.integers(len(others)))]), int(rng.integers(POSES)), oh, bool(rng.random() < 0.5)
+        )
         composite(frame, light_sprite(spr, _lit(cam, light)), ox, y1 + h - oh + int(0.03 * h))
         return
     col = tuple(float(c) for c in np.clip(rng.uniform(40, 200, size=3) * np.asarray(cam.gain) * light, 0, 255))
@@ -109,12 +125,19 @@ def _occlude(frame: np.ndarray, bank: SpriteBank, cam: Camera, light: float, box
         px = int(round(x1 + (w * rng.uniform(0.0, 0.3) if side < 0 else w * rng.uniform(0.55, 0.8))))
         cv2.rectangle(frame, (px, y1 - h // 4), (px + max(2, int(w * rng.uniform(0.2, 0.4))), y1 + h), col, -1)
     else:  # a bin or a bench hiding the legs
-        cv2.rectangle(frame, (x1 - w // 4, y1 + int(h * rng.uniform(0.55, 0.75))), (x1 + w + w // 4, y1 + h + 2), col, -1)
+        cv2.rectangle(
+            frame, (x1 - w // 4, y1 + int(h * rng.uniform(0.55, 0.75))), (x1 + w + w // 4, y1 + h + 2), col, -1
+        )
 
 
-def benchmark_files(people: list[Appearance], cameras: list[Camera], backgrounds: list[np.ndarray],
-                    images_per_camera: int, rng: np.random.Generator,
-                    style: BenchmarkStyle = BenchmarkStyle()) -> dict[str, bytes]:
+def benchmark_files(
+    people: list[Appearance],
+    cameras: list[Camera],
+    backgrounds: list[np.ndarray],
+    images_per_camera: int,
+    rng: np.random.Generator,
+    style: BenchmarkStyle = BenchmarkStyle(),
+) -> dict[str, bytes]:
     """Relative path (``<split>/<name>.jpg``) -> JPEG bytes for the whole benchmark."""
     if not people:
         return {}
@@ -137,8 +160,13 @@ def benchmark_files(people: list[Appearance], cameras: list[Camera], backgrounds
             for j in range(images_per_camera):
                 frame, (x1, y1, w, h) = _person_frame(bank, app.identity_id, cam, bg, rng, noise, style, others)
                 # detector-like framing: small shifts and scale changes of the box
-                crop = _crop(frame, x1 + rng.uniform(-0.07, 0.07) * w, y1 + rng.uniform(-0.04, 0.04) * h,
-                             w * rng.uniform(0.95, 1.15), h * rng.uniform(0.97, 1.06))
+                crop = _crop(
+                    frame,
+                    x1 + rng.uniform(-0.07, 0.07) * w,
+                    y1 + rng.uniform(-0.04, 0.04) * h,
+                    w * rng.uniform(0.95, 1.15),
+                    h * rng.uniform(0.97, 1.06),
+                )
                 if app.identity_id in train_ids:
                     split = "bounding_box_train"
                 else:

@@ -42,7 +42,7 @@ def _torso_fill(app: Appearance, th: int, tw: int) -> np.ndarray:
         band = (np.arange(tw) * (2 * app.stripes) // tw) % 2 == 1
         patch[:, band] = c2
     elif app.pattern == "twotone":
-        patch[:, tw // 2:] = c2
+        patch[:, tw // 2 :] = c2
     elif app.pattern == "checks":  # an even number of columns: every row is half one colour, half the other
         cols = (np.arange(tw) * (2 * app.stripes) // tw) % 2
         cell = max(1, tw // (2 * app.stripes))
@@ -93,8 +93,13 @@ def draw_person(app: Appearance, pose: int, height: int = SPRITE_H) -> np.ndarra
         line(hip, foot, leg_t, app.lower)
         ellipse(_pt(foot_x + 0.04, FOOT_ROW + 0.012, w, h), (max(1, int(0.09 * w)), max(1, int(0.022 * h))), app.shoes)
     # hips and trousers' top
-    cv2.rectangle(rgb, _pt(HIP_COLS[0], HIP_ROWS[0], w, h), _pt(HIP_COLS[1], HIP_ROWS[1], w, h),
-                  tuple(int(round(c)) for c in app.lower), -1)
+    cv2.rectangle(
+        rgb,
+        _pt(HIP_COLS[0], HIP_ROWS[0], w, h),
+        _pt(HIP_COLS[1], HIP_ROWS[1], w, h),
+        tuple(int(round(c)) for c in app.lower),
+        -1,
+    )
     cv2.rectangle(alpha, _pt(HIP_COLS[0], HIP_ROWS[0], w, h), _pt(HIP_COLS[1], HIP_ROWS[1], w, h), 255, -1)
     # torso with its pattern, shoulders rounded
     (x0, y0), (x1, y1) = _pt(TORSO_COLS[0], TORSO_ROWS[0], w, h), _pt(TORSO_COLS[1], TORSO_ROWS[1], w, h)
@@ -124,8 +129,13 @@ def draw_person(app: Appearance, pose: int, height: int = SPRITE_H) -> np.ndarra
     ellipse(centre, axes, app.skin)
     ellipse((centre[0] - int(0.02 * w), centre[1] - int(0.01 * h)), axes, app.hair, 140, 360)
     if app.hair_style == "cap":  # a brim in the badge colour
-        ellipse((centre[0] + int(0.04 * w), centre[1] - int(0.04 * h)), (int(axes[0] * 1.25), max(1, axes[1] // 3)),
-                app.badge_colour, 180, 360)
+        ellipse(
+            (centre[0] + int(0.04 * w), centre[1] - int(0.04 * h)),
+            (int(axes[0] * 1.25), max(1, axes[1] // 3)),
+            app.badge_colour,
+            180,
+            360,
+        )
     _badge(rgb, app, w, h)
     if app.bag == "shoulder":  # strap across the torso, bag at the far hip
         bag_col = tuple(int(round(c)) for c in app.bag_colour)

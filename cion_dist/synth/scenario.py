@@ -49,8 +49,9 @@ class PersonState:
     facing_right: bool
 
 
-def assign_identities(identities: list[int], clip_cameras: list[int], per_clip: int,
-                      rng: np.random.Generator, attempts: int = 64) -> list[list[int]]:
+def assign_identities(
+    identities: list[int], clip_cameras: list[int], per_clip: int, rng: np.random.Generator, attempts: int = 64
+) -> list[list[int]]:
     """People of each clip: the least used identities first, preferring those not yet seen by the clip's camera.
 
     This spreads every identity over several clips and cameras, which is what cross-video correlation must undo.
@@ -75,15 +76,15 @@ def assign_identities(identities: list[int], clip_cameras: list[int], per_clip: 
     return best
 
 
-def _greedy_cast(identities: list[int], clip_cameras: list[int], per_clip: int,
-                 rng: np.random.Generator) -> list[list[int]]:
+def _greedy_cast(
+    identities: list[int], clip_cameras: list[int], per_clip: int, rng: np.random.Generator
+) -> list[list[int]]:
     usage = {i: 0 for i in identities}
     seen: dict[int, set[int]] = {i: set() for i in identities}
     out = []
     for cam in clip_cameras:
         tie = rng.random(len(identities))
-        order = sorted(range(len(identities)),
-                       key=lambda k: (usage[identities[k]], cam in seen[identities[k]], tie[k]))
+        order = sorted(range(len(identities)), key=lambda k: (usage[identities[k]], cam in seen[identities[k]], tie[k]))
         chosen = sorted(identities[k] for k in order[:per_clip])
         for i in chosen:
             usage[i] += 1
@@ -92,8 +93,9 @@ def _greedy_cast(identities: list[int], clip_cameras: list[int], per_clip: int,
     return out
 
 
-def plan_walks(identity_ids: list[int], cam: Camera, width: int, height: int, frames: int, fps: int,
-               rng: np.random.Generator) -> list[Walk]:
+def plan_walks(
+    identity_ids: list[int], cam: Camera, width: int, height: int, frames: int, fps: int, rng: np.random.Generator
+) -> list[Walk]:
     """Walks of one clip, with entry times spread over the clip so that everybody is seen for a while."""
     n = len(identity_ids)
     directions = np.array([1 if k % 2 == 0 else -1 for k in range(n)])
@@ -113,11 +115,20 @@ def plan_walks(identity_ids: list[int], cam: Camera, width: int, height: int, fr
             x0, x1 = -half0, width + half1
         else:
             x0, x1 = width + half0, -half1
-        walks.append(Walk(
-            identity_id=int(pid), start_x=float(x0), end_x=float(x1), start_y=float(y0), end_y=y1,
-            bend=float(rng.uniform(-0.04, 0.04) * height), entry=float(entry), duration=float(duration),
-            gait=POSES * rng.uniform(0.8, 1.1) / fps, gait_phase=float(rng.uniform(0, POSES)),
-        ))
+        walks.append(
+            Walk(
+                identity_id=int(pid),
+                start_x=float(x0),
+                end_x=float(x1),
+                start_y=float(y0),
+                end_y=y1,
+                bend=float(rng.uniform(-0.04, 0.04) * height),
+                entry=float(entry),
+                duration=float(duration),
+                gait=POSES * rng.uniform(0.8, 1.1) / fps,
+                gait_phase=float(rng.uniform(0, POSES)),
+            )
+        )
     return walks
 
 

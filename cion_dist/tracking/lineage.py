@@ -110,14 +110,23 @@ def lineage_chain(model_uri: str, tracking_uri: Optional[str] = None) -> list[di
     if model_uri.startswith("models:/"):
         mv = get_version(model_uri, c)
         aliases = list(getattr(mv, "aliases", []) or [])
-        chain.append({"kind": "model_version", "depth": 0, "name": mv.name, "version": str(mv.version),
-                      "aliases": aliases, "run_id": mv.run_id, "source": mv.source,
-                      "uri": f"models:/{mv.name}/{mv.version}"})
+        chain.append(
+            {
+                "kind": "model_version",
+                "depth": 0,
+                "name": mv.name,
+                "version": str(mv.version),
+                "aliases": aliases,
+                "run_id": mv.run_id,
+                "source": mv.source,
+                "uri": f"models:/{mv.name}/{mv.version}",
+            }
+        )
         start = mv.run_id
         if not start:
             return chain
     elif model_uri.startswith("runs:/"):
-        start = model_uri[len("runs:/"):].split("/", 1)[0]
+        start = model_uri[len("runs:/") :].split("/", 1)[0]
     else:
         raise DataError(f"lineage needs models:/name/<version>, models:/name@alias or runs:/<id>, got {model_uri!r}")
 
@@ -130,25 +139,44 @@ def lineage_chain(model_uri: str, tracking_uri: Optional[str] = None) -> list[di
         try:
             run = c.get_run(run_id)
         except MlflowException:
-            chain.append({"kind": "missing_run", "depth": depth, "run_id": run_id, **({"uri": via.get("uri")} if via else {})})
+            chain.append(
+                {"kind": "missing_run", "depth": depth, "run_id": run_id, **({"uri": via.get("uri")} if via else {})}
+            )
             return
         tags = run.data.tags
         inputs = input_tags(tags)
-        datasets = [{"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
-                    for d in (run.inputs.dataset_inputs if run.inputs else [])]
-        chain.append({
-            "kind": "run", "depth": depth, "run_id": run_id, "stage": tags.get("cion.stage", "?"),
-            "run_name": run.info.run_name, "status": run.info.status,
-            "output_uri": tags.get(OUTPUT_URI), "output_digest": tags.get(OUTPUT_DIGEST),
-            "inputs": inputs, "datasets": datasets,
-        })
+        datasets = [
+            {"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
+            for d in (run.inputs.dataset_inputs if run.inputs else [])
+        ]
+        chain.append(
+            {
+                "kind": "run",
+                "depth": depth,
+                "run_id": run_id,
+                "stage": tags.get("cion.stage", "?"),
+                "run_name": run.info.run_name,
+                "status": run.info.status,
+                "output_uri": tags.get(OUTPUT_URI),
+                "output_digest": tags.get(OUTPUT_DIGEST),
+                "inputs": inputs,
+                "datasets": datasets,
+            }
+        )
         for rec in inputs:
             parent = rec.get("mlflow_run_id")
             if parent:
                 visit(parent, depth + 1, rec)
             else:
-                chain.append({"kind": "data", "depth": depth + 1, "stage": rec.get("stage", "input"),
-                              "uri": rec.get("uri"), "digest": rec.get("digest")})
+                chain.append(
+                    {
+                        "kind": "data",
+                        "depth": depth + 1,
+                        "stage": rec.get("stage", "input"),
+                        "uri": rec.get("uri"),
+                        "digest": rec.get("digest"),
+                    }
+                )
 
     visit(start, 1 if chain else 0)
     return chain
@@ -168,7 +196,11 @@ def format_chain(chain: list[dict[str, Any]]) -> str:
             aliases = f" [{', '.join(node['aliases'])}]" if node.get("aliases") else ""
             lines.append(f"{pad}{node['uri']}{aliases}  <- run {node.get('run_id') or '-'}")
         elif kind == "run":
-            out = f"  -> {node['output_uri']} (digest {_short(node.get('output_digest'))})" if node.get("output_uri") else ""
+            out = (
+                f"  -> {node['output_uri']} (digest {_short(node.get('output_digest'))})"
+                if node.get("output_uri")
+                else ""
+            )
             lines.append(f"{pad}{node['stage']} run {node['run_id']} ({node['status']}){out}")
         elif kind == "data":
             lines.append(f"{pad}{node['stage']} data {node.get('uri')} (digest {_short(node.get('digest'))})")

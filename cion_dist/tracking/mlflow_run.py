@@ -29,7 +29,7 @@ def tracking_uri_for(job) -> str:
         return job.mlflow.tracking_uri
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
-    out = job.output[len("file://"):] if job.output.startswith("file://") else job.output
+    out = job.output[len("file://") :] if job.output.startswith("file://") else job.output
     base = local_store_dir() if is_s3(job.output) else os.path.abspath(out)
     os.makedirs(base, exist_ok=True)
     return f"sqlite:///{os.path.join(base, 'mlflow.db')}"
@@ -48,7 +48,7 @@ def _store_lock(uri: str):
     if not uri.startswith("sqlite:///"):
         yield
         return
-    db = uri[len("sqlite:///"):]
+    db = uri[len("sqlite:///") :]
     os.makedirs(os.path.dirname(os.path.abspath(db)) or ".", exist_ok=True)
     with open(db + ".lock", "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -78,17 +78,21 @@ def configure(job) -> str:
                 artifact_location = None
                 if uri.startswith("sqlite:///"):
                     # artifacts beside the sqlite store, never in whatever the working directory happens to be
-                    db_dir = os.path.dirname(uri[len("sqlite:///"):]) or "."
+                    db_dir = os.path.dirname(uri[len("sqlite:///") :]) or "."
                     artifact_location = "file://" + os.path.join(os.path.abspath(db_dir), "mlartifacts")
                 mlflow.create_experiment(job.mlflow.experiment, artifact_location=artifact_location)
             mlflow.set_experiment(job.mlflow.experiment)
     except MlflowException as e:
         first = str(e.message if hasattr(e, "message") else e).strip().splitlines()
-        raise CionError(f"MLflow at {redact_text(uri)} failed: {redact_text(first[0] if first else type(e).__name__)}; "
-                        "check mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false") from None
+        raise CionError(
+            f"MLflow at {redact_text(uri)} failed: {redact_text(first[0] if first else type(e).__name__)}; "
+            "check mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false"
+        ) from None
     except OSError as e:
-        raise CionError(f"MLflow at {redact_text(uri)} is unreachable ({type(e).__name__}: {redact_text(e)}); "
-                        "check mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false") from None
+        raise CionError(
+            f"MLflow at {redact_text(uri)} is unreachable ({type(e).__name__}: {redact_text(e)}); "
+            "check mlflow.tracking_uri / MLFLOW_TRACKING_URI, or set mlflow.enabled=false"
+        ) from None
     return uri
 
 
@@ -106,7 +110,9 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def stage_run(job, stage: str, params: Optional[dict] = None, inputs: tuple = (), run_name: Optional[str] = None) -> Iterator[Optional[Any]]:
+def stage_run(
+    job, stage: str, params: Optional[dict] = None, inputs: tuple = (), run_name: Optional[str] = None
+) -> Iterator[Optional[Any]]:
     """An MLflow run for one stage, with the resolved (secret-free) config as params and inputs as lineage tags.
 
     Each input is a dict ``{"uri", "digest", "stage", "mlflow_run_id"}`` (see ``stage_io.input_record``); it is

@@ -79,16 +79,20 @@ def alias_version(name: str, alias: str, mlflow_client=None):
         return None
 
 
-def log_backbone(model, architecture: str, input_size=(256, 128), artifact_path: str = BACKBONE_DIR,
-                 kwargs: Optional[dict] = None) -> dict:
+def log_backbone(
+    model, architecture: str, input_size=(256, 128), artifact_path: str = BACKBONE_DIR, kwargs: Optional[dict] = None
+) -> dict:
     """Write a backbone in the exported format (``cion_dist.models.export``) as artifacts of the active run;
     returns its description."""
     import mlflow
 
     from cion_dist.models.export import export_files
 
-    sd = {k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    files = export_files(sd, architecture, int(getattr(model, "embed_dim")), kwargs, tuple(input_size))
+    sd = {
+        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    files = export_files(sd, architecture, int(model.embed_dim), kwargs, tuple(input_size))
     with tempfile.TemporaryDirectory() as tmp:
         for fname, data in files.items():
             with open(os.path.join(tmp, fname), "wb") as f:
@@ -97,8 +101,9 @@ def log_backbone(model, architecture: str, input_size=(256, 128), artifact_path:
     return json.loads(files[META_FILE])
 
 
-def register_backbone(run_id: str, name: str, artifact_path: str = BACKBONE_DIR, mlflow_client=None,
-                      tags: Optional[dict] = None):
+def register_backbone(
+    run_id: str, name: str, artifact_path: str = BACKBONE_DIR, mlflow_client=None, tags: Optional[dict] = None
+):
     """Register ``runs:/<run_id>/<artifact_path>`` as a new version of ``name``; returns the ``ModelVersion``."""
     from mlflow.exceptions import MlflowException
 
@@ -161,6 +166,7 @@ def find_backbone_dir(root: str) -> Optional[str]:
 # records are compared only when every setting matches. A record, once written, is never overwritten: an
 # evaluation with other settings adds a record under another key, and the champion's stays as it was.
 
+
 def settings_key(settings: dict) -> str:
     import hashlib
 
@@ -175,8 +181,16 @@ def _legacy_settings(protocol: str, dataset_digest: str) -> dict:
     return {"protocol": protocol, "dataset_digest": dataset_digest}
 
 
-def record_evaluation(name: str, version: str, protocol: str, dataset_digest: str, metrics: dict,
-                      run_id: Optional[str] = None, mlflow_client=None, settings: Optional[dict] = None) -> dict:
+def record_evaluation(
+    name: str,
+    version: str,
+    protocol: str,
+    dataset_digest: str,
+    metrics: dict,
+    run_id: Optional[str] = None,
+    mlflow_client=None,
+    settings: Optional[dict] = None,
+) -> dict:
     """Add an evaluation record to a model version; returns the tags written ({} when the record existed).
 
     Non-finite metrics are never recorded (a NaN is no result). ``settings`` defaults to protocol + dataset.
@@ -187,8 +201,11 @@ def record_evaluation(name: str, version: str, protocol: str, dataset_digest: st
     settings.setdefault("dataset_digest", dataset_digest)
     key = settings_key(settings)
     prefix = eval_prefix(key)
-    finite = {k: float(v) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    finite = {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+    }
     if not finite:
         raise DataError(f"models:/{name}/{version}: no finite metric to record ({metrics}); nothing recorded")
     current = c.get_model_version(name, version).tags or {}
@@ -213,7 +230,7 @@ def evaluation_records(version) -> dict[str, dict]:
     out: dict[str, dict] = {}
     for k, v in tags.items():
         if k.startswith("cion.eval.") and k.endswith(".settings"):
-            key = k[len("cion.eval."):-len(".settings")]
+            key = k[len("cion.eval.") : -len(".settings")]
             try:
                 settings = json.loads(v)
             except ValueError:
@@ -221,9 +238,9 @@ def evaluation_records(version) -> dict[str, dict]:
             prefix = eval_prefix(key) + "."
             metrics = {}
             for tk, tv in tags.items():
-                if tk.startswith(prefix) and tk[len(prefix):] not in ("settings", "at", "run_id"):
+                if tk.startswith(prefix) and tk[len(prefix) :] not in ("settings", "at", "run_id"):
                     try:
-                        metrics[tk[len(prefix):]] = float(tv)
+                        metrics[tk[len(prefix) :]] = float(tv)
                     except ValueError:
                         pass
             try:
@@ -252,7 +269,10 @@ def latest_eval_key(version, protocol: str, dataset_digest: Optional[str] = None
         key = (version.tags or {}).get(f"cion.eval.latest.{protocol}")
         if key:
             return key
-    recs = [(r["at"], k) for k, r in evaluation_records(version).items()
-            if r["settings"].get("protocol") == protocol
-            and (dataset_digest is None or r["settings"].get("dataset_digest") == dataset_digest)]
+    recs = [
+        (r["at"], k)
+        for k, r in evaluation_records(version).items()
+        if r["settings"].get("protocol") == protocol
+        and (dataset_digest is None or r["settings"].get("dataset_digest") == dataset_digest)
+    ]
     return max(recs)[1] if recs else None

@@ -33,7 +33,9 @@ def _fixed(dim) -> Optional[int]:
     return int(dim) if isinstance(dim, (int, np.integer)) and int(dim) > 0 else None
 
 
-def resolve_input(shape: list, name: str, configured: Optional[int], what: str = "ingest.detector.input_size") -> InputSpec:
+def resolve_input(
+    shape: list, name: str, configured: Optional[int], what: str = "ingest.detector.input_size"
+) -> InputSpec:
     """Input spec from an NCHW input shape as onnxruntime reports it (ints or symbolic names)."""
     if len(shape) != 4:
         raise ConfigError(f"{what}: the model's input {name!r} has shape {shape}, expected [batch, 3, height, width]")

@@ -20,6 +20,7 @@ from cion_dist.ingest.detectors.base import Detections, Detector
 
 def tile_windows(width: int, height: int, cols: int, rows: int, overlap: float) -> np.ndarray:
     """``[cols * rows, 4]`` int windows ``x1 y1 x2 y2`` covering the frame; neighbours share ``overlap`` of a tile."""
+
     def spans(length: int, n: int) -> list[tuple[int, int]]:
         if n <= 1:
             return [(0, length)]
@@ -27,8 +28,9 @@ def tile_windows(width: int, height: int, cols: int, rows: int, overlap: float) 
         starts = np.linspace(0, length - size, n)
         return [(int(round(s)), min(length, int(round(s + size)))) for s in starts]
 
-    return np.asarray([[x1, y1, x2, y2] for y1, y2 in spans(height, rows) for x1, x2 in spans(width, cols)],
-                      dtype=np.int64).reshape(-1, 4)
+    return np.asarray(
+        [[x1, y1, x2, y2] for y1, y2 in spans(height, rows) for x1, x2 in spans(width, cols)], dtype=np.int64
+    ).reshape(-1, 4)
 
 
 def cut_by_window(boxes: np.ndarray, window, width: int, height: int, margin: float) -> np.ndarray:

@@ -17,7 +17,12 @@ COCO_PERSON = 1  # torchvision's COCO label ids start at 1 (0 = background)
 
 class TorchvisionDetector:
     def __init__(self, model, score_threshold: float, nms_threshold: float, device: str):
-        self.model, self.score_threshold, self.nms_threshold, self.device = model, score_threshold, nms_threshold, device
+        self.model, self.score_threshold, self.nms_threshold, self.device = (
+            model,
+            score_threshold,
+            nms_threshold,
+            device,
+        )
 
     @classmethod
     def from_config(cls, cfg, storage=None) -> "TorchvisionDetector":
@@ -29,7 +34,9 @@ class TorchvisionDetector:
                 "use kind=yolox (ONNX) or kind=background"
             ) from None
         if not cfg.model_uri:
-            raise ConfigError("ingest.detector.model_uri: the torchvision detector needs a weights file (path or s3://)")
+            raise ConfigError(
+                "ingest.detector.model_uri: the torchvision detector needs a weights file (path or s3://)"
+            )
         import io
 
         import torch
@@ -46,7 +53,9 @@ class TorchvisionDetector:
     def detect(self, frames: np.ndarray) -> Detections:
         import torch
 
-        batch = [torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).float().div(255).to(self.device) for f in frames]
+        batch = [
+            torch.from_numpy(np.ascontiguousarray(f)).permute(2, 0, 1).float().div(255).to(self.device) for f in frames
+        ]
         with torch.no_grad():
             preds = self.model(batch)
         out: Detections = []

@@ -53,8 +53,17 @@ def anchor_grid(size, strides=STRIDES) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(grids).astype(np.float32), np.concatenate(steps).astype(np.float32)
 
 
-def decode_head(raw: np.ndarray, grid: np.ndarray, stride: np.ndarray, scale: float, score_threshold: float,
-                nms_threshold: float, width: int, height: int, class_id: int = PERSON_CLASS):
+def decode_head(
+    raw: np.ndarray,
+    grid: np.ndarray,
+    stride: np.ndarray,
+    scale: float,
+    score_threshold: float,
+    nms_threshold: float,
+    width: int,
+    height: int,
+    class_id: int = PERSON_CLASS,
+):
     """Raw head output ``[A, 5 + C]`` -> person (boxes ``[n, 4]`` in original pixels, scores ``[n]``)."""
     if raw.shape[0] != grid.shape[0]:
         raise ValueError(f"head has {raw.shape[0]} anchors, grid {grid.shape[0]}: input size mismatch")
@@ -74,8 +83,16 @@ def decode_head(raw: np.ndarray, grid: np.ndarray, stride: np.ndarray, scale: fl
 class YoloxDetector:
     """Stateless: any images, any sizes, in any order (so it can be tiled)."""
 
-    def __init__(self, model_path: str, input_size: Optional[int] = None, score_threshold: float = 0.35,
-                 nms_threshold: float = 0.45, num_gpus: float = 0, threads: int = 1, batch_size: int = 8):
+    def __init__(
+        self,
+        model_path: str,
+        input_size: Optional[int] = None,
+        score_threshold: float = 0.35,
+        nms_threshold: float = 0.45,
+        num_gpus: float = 0,
+        threads: int = 1,
+        batch_size: int = 8,
+    ):
         self.session = open_session(model_path, num_gpus, threads)
         inp = self.session.get_inputs()[0]
         self.spec = resolve_input(list(inp.shape), inp.name, input_size)
@@ -83,8 +100,10 @@ class YoloxDetector:
         self.grid, self.stride = anchor_grid(self.size)
         outs = self.session.get_outputs()[0].shape
         if len(outs) == 3 and isinstance(outs[1], int) and outs[1] != len(self.grid):
-            raise ConfigError(f"ingest.detector.model_uri: {model_path} emits {outs[1]} anchors, a YOLOX head at "
-                              f"{self.size[1]}x{self.size[0]} has {len(self.grid)}: not a raw YOLOX export")
+            raise ConfigError(
+                f"ingest.detector.model_uri: {model_path} emits {outs[1]} anchors, a YOLOX head at "
+                f"{self.size[1]}x{self.size[0]} has {len(self.grid)}: not a raw YOLOX export"
+            )
         self.score_threshold = score_threshold
         self.nms_threshold = nms_threshold
         self.batch_size = batch_size
@@ -93,8 +112,15 @@ class YoloxDetector:
     def from_config(cls, cfg, storage=None) -> "YoloxDetector":
         if not cfg.model_uri:
             raise ConfigError("ingest.detector.model_uri: the yolox detector needs an ONNX model path or s3:// URI")
-        return cls(fetch_model(cfg.model_uri, storage), cfg.input_size, cfg.score_threshold, cfg.nms_threshold,
-                   cfg.num_gpus, cfg.threads, cfg.batch_size)
+        return cls(
+            fetch_model(cfg.model_uri, storage),
+            cfg.input_size,
+            cfg.score_threshold,
+            cfg.nms_threshold,
+            cfg.num_gpus,
+            cfg.threads,
+            cfg.batch_size,
+        )
 
     def detect(self, frames: Sequence[np.ndarray]) -> Detections:
         """Images go through in model calls of ``batch_size`` (1 for a fixed batch axis); only one call's
@@ -105,7 +131,17 @@ class YoloxDetector:
             group = frames[start : start + step]
             prepared = [letterbox(np.ascontiguousarray(rgb[:, :, ::-1]), self.size) for rgb in group]
             raw = run_batched(self.session, self.spec, np.stack([t for t, _ in prepared]), step)
-            out.extend(decode_head(raw[i], self.grid, self.stride, scale, self.score_threshold,
-                                   self.nms_threshold, rgb.shape[1], rgb.shape[0])
-                       for i, ((_, scale), rgb) in enumerate(zip(prepared, group)))
+            out.extend(
+                decode_head(
+                    raw[i],
+                    self.grid,
+                    self.stride,
+                    scale,
+                    self.score_threshold,
+                    self.nms_threshold,
+                    rgb.shape[1],
+                    rgb.shape[0],
+                )
+                for i, ((_, scale), rgb) in enumerate(zip(prepared, group))
+            )
         return out
