@@ -39,13 +39,16 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     """
     import ray
 
-    from cion_dist.quiet import configure_ray_data, ray_init_kwargs
+    from cion_dist.quiet import VERBOSITY_ENV, configure_ray_data, ray_init_kwargs
 
     if ray.is_initialized():
         return
     cfg = cfg or RayConfig()
     t0 = time.time()
-    kwargs: dict = {"log_to_driver": cfg.log_to_driver, "ignore_reinit_error": True, **ray_init_kwargs()}
+    # by default worker logs (raylet start-up notes, Ray Train's internal actors) stay in the session's log files;
+    # a task's errors still reach the driver as exceptions, and `cion -v` forwards everything
+    to_driver = cfg.log_to_driver if cfg.log_to_driver is not None else int(os.environ.get(VERBOSITY_ENV, "0")) > 0
+    kwargs: dict = {"log_to_driver": to_driver, "ignore_reinit_error": True, **ray_init_kwargs()}
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
         kwargs.update(ray_init_kwargs(local=address.startswith(("127.0.0.1", "localhost"))))

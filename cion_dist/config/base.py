@@ -49,7 +49,9 @@ class RayConfig(StrictModel):
     num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of a local instance")
     num_gpus: Optional[int] = Field(None, ge=0)
     object_store_memory: Optional[int] = Field(None, ge=78643200, description="bytes; Ray needs at least 75 MiB")
-    log_to_driver: bool = True
+    log_to_driver: Optional[bool] = Field(
+        None, description="Ray workers' own logs on the driver's console; None = only with `cion -v`"
+    )
 
 
 # Settings that change how a stage runs but not what it writes (resources, parallelism, error limits) and input
