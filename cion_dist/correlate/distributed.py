@@ -600,14 +600,15 @@ def radius_recheck(
 
 
 @ray.remote
-def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -> int:
-    """The output part of each video: its key columns read here, the labels from the driver."""
+def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -> list[dict]:
+    """The output part of each video: its key columns read here, the labels from the driver; returns the parts'
+    reports (the driver writes them in batches of thousands, so finalize reads neither parts nor one file per task)."""
     from cion_dist.correlate.catalog import load_keys
     from cion_dist.storage.reports import part_record
     from cion_dist.storage.stage_io import unit_filename
 
     reason_names = np.array(REASONS, dtype=object)
-    reports = out.report_writer(flush_rows=1 << 30, flush_seconds=float("inf"))
+    reports = []
     for (_, video, uris), ident, rs in zip(items, identity, reason):
         keys = load_keys(video, uris, out.storage)
         if keys.num_rows != len(ident):
@@ -625,9 +626,8 @@ def _write_videos(out: StageOutput, items: list, identity: list, reason: list) -
                 }
             ),
         )
-        reports.add([part_record(unit_filename(video), written, rows=keys.num_rows)])
-    reports.flush()  # one report file per task: the driver combines them without reading the parts back
-    return len(items)
+        reports.append(part_record(unit_filename(video), written, rows=keys.num_rows))
+    return reports
 
 
 def write_outputs(
@@ -650,5 +650,9 @@ def write_outputs(
             [reason[bounds[v] : bounds[v + 1]] for v in chunk],
         )
 
-    for _ in bounded((submit(todo[c : c + videos_per_task]) for c in range(0, len(todo), videos_per_task)), in_flight):
-        pass
+    reports = out.report_writer()
+    for _, rows in bounded(
+        (submit(todo[c : c + videos_per_task]) for c in range(0, len(todo), videos_per_task)), in_flight
+    ):
+        reports.add(rows)
+    reports.flush()
