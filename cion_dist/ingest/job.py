@@ -15,6 +15,7 @@ import json
 import logging
 import time
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
@@ -27,6 +28,7 @@ from cion_dist.ingest.worker import ClipWorker, ingest_row
 from cion_dist.stage import IngestResult, StageRun
 from cion_dist.stage.plan import blocks_for, done_parts, not_done
 from cion_dist.storage.fs import Storage, join
+from cion_dist.storage.listing import name_hash
 from cion_dist.storage.stage_io import StageOutput
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,15 @@ def run(job: Job) -> IngestResult:
 
             ensure_ray(job.ray)
             run_clips(job, manifest, done_keys, n_pending, out, storage, stats)
+            # a clip task lost with its node can finish its write after the retry reported the part: redo those
+            _, _, after = done_parts(out)
+            if after.changed:
+                log.warning(
+                    "ingest: %d part(s) changed after their report (a lost task's late write); redoing them",
+                    len(after.changed),
+                )
+                again = np.sort(name_hash(after.changed))
+                run_clips(job, manifest, again, len(after.changed), out, storage, stats, only=True)
         wall = time.perf_counter() - t0
         stats.errors.sort(key=lambda e: str(e["video_id"]))
         write_errors(out, stats.errors)
@@ -166,9 +177,17 @@ class ClipStats:
 
 
 def run_clips(
-    job: Job, manifest: "ManifestInfo", done_keys, n_pending: int, out: StageOutput, storage: Storage, stats: ClipStats
+    job: Job,
+    manifest: "ManifestInfo",
+    done_keys,
+    n_pending: int,
+    out: StageOutput,
+    storage: Storage,
+    stats: ClipStats,
+    only: bool = False,
 ) -> None:
-    """Ray Data over the manifest (``read_parquet``), clips with a done part dropped in its tasks, one call per clip.
+    """Ray Data over the manifest (``read_parquet``), clips with a done part dropped in its tasks, one call per clip;
+    with ``only``, ``done_keys`` names the clips to run instead.
 
     Results stream back in batches: sums are kept, report rows go to ``_reports/`` in batches of thousands, so
     the driver holds neither the manifest nor a row per clip.
@@ -184,7 +203,7 @@ def run_clips(
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, ray_remote_args={"num_cpus": 0.25})
     ds = ds.map_batches(
         not_done,
-        fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys)},
+        fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys), "invert": only},
         batch_format="pyarrow",
         batch_size=65536,
         num_cpus=0.25,

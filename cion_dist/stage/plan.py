@@ -32,9 +32,11 @@ def blocks_for(pending: int, concurrency: int, per_worker: int = 8, most: int = 
     return int(max(1, min(pending, concurrency * per_worker, most)))
 
 
-def not_done(batch: pa.Table, key_column: str, done, to_name: Callable[[str], str] = unit_filename) -> pa.Table:
+def not_done(
+    batch: pa.Table, key_column: str, done, to_name: Callable[[str], str] = unit_filename, invert: bool = False
+) -> pa.Table:
     """Rows of ``batch`` whose unit (``to_name(batch[key_column])``) is not in ``done`` (a sorted uint64 array or an
-    object ref to one)."""
+    object ref to one); with ``invert``, the rows whose unit is in it."""
     if not isinstance(done, np.ndarray):
         import ray
 
@@ -45,4 +47,4 @@ def not_done(batch: pa.Table, key_column: str, done, to_name: Callable[[str], st
         keep = done[i] != keys
     else:
         keep = np.ones(len(keys), bool)
-    return batch.filter(pa.array(keep))
+    return batch.filter(pa.array(~keep if invert else keep))
