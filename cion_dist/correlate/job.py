@@ -18,7 +18,6 @@ of its folder.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Optional
 
@@ -167,28 +166,10 @@ def summary_notes(summary: dict) -> list[str]:
 def write_plots(out: StageOutput, catalog: VideoCatalog, final, summary: dict, to_mlflow: bool) -> list[str]:
     """Identity statistics and calibration figures as PNGs under ``<run>/plots/`` (and MLflow artifacts)."""
     from cion_dist.correlate.plots import correlate_figures
-    from cion_dist.storage.fs import write_bytes_atomic
+    from cion_dist.stage.skeleton import write_figures
 
-    uris = []
-    for name, png in correlate_figures(final.identity, catalog.video_rank(), final.reason, summary).items():
-        uri = join(out.uri, "plots", name)
-        write_bytes_atomic(uri, png, out.storage)
-        uris.append(uri)
-        if to_mlflow:
-            _log_png(png, name)
-    return uris
-
-
-def _log_png(png: bytes, name: str) -> None:
-    import tempfile
-
-    import mlflow
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, name)
-        with open(path, "wb") as f:
-            f.write(png)
-        mlflow.log_artifact(path, artifact_path="plots")
+    figures = correlate_figures(final.identity, catalog.video_rank(), final.reason, summary)
+    return write_figures(out, figures, to_mlflow)
 
 
 def run(job: Job) -> CorrelateResult:

@@ -243,21 +243,11 @@ def _uri(path: str, storage_path: str) -> str:
 
 def write_plots(out: StageOutput, tracking: dict) -> list[str]:
     """Loss and health curves from the run's step metrics, as PNGs under ``<run>/plots/`` and MLflow artifacts."""
-    import mlflow
-
     from cion_dist.pretrain.plots import metric_history, pretrain_figures
+    from cion_dist.stage.skeleton import write_figures
 
-    uris = []
     figures = pretrain_figures(metric_history(tracking["tracking_uri"], tracking["run_id"]))
-    with tempfile.TemporaryDirectory() as tmp:
-        for name, png in figures.items():
-            uri = join(out.uri, "plots", name)
-            write_bytes_atomic(uri, png, out.storage)
-            uris.append(uri)
-            with open(os.path.join(tmp, name), "wb") as f:
-                f.write(png)
-        mlflow.log_artifacts(tmp, artifact_path="plots")
-    return uris
+    return write_figures(out, figures, to_mlflow=True)
 
 
 def run(job: Job) -> PretrainResult:

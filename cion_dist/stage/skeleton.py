@@ -118,3 +118,26 @@ class StageRun:
 
             log_output(self.out.uri, record["digest"], run_id=self.mlflow_run_id)
         return record
+
+
+def write_figures(out, figures: dict, to_mlflow: bool) -> list:
+    """PNG figures (name -> bytes) under ``<run>/plots/``, also logged as the MLflow run's ``plots/`` artifacts;
+    returns their URIs. Shared by every stage that draws."""
+    import os
+    import tempfile
+
+    from cion_dist.storage.fs import join, write_bytes_atomic
+
+    uris = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, png in figures.items():
+            uri = join(out.uri, "plots", name)
+            write_bytes_atomic(uri, png, out.storage)
+            uris.append(uri)
+            with open(os.path.join(tmp, name), "wb") as f:
+                f.write(png)
+        if to_mlflow and figures:
+            import mlflow
+
+            mlflow.log_artifacts(tmp, artifact_path="plots")
+    return uris
