@@ -128,7 +128,7 @@ def evaluate_tracking(
 @app.command()
 def lineage(model_uri: str, tracking_uri: Optional[str] = typer.Option(None, help="MLflow tracking URI")) -> None:
     """Print the chain model version -> pretrain run -> correlation run -> ... -> video manifest."""
-    from cion_dist.tracking.lineage import format_chain, lineage_chain
+    from cion_dist.mlflow_io.lineage import format_chain, lineage_chain
 
     typer.echo(format_chain(lineage_chain(model_uri, tracking_uri=tracking_uri)))
 

@@ -139,8 +139,8 @@ def test_logs_exceptions_and_mlflow_params_are_masked(tmp_path, capsys):
 
     import mlflow
 
+    from cion_dist.mlflow_io.mlflow_run import stage_run
     from cion_dist.redact import install_log_redaction, redact_text
-    from cion_dist.tracking.mlflow_run import stage_run
 
     job = job_from_dict(
         {
@@ -181,9 +181,9 @@ def test_logs_exceptions_and_mlflow_params_are_masked(tmp_path, capsys):
 
 
 def _registered(store: str, name: str, n: int) -> list[str]:
+    from cion_dist.mlflow_io.mlflow_run import stage_run
+    from cion_dist.mlflow_io.registry import log_backbone, register_backbone
     from cion_dist.models import build_backbone
-    from cion_dist.tracking.mlflow_run import stage_run
-    from cion_dist.tracking.registry import log_backbone, register_backbone
 
     job = job_from_dict({"stage": "pretrain", "mlflow": {"tracking_uri": store, "experiment": name}})
     out = []
@@ -197,7 +197,7 @@ def _registered(store: str, name: str, n: int) -> list[str]:
 def test_reevaluating_the_champion_with_other_settings_never_crowns_a_worse_model(tmp_path):
     from cion_dist.evaluate.promote_job import run as promote
     from cion_dist.evaluate.promotion import evaluation_settings
-    from cion_dist.tracking.registry import evaluation_records, record_evaluation
+    from cion_dist.mlflow_io.registry import evaluation_records, record_evaluation
 
     store, name, digest = f"sqlite:///{tmp_path}/m.db", "abuse-bb", "d" * 64
     v1, v2 = _registered(store, name, 2)
@@ -240,7 +240,7 @@ def test_first_promotion_needs_a_floor_or_an_explicit_flag_and_version_numbers_p
     import mlflow
 
     from cion_dist.evaluate.promote_job import run as promote
-    from cion_dist.tracking.registry import record_evaluation
+    from cion_dist.mlflow_io.registry import record_evaluation
 
     store, name = f"sqlite:///{tmp_path}/m.db", "abuse-first"
     (v1,) = _registered(store, name, 1)
@@ -412,7 +412,7 @@ def test_one_run_per_s3_output_with_a_lease(s3_bucket):
 _CONFIGURE = """
 import sys
 from cion_dist.config import job_from_dict
-from cion_dist.tracking.mlflow_run import configure
+from cion_dist.mlflow_io.mlflow_run import configure
 configure(job_from_dict({"stage": "ingest", "output": sys.argv[1], "mlflow": {"experiment": "race"}}))
 print("ok")
 """
@@ -513,7 +513,7 @@ def test_an_unexpected_error_is_one_masked_line_and_the_trace_only_with_v(tmp_pa
 
 
 def test_unreachable_mlflow_fails_fast_with_a_masked_message(tmp_path, capsys):
-    from cion_dist.tracking.mlflow_run import configure
+    from cion_dist.mlflow_io.mlflow_run import configure
 
     url = f"http://admin:{MARK}@127.0.0.1:{free_port()}"
     job = job_from_dict({"stage": "evaluate", "output": str(tmp_path), "mlflow": {"tracking_uri": url}})
@@ -610,7 +610,7 @@ def test_zero_valid_queries_is_an_error_and_nothing_is_recorded(tmp_path):
 
 
 def test_nan_metrics_are_never_recorded_on_a_version(tmp_path):
-    from cion_dist.tracking.registry import record_evaluation
+    from cion_dist.mlflow_io.registry import record_evaluation
 
     store, name = f"sqlite:///{tmp_path}/m.db", "abuse-nan"
     (v1,) = _registered(store, name, 1)
@@ -619,7 +619,7 @@ def test_nan_metrics_are_never_recorded_on_a_version(tmp_path):
 
 
 def test_local_mlflow_files_of_s3_runs_stay_out_of_the_working_dir(tmp_path, monkeypatch):
-    from cion_dist.tracking.mlflow_run import tracking_uri_for
+    from cion_dist.mlflow_io.mlflow_run import tracking_uri_for
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.chdir(tmp_path)

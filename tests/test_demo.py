@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cion_dist.config.loader import load_default
+from cion_dist.mlflow_io.lineage import lineage_chain
 from cion_dist.pipeline.demo import execute_demo
-from cion_dist.tracking.lineage import lineage_chain
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

@@ -50,8 +50,8 @@ def test_pk_batches_layout():
 def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     import mlflow
 
-    from cion_dist.tracking.mlflow_run import stage_run
-    from cion_dist.tracking.registry import log_backbone, register_backbone
+    from cion_dist.mlflow_io.mlflow_run import stage_run
+    from cion_dist.mlflow_io.registry import log_backbone, register_backbone
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     common = {"output": str(tmp_path / "out"), "mlflow": {"tracking_uri": store, "experiment": "evalx"}}
@@ -101,7 +101,7 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     assert erun.data.tags["cion.input.1.mlflow_run_id"] == run2.info.run_id  # the model's producing run
     assert {d.dataset.digest for d in erun.inputs.dataset_inputs} >= {ds.digest()[:32]}
     mv = c.get_model_version("bb", "2")
-    from cion_dist.tracking.registry import evaluation_records, latest_eval_key
+    from cion_dist.mlflow_io.registry import evaluation_records, latest_eval_key
 
     rec = evaluation_records(mv)[latest_eval_key(mv, "frozen")]
     assert rec["metrics"]["mAP"] == pytest.approx(r2.summary["mAP"])

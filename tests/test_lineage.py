@@ -6,10 +6,10 @@ import pytest
 
 from cion_dist.config import job_from_dict
 from cion_dist.errors import DataError
+from cion_dist.mlflow_io.lineage import format_chain, lineage_chain, log_output
+from cion_dist.mlflow_io.mlflow_run import stage_run
+from cion_dist.mlflow_io.registry import log_backbone, register_backbone
 from cion_dist.models import build_backbone
-from cion_dist.tracking.lineage import format_chain, lineage_chain, log_output
-from cion_dist.tracking.mlflow_run import stage_run
-from cion_dist.tracking.registry import log_backbone, register_backbone
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from cion_dist.config import job_from_dict
 from cion_dist.errors import ConfigError
 from cion_dist.evaluate.promote_job import run as promote
 from cion_dist.evaluate.promotion import Evaluated, decide
+from cion_dist.mlflow_io.registry import log_backbone, record_evaluation, register_backbone
 from cion_dist.models import build_backbone
-from cion_dist.tracking.registry import log_backbone, record_evaluation, register_backbone
 from tests.conftest import free_port
 
 D1, D2 = "a" * 64, "b" * 64
@@ -136,7 +136,7 @@ def _job(store, tmp_path, name, **promote):
 
 def _new_version(job, name, metrics_by_digest):
     """A pretrain-like run with a backbone, registered, with evaluation tags per dataset digest."""
-    from cion_dist.tracking.mlflow_run import stage_run
+    from cion_dist.mlflow_io.mlflow_run import stage_run
 
     with stage_run(job, "pretrain", params={"p": 1}) as run:
         log_backbone(build_backbone("resnet_tiny"), "resnet_tiny")

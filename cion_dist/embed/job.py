@@ -104,7 +104,7 @@ def _weights_tracking_uri(job: Job):
     """Only ``models:/`` and ``runs:/`` weights need the MLflow store; resolve it once on the driver."""
     ref = job.embed.weights or job.embed.model or ""
     if ref.startswith(("models:/", "runs:/")):
-        from cion_dist.tracking.mlflow_run import tracking_uri_for
+        from cion_dist.mlflow_io.mlflow_run import tracking_uri_for
 
         return tracking_uri_for(job)
     return None

@@ -75,7 +75,7 @@ def _summary(metrics: ReidMetrics, digest: str, model_uri: str, extra: dict) -> 
 
 
 def run(job: Job) -> EvaluateResult:
-    from cion_dist.tracking.mlflow_run import configure
+    from cion_dist.mlflow_io.mlflow_run import configure
 
     cfg = job.evaluate
     storage = Storage(job.storage)
@@ -161,7 +161,7 @@ def run(job: Job) -> EvaluateResult:
             if model.name:
                 from cion_dist import __version__
                 from cion_dist.evaluate.promotion import evaluation_settings
-                from cion_dist.tracking.registry import record_evaluation
+                from cion_dist.mlflow_io.registry import record_evaluation
 
                 mlflow.set_tags({"cion.model.name": model.name, "cion.model.version": model.version})
                 record_evaluation(

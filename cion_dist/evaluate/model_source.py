@@ -17,8 +17,8 @@ from typing import Optional
 from torch import nn
 
 from cion_dist.errors import ConfigError, DataError
+from cion_dist.mlflow_io.registry import BACKBONE_DIR, META_FILE, WEIGHTS_FILE, download_backbone, get_version
 from cion_dist.storage.fs import Storage, is_s3, join, read_bytes
-from cion_dist.tracking.registry import BACKBONE_DIR, META_FILE, WEIGHTS_FILE, download_backbone, get_version
 
 CHECKPOINT_EXTS = (".safetensors", ".pt", ".pth", ".ckpt", ".bin")
 
@@ -151,7 +151,7 @@ def load_run_model(uri: str, architecture: Optional[str] = None) -> ResolvedMode
 
     import mlflow
 
-    from cion_dist.tracking.registry import find_backbone_dir
+    from cion_dist.mlflow_io.registry import find_backbone_dir
 
     rest = uri[len("runs:/") :]
     run_id, _, sub = rest.partition("/")

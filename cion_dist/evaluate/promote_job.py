@@ -3,7 +3,7 @@
 The candidate (``promote.candidate``, else the newest version of ``promote.model_name``) and the current
 champion are read from the registry. The candidate's newest evaluation record (for ``promote.protocol``, and
 ``promote.dataset_digest`` when given) fixes the settings; the champion is judged by its record with exactly
-those settings (``cion_dist.tracking.registry``), never by one made with other settings. ``promotion.decide`` makes
+those settings (``cion_dist.mlflow_io.registry``), never by one made with other settings. ``promotion.decide`` makes
 the call; this module applies it (aliases),
 records why on the candidate version (``cion.promote.*`` tags) and logs a ``promote`` MLflow run.
 """
@@ -46,7 +46,7 @@ def apply_decision(
     c = mlflow_client
     if decision.alias == CHAMPION:
         c.set_registered_model_alias(name, CHAMPION, candidate_version)
-        from cion_dist.tracking.registry import alias_version
+        from cion_dist.mlflow_io.registry import alias_version
 
         held = alias_version(name, CHALLENGER, c)
         if held is not None and str(held.version) == str(candidate_version):
@@ -69,8 +69,8 @@ def apply_decision(
 def run(job: Job) -> PromoteResult:
     import mlflow
 
-    from cion_dist.tracking.mlflow_run import configure
-    from cion_dist.tracking.registry import (
+    from cion_dist.mlflow_io.mlflow_run import configure
+    from cion_dist.mlflow_io.registry import (
         alias_version,
         evaluation_records,
         get_version,

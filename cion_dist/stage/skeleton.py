@@ -76,7 +76,7 @@ class StageRun:
     @contextlib.contextmanager
     def tracking(self, params: Optional[dict] = None) -> Iterator["StageRun"]:
         """The stage's MLflow run (none when MLflow is disabled): config and run id as params, inputs as lineage."""
-        from cion_dist.tracking.mlflow_run import stage_run
+        from cion_dist.mlflow_io.mlflow_run import stage_run
 
         p = {self.stage: dumps_config(self.cfg), "run_id": self.run_id, **(params or {})}
         with stage_run(self.job, self.stage, params=p, inputs=tuple(self.inputs)) as mlrun:
@@ -114,7 +114,7 @@ class StageRun:
             **finalize_kwargs,
         )
         if self.mlrun is not None:
-            from cion_dist.tracking.lineage import log_output
+            from cion_dist.mlflow_io.lineage import log_output
 
             log_output(self.out.uri, record["digest"], run_id=self.mlflow_run_id)
         return record

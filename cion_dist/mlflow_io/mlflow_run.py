@@ -116,8 +116,8 @@ def stage_run(
     """An MLflow run for one stage, with the resolved (secret-free) config as params and inputs as lineage tags.
 
     Each input is a dict ``{"uri", "digest", "stage", "mlflow_run_id"}`` (see ``stage_io.input_record``); it is
-    also logged as an MLflow dataset input carrying that explicit digest (``tracking.lineage.log_inputs``).
-    Record what the stage wrote with ``tracking.lineage.log_output(uri, digest)`` inside the block.
+    also logged as an MLflow dataset input carrying that explicit digest (``mlflow_io.lineage.log_inputs``).
+    Record what the stage wrote with ``mlflow_io.lineage.log_output(uri, digest)`` inside the block.
     Yields the active ``mlflow.ActiveRun`` or ``None`` when tracking is disabled.
     """
     if not job.mlflow.enabled:
@@ -132,7 +132,7 @@ def stage_run(
             if rec.get(key):
                 tags[f"{LINEAGE_PREFIX}.{i}.{key}"] = redact_text(rec[key])
     with mlflow.start_run(run_name=run_name or stage, tags=tags) as run:
-        from cion_dist.tracking.lineage import log_inputs
+        from cion_dist.mlflow_io.lineage import log_inputs
 
         log_inputs(inputs, run.info.run_id)
         if params:

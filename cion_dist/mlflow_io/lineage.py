@@ -103,7 +103,7 @@ def lineage_chain(model_uri: str, tracking_uri: Optional[str] = None) -> list[di
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from cion_dist.tracking.registry import get_version
+    from cion_dist.mlflow_io.registry import get_version
 
     c = MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
     chain: list[dict[str, Any]] = []
