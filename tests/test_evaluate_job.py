@@ -46,6 +46,22 @@ def test_pk_batches_layout():
         assert (ids[:, 0] == ids[:, 1]).all() and len(set(ids[:, 0])) == 3
 
 
+def test_finetune_trains_a_frozen_teacher_backbone(bench):
+    """A pretraining teacher comes with requires_grad off on every parameter (it follows the student by EMA);
+    the protocol fine-tunes the whole backbone anyway, and leaves the caller's model untouched."""
+    teacher = build_backbone("resnet_tiny", widths=(8, 16, 16, 32)).requires_grad_(False)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    ds = load_dataset(str(bench))
+    cfg = job_from_dict({"stage": "evaluate"}).evaluate.finetune.model_copy(
+        update={"iterations": 3, "p": 4, "k": 2, "lr": 3e-3}
+    )
+    tuned, _ = finetune(teacher, ds.train, cfg, height=64, width=32, seed=0)
+    conv = [k for k in before if k.endswith("weight") and before[k].ndim == 4]
+    moved = [k for k in conv if not torch.equal(tuned.state_dict()[k], before[k])]
+    assert len(moved) == len(conv), f"{len(conv) - len(moved)} of {len(conv)} conv weights were not fine-tuned"
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in before.items())
+
+
 @pytest.mark.slow
 def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     import mlflow

@@ -109,6 +109,9 @@ def finetune(
     dev = resolve_device(device)
     torch.manual_seed(seed)
     model = copy.deepcopy(backbone).to(dev).train()
+    # the whole backbone is fine-tuned: a pretraining teacher arrives with requires_grad off on every parameter
+    # (it is updated by EMA, not by gradients), which would leave only the neck training
+    model.requires_grad_(True)
     pids = np.array([r.pid for r in train])
     classes, labels = np.unique(pids, return_inverse=True)
     neck = BNNeck(int(model.embed_dim), len(classes)).to(dev).train()
