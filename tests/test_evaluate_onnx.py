@@ -11,8 +11,8 @@ from cion_dist.embed.embedders import OnnxEmbedder
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.evaluate.datasets import load_dataset
 from cion_dist.evaluate.features import extract_local
+from cion_dist.evaluate.job import resolve_model
 from cion_dist.evaluate.job import run as evaluate
-from cion_dist.evaluate.model_source import resolve_model
 
 
 @pytest.fixture(scope="module")
