@@ -1,7 +1,8 @@
 """Embedders behind one call: RGB uint8 crops -> float32 [n, d] L2-normalised features.
 
-``build_embedder`` picks one from ``embed.backbone``: an ONNX re-ID model through onnxruntime, a torch backbone from
-``cion_dist.models.factory``, or the weight-free stripe colour descriptor. All of them run in fixed-size
+``build_embedder`` picks one from ``embed.backbone``: an ONNX re-ID model through onnxruntime, a torch backbone
+loaded by ``cion_dist.models.backbone_io`` (fed with the input size and normalisation its export records), or the
+weight-free stripe colour descriptor. All of them run in fixed-size
 mini-batches, so memory stays bounded whatever the caller hands in.
 """
 
