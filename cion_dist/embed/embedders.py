@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -26,8 +26,10 @@ from cion_dist.embed.preprocess import (
     to_imagenet_nchw,
 )
 from cion_dist.errors import ConfigError, DataError
-from cion_dist.models.backbone_io import LoadedBackbone, Preprocess, fetch, load_backbone, preprocess_for_config
 from cion_dist.storage.fs import Storage
+
+if TYPE_CHECKING:  # torch is imported only where a torch backbone is built
+    from cion_dist.models.backbone_io import LoadedBackbone, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +213,8 @@ def build_embedder(
     use_gpu = cfg.num_gpus > 0
     if cfg.backbone == "handcrafted":
         return HandcraftedEmbedder(cfg.handcrafted, batch_size=max(cfg.batch_size, 64))
+    from cion_dist.models.backbone_io import fetch, load_backbone, preprocess_for_config
+
     if cfg.backbone == "onnx":
         uri = cfg.model or cfg.weights
         if not uri:

@@ -76,7 +76,7 @@ def load_onnx(
     ``width``), normalisation from ``mean`` / ``std``, else the model's metadata, else ImageNet."""
     from cion_dist.embed.embedders import OnnxEmbedder
 
-    local = fetch(uri, storage, where="evaluate.model (ONNX model not found)").path
+    local = fetch(uri, storage, where="evaluate.model").path
     embedder = OnnxEmbedder(local, height, width, batch_size, mean=mean, std=std)
     with open(local, "rb") as f:
         digest = hashlib.sha256(f.read()).hexdigest()
