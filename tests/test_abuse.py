@@ -182,14 +182,14 @@ def test_logs_exceptions_and_mlflow_params_are_masked(tmp_path, capsys):
 
 def _registered(store: str, name: str, n: int) -> list[str]:
     from cion_dist.mlflow_io.mlflow_run import stage_run
-    from cion_dist.mlflow_io.registry import log_backbone, register_backbone
     from cion_dist.models import build_backbone
+    from cion_dist.models.backbone_io import export_model, log_backbone, register_backbone
 
     job = job_from_dict({"stage": "pretrain", "mlflow": {"tracking_uri": store, "experiment": name}})
     out = []
     for _ in range(n):
         with stage_run(job, "pretrain") as run:
-            log_backbone(build_backbone("resnet_tiny"), "resnet_tiny")
+            log_backbone(export_model(build_backbone("resnet_tiny"), "resnet_tiny"))
         out.append(str(register_backbone(run.info.run_id, name).version))
     return out
 

@@ -19,8 +19,8 @@ from cion_dist.embed.embedders import HandcraftedEmbedder, OnnxEmbedder, TorchEm
 from cion_dist.embed.handcrafted import stripe_histograms
 from cion_dist.embed.parts import embed_batches, embeddings_matrix
 from cion_dist.embed.preprocess import decode_jpeg, encode_jpeg, l2_normalise, to_imagenet_nchw
-from cion_dist.embed.weights import backbone_spec, resolve_weights
 from cion_dist.errors import ConfigError, DataError
+from cion_dist.models.backbone_io import fetch, load_backbone
 from cion_dist.storage.fs import Storage
 
 OSNET = "models/osnet_x0_25_msmt17.onnx"
@@ -188,7 +188,7 @@ def test_build_embedder_config_errors(tmp_path):
     with pytest.raises(DataError, match="not a loadable ONNX"):
         build_embedder(EmbedConfig(backbone="onnx", model=str(bad)))
     with pytest.raises(ConfigError, match="embed.model"):
-        backbone_spec(None, "")
+        build_embedder(EmbedConfig(backbone="torch"))
 
 
 def _reference(model, images):
@@ -216,22 +216,22 @@ def test_torch_embedder_loads_weights_from_folder_and_s3(tmp_path, s3_bucket):
     fs.put(str(tmp_path / "model" / "backbone.json"), f"{path}/w/backbone.json")
     from_s3 = build_embedder(EmbedConfig(backbone="torch", weights=f"{s3_bucket}/w", batch_size=4), st)
     np.testing.assert_allclose(from_s3(crops), expected, atol=1e-5)
-    # a bare file plus an explicit architecture
-    spec = backbone_spec(resolve_weights(f"{s3_bucket}/w/backbone.safetensors", st), "resnet_tiny")
-    assert spec.architecture == "resnet_tiny" and spec.weights_file.endswith("backbone.safetensors")
-    assert spec.input_size is None and spec.kwargs == {}  # no backbone.json beside a lone downloaded file
-    with pytest.raises(DataError, match="missing|shapes"):  # default resnet_tiny widths do not fit these weights
-        TorchEmbedder(spec)
+    # a bare file plus an explicit architecture: no backbone.json beside a lone downloaded file, so the default
+    # resnet_tiny widths are built, and these weights do not fit them
+    local = fetch(f"{s3_bucket}/w/backbone.safetensors", st).path
+    assert local.endswith("backbone.safetensors")
+    with pytest.raises(DataError, match="missing|shapes"):
+        load_backbone(f"{s3_bucket}/w/backbone.safetensors", architecture="resnet_tiny", storage=st)
 
 
 def test_torch_weights_from_mlflow_registry_alias(tmp_path):
     model = tiny_backbone_folder(tmp_path / "model")
     uri = register_backbone(tmp_path, "cion-backbone", "champion")
-    local = resolve_weights("models:/cion-backbone@champion", tracking_uri=uri)
-    spec = backbone_spec(local)
-    assert spec.architecture == "resnet_tiny"
+    loaded = load_backbone("models:/cion-backbone@champion", tracking_uri=uri)
+    assert loaded.architecture == "resnet_tiny" and loaded.uri == "models:/cion-backbone/1"
+    assert loaded.name == "cion-backbone" and loaded.version == "1" and loaded.preprocess.input_size == TINY_INPUT
     crops, _ = synthetic_people(n_ids=2, per_id=1, seed=6)
     emb = build_embedder(EmbedConfig(backbone="torch", weights="models:/cion-backbone@champion"), tracking_uri=uri)
     np.testing.assert_allclose(emb(crops), _reference(model, crops), atol=1e-5)
     with pytest.raises(DataError, match="cannot download"):
-        resolve_weights("models:/cion-backbone@nobody", tracking_uri=uri)
+        fetch("models:/cion-backbone@nobody", tracking_uri=uri)

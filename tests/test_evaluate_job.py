@@ -67,7 +67,7 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     import mlflow
 
     from cion_dist.mlflow_io.mlflow_run import stage_run
-    from cion_dist.mlflow_io.registry import log_backbone, register_backbone
+    from cion_dist.models.backbone_io import Preprocess, export_model, log_backbone, register_backbone
 
     store = f"sqlite:///{tmp_path}/mlflow.db"
     common = {"output": str(tmp_path / "out"), "mlflow": {"tracking_uri": store, "experiment": "evalx"}}
@@ -77,7 +77,7 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     torch.manual_seed(0)
     random_bb = build_backbone("resnet_tiny")
     with stage_run(job, "pretrain", params={"init": "random"}) as run:
-        log_backbone(random_bb, "resnet_tiny", (64, 32))
+        log_backbone(export_model(random_bb, "resnet_tiny", preprocess=Preprocess((64, 32))))
     register_backbone(run.info.run_id, "bb")
 
     # the "better" backbone: the same init after a short supervised fine-tune on the benchmark's train split
@@ -86,7 +86,7 @@ def test_random_vs_finetuned_backbone_and_promotion(bench, tmp_path):
     tuned, stats = finetune(random_bb, ds.train, cfg, height=64, width=32, seed=0)
     assert stats["finetune_last_loss"] < stats["finetune_first_loss"]
     with stage_run(job, "pretrain", params={"init": "tuned"}) as run2:
-        log_backbone(tuned, "resnet_tiny", (64, 32))
+        log_backbone(export_model(tuned, "resnet_tiny", preprocess=Preprocess((64, 32))))
     register_backbone(run2.info.run_id, "bb")
 
     r1 = evaluate(job)

@@ -8,8 +8,9 @@ import torch
 from safetensors.torch import save_file
 
 from cion_dist.errors import ConfigError, DataError
-from cion_dist.evaluate.model_source import load_checkpoint, resolve_model
+from cion_dist.evaluate.job import resolve_model
 from cion_dist.models import build_backbone
+from cion_dist.models.backbone_io import load_backbone
 
 
 @pytest.fixture()
@@ -36,7 +37,7 @@ def _save_folder(model, folder, meta=None):
 def test_folder_file_and_json(tiny, tmp_path):
     folder = _save_folder(tiny, tmp_path / "m")
     for uri in (folder, folder / "backbone.safetensors", folder / "backbone.json"):
-        res = load_checkpoint(str(uri))
+        res = load_backbone(str(uri))
         assert res.architecture == "resnet_tiny" and res.embed_dim == 64 and _same(res.module, tiny)
     assert len(res.weights_digest) == 64
 
@@ -51,22 +52,22 @@ def test_bare_teacher_checkpoint_needs_architecture(tiny, tmp_path):
     ckpt = tmp_path / "checkpoint.pth"
     torch.save({"teacher": {f"module.backbone.{k}": v for k, v in tiny.state_dict().items()}, "epoch": 3}, ckpt)
     with pytest.raises(ConfigError, match="set evaluate.architecture"):
-        load_checkpoint(str(ckpt))
-    res = load_checkpoint(str(ckpt), architecture="resnet_tiny")
+        resolve_model(str(ckpt), experiment="x", mlflow_enabled=False)
+    res = load_backbone(str(ckpt), architecture="resnet_tiny")
     assert _same(res.module, tiny)
 
 
 def test_errors(tiny, tmp_path):
-    with pytest.raises(DataError, match="model checkpoint not found: .*nothing"):
-        load_checkpoint(str(tmp_path / "nothing"))
+    with pytest.raises(DataError, match="model: .*nothing does not exist"):
+        load_backbone(str(tmp_path / "nothing"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty: no backbone.json in the folder or below"):
-        load_checkpoint(str(tmp_path / "empty"))
+        load_backbone(str(tmp_path / "empty"))
     bad = _save_folder(tiny, tmp_path / "bad", {"architecture": "resnet_tiny", "embed_dim": 128})
     with pytest.raises(DataError, match="embed_dim 128 but resnet_tiny produces 64"):
-        load_checkpoint(str(bad))
+        load_backbone(str(bad))
     with pytest.raises(ConfigError, match="needs MLflow"):
         resolve_model("models:/x/1", experiment="x", mlflow_enabled=False)
     (tmp_path / "w.txt").write_text("x")
     with pytest.raises(DataError, match="not a model folder"):
-        load_checkpoint(str(tmp_path / "w.txt"))
+        load_backbone(str(tmp_path / "w.txt"))

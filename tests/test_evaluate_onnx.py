@@ -11,8 +11,8 @@ from cion_dist.embed.embedders import OnnxEmbedder
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.evaluate.datasets import load_dataset
 from cion_dist.evaluate.features import extract_local
+from cion_dist.evaluate.job import OnnxModel, resolve_model
 from cion_dist.evaluate.job import run as evaluate
-from cion_dist.evaluate.model_source import resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,9 @@ def test_onnx_model_features_are_the_embed_stage_features(market, osnet):
     ds = load_dataset(market, "auto")
     uris = [r.uri for r in ds.query[:6]]
     model = resolve_model(osnet, experiment="x", mlflow_enabled=False)
-    assert model.module is None and model.embed_dim == 512 and model.architecture == "onnx:osnet_x0_25_msmt17.onnx"
+    assert (
+        isinstance(model, OnnxModel) and model.embed_dim == 512 and model.architecture == "onnx:osnet_x0_25_msmt17.onnx"
+    )
     assert model.embedder.height == 256 and model.embedder.width == 128  # fixed axes of the model win
     feats = extract_local(model.embedder, uris, flip=False)
     from cion_dist.evaluate.features import load_images

@@ -8,8 +8,8 @@ from cion_dist.config import job_from_dict
 from cion_dist.errors import DataError
 from cion_dist.mlflow_io.lineage import format_chain, lineage_chain, log_output
 from cion_dist.mlflow_io.mlflow_run import stage_run
-from cion_dist.mlflow_io.registry import log_backbone, register_backbone
 from cion_dist.models import build_backbone
+from cion_dist.models.backbone_io import export_model, log_backbone, register_backbone
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def chain_store(tmp_path_factory):
         ids[stage] = run.info.run_id
         prev = {"uri": out, "digest": digest, "stage": stage, "mlflow_run_id": run.info.run_id}
     with stage_run(job, "pretrain", params={"epochs": 1}, inputs=(prev,)) as run:
-        log_backbone(build_backbone("resnet_tiny"), "resnet_tiny")
+        log_backbone(export_model(build_backbone("resnet_tiny"), "resnet_tiny"))
         log_output(str(tmp / "out" / "pretrain" / "p"), "p" * 64)
     ids["pretrain"] = run.info.run_id
     mv = register_backbone(run.info.run_id, "lin-backbone")

@@ -166,17 +166,19 @@ def test_loss_falls_and_mlflow_has_params_metrics_inputs(zero2_run):
 def test_registered_model_loads_as_the_exported_teacher(zero2_run):
     import mlflow
 
-    from cion_dist.models.export import load_exported
+    from cion_dist.models.backbone_io import load_backbone
 
     job, res, _ = zero2_run
     assert res.summary["model_uri"] == "models:/cion-backbone/1"
     mlflow.set_tracking_uri(job.mlflow.tracking_uri)
-    model, meta = load_exported(res.summary["model_uri"])
-    local, _ = load_exported(res.summary["model_folder"])
-    assert meta["architecture"] == "resnet_tiny" and meta["embed_dim"] == 64 and meta["input_size"] == [256, 128]
+    registered = load_backbone(res.summary["model_uri"])
+    local = load_backbone(res.summary["model_folder"])
+    assert registered.architecture == "resnet_tiny" and registered.embed_dim == 64
+    assert registered.preprocess == local.preprocess and registered.preprocess.input_size == (256, 128)
+    assert registered.weights_digest == local.weights_digest and registered.version == "1"
     x = torch.randn(2, 3, 256, 128)
     with torch.no_grad():
-        assert torch.equal(model(x), local(x)) and model(x).shape == (2, 64)
+        assert torch.equal(registered.module(x), local.module(x)) and registered.module(x).shape == (2, 64)
     # a second run of the same stage on the same inputs is complete already and does nothing
     from cion_dist.pretrain.job import run
 

@@ -15,8 +15,9 @@ from cion_dist.config import job_from_dict
 from cion_dist.errors import ConfigError
 from cion_dist.evaluate.promote_job import run as promote
 from cion_dist.evaluate.promotion import Evaluated, decide
-from cion_dist.mlflow_io.registry import log_backbone, record_evaluation, register_backbone
+from cion_dist.mlflow_io.registry import record_evaluation
 from cion_dist.models import build_backbone
+from cion_dist.models.backbone_io import export_model, log_backbone, register_backbone
 from tests.conftest import free_port
 
 D1, D2 = "a" * 64, "b" * 64
@@ -139,7 +140,7 @@ def _new_version(job, name, metrics_by_digest):
     from cion_dist.mlflow_io.mlflow_run import stage_run
 
     with stage_run(job, "pretrain", params={"p": 1}) as run:
-        log_backbone(build_backbone("resnet_tiny"), "resnet_tiny")
+        log_backbone(export_model(build_backbone("resnet_tiny"), "resnet_tiny"))
     mv = register_backbone(run.info.run_id, name)
     for digest, value in metrics_by_digest.items():
         record_evaluation(name, mv.version, "frozen", digest, {"mAP": value, "rank1": value + 0.1})

@@ -46,8 +46,8 @@ class EmbedConfig(StrictModel):
     threads: Optional[int] = ExecutionField(
         None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)"
     )
-    height: int = Field(256, ge=8)
-    width: int = Field(128, ge=8)
+    height: int = Field(256, ge=8, description="input height; unset = the torch export's recorded size, else this")
+    width: int = Field(128, ge=8, description="input width; as height")
     on_bad_image: Literal["fail", "skip"] = Field(
         "fail", description="undecodable crop: fail naming the image_id, or skip it and record it under errors/"
     )

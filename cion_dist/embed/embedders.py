@@ -1,7 +1,8 @@
 """Embedders behind one call: RGB uint8 crops -> float32 [n, d] L2-normalised features.
 
-``build_embedder`` picks one from ``embed.backbone``: an ONNX re-ID model through onnxruntime, a torch backbone from
-``cion_dist.models.factory``, or the weight-free stripe colour descriptor. All of them run in fixed-size
+``build_embedder`` picks one from ``embed.backbone``: an ONNX re-ID model through onnxruntime, a torch backbone
+loaded by ``cion_dist.models.backbone_io`` (fed with the input size and normalisation its export records), or the
+weight-free stripe colour descriptor. All of them run in fixed-size
 mini-batches, so memory stays bounded whatever the caller hands in.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 import numpy as np
 
@@ -24,9 +25,11 @@ from cion_dist.embed.preprocess import (
     resize_batch,
     to_imagenet_nchw,
 )
-from cion_dist.embed.weights import BackboneSpec, backbone_spec, resolve_weights
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.storage.fs import Storage
+
+if TYPE_CHECKING:  # torch is imported only where a torch backbone is built
+    from cion_dist.models.backbone_io import LoadedBackbone, Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -155,40 +158,35 @@ class OnnxEmbedder:
 
 
 class TorchEmbedder:
-    """A backbone from the shared model factory; on GPU it runs in fp16 (autocast), on CPU in fp32.
-
-    ``spec`` carries what the exported ``backbone.json`` recorded (builder kwargs, input size, mean/std); the
-    configured height/width apply only when the export did not record a size.
-    """
+    """A loaded backbone (``cion_dist.models.backbone_io``) fed as ``preprocess`` says; on GPU it runs in fp16
+    (autocast), on CPU in fp32. Build it with ``build_embedder`` so the export's recorded input size and
+    normalisation apply unless the user set others."""
 
     def __init__(
         self,
-        spec: BackboneSpec,
-        height: int = 256,
-        width: int = 128,
+        backbone: LoadedBackbone,
+        preprocess: Preprocess,
         batch_size: int = 64,
         threads: Optional[int] = None,
         use_gpu: bool = False,
     ):
         import torch
 
-        from cion_dist.models.factory import build_backbone
-
         if threads:
             torch.set_num_threads(int(threads))
-        self.model = build_backbone(spec.architecture, pretrained_path=spec.weights_file, **spec.kwargs).eval()
+        self.model = backbone.module.eval()
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         if use_gpu and self.device.type == "cpu":
             log.warning("embed.num_gpus > 0 but torch sees no CUDA device; running on CPU")
         self.model.to(self.device)
         self.fp16 = self.device.type == "cuda"
-        self.height, self.width = spec.input_size or (height, width)
-        self.mean = spec.mean or tuple(IMAGENET_MEAN)
-        self.std = spec.std or tuple(IMAGENET_STD)
+        self.preprocess = preprocess
+        self.height, self.width = preprocess.input_size
+        self.mean, self.std = preprocess.mean, preprocess.std
         self.batch_size = batch_size
         probe = np.zeros((self.height, self.width, 3), np.uint8)
         self.dim = int(getattr(self.model, "embed_dim", 0)) or int(self._run([probe]).shape[1])
-        self.name = f"torch:{spec.architecture}"
+        self.name = f"torch:{backbone.architecture}"
 
     def _run(self, ims) -> np.ndarray:
         import torch
@@ -215,11 +213,13 @@ def build_embedder(
     use_gpu = cfg.num_gpus > 0
     if cfg.backbone == "handcrafted":
         return HandcraftedEmbedder(cfg.handcrafted, batch_size=max(cfg.batch_size, 64))
+    from cion_dist.models.backbone_io import fetch, load_backbone, preprocess_for_config
+
     if cfg.backbone == "onnx":
         uri = cfg.model or cfg.weights
         if not uri:
             raise ConfigError("embed.model: the onnx backbone needs an ONNX file (local path or s3:// URI)")
-        local = resolve_weights(uri, storage, tracking_uri, registry_uri)
+        local = fetch(uri, storage, tracking_uri, registry_uri, where="embed.model").path
         if os.path.isdir(local):
             found = sorted(os.path.join(r, f) for r, _d, fs in os.walk(local) for f in fs if f.endswith(".onnx"))
             if not found:
@@ -227,7 +227,19 @@ def build_embedder(
             local = found[0]
         return OnnxEmbedder(local, cfg.height, cfg.width, cfg.batch_size, threads, use_gpu)
     if cfg.backbone == "torch":
-        local = resolve_weights(cfg.weights, storage, tracking_uri, registry_uri) if cfg.weights else None
-        spec = backbone_spec(local, cfg.model)
-        return TorchEmbedder(spec, cfg.height, cfg.width, cfg.batch_size, threads, use_gpu)
+        if not cfg.weights and not cfg.model:
+            raise ConfigError(
+                "embed.model: set the torch architecture (e.g. resnet50_ibn_a) or give weights with a backbone.json"
+            )
+        backbone = load_backbone(
+            cfg.weights or f"init:{cfg.model}",
+            architecture=cfg.model or None,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            registry_uri=registry_uri,
+            where="embed.weights",
+            architecture_key="embed.model",
+        )
+        preprocess = preprocess_for_config(backbone.preprocess, cfg, "embed", backbone.uri)
+        return TorchEmbedder(backbone, preprocess, cfg.batch_size, threads, use_gpu)
     raise ConfigError(f"embed.backbone: unknown backbone {cfg.backbone!r}")

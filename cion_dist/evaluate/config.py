@@ -31,16 +31,16 @@ class EvaluateConfig(StrictModel):
         None, description="checkpoint path, models:/name@alias, an ONNX re-ID model (*.onnx), or None = newest pretrain"
     )
     mean: Optional[tuple[float, float, float]] = Field(
-        None, description="ONNX models: input mean (RGB, 0-1); None = the model's metadata, else ImageNet"
+        None, description="input mean (RGB, 0-1); None = what the model records (backbone.json / ONNX), else ImageNet"
     )
-    std: Optional[tuple[float, float, float]] = Field(None, description="ONNX models: input std, as mean")
+    std: Optional[tuple[float, float, float]] = Field(None, description="input std, as mean")
     architecture: Optional[str] = Field(None, description="backbone name for a bare checkpoint without backbone.json")
     protocol: Literal["frozen", "finetune"] = "frozen"
     finetune: FinetuneConfig = FinetuneConfig()
     flip: bool = Field(True, description="average features of the image and its horizontal flip")
     batch_size: int = ExecutionField(64, ge=1)
-    height: int = Field(256, ge=16)
-    width: int = Field(128, ge=8)
+    height: int = Field(256, ge=16, description="input height; unset = the model's recorded size, else this")
+    width: int = Field(128, ge=8, description="input width; as height")
     extraction: Literal["auto", "local", "ray"] = ExecutionField(
         "auto", description="auto = Ray Data above ray_min_images"
     )

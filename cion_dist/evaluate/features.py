@@ -1,4 +1,7 @@
-"""Query/gallery feature extraction: decode, resize to 256x128, ImageNet-normalise, embed, optional flip average.
+"""Query/gallery feature extraction: decode, resize, normalise, embed, optional flip average.
+
+The input size and normalisation are the loaded backbone's (``cion_dist.models.backbone_io.Preprocess``, resolved
+by the evaluate stage); the defaults here, 256x128 and ImageNet, only serve callers that name none.
 
 Two drivers share one batch function: in-process for small sets, and Ray Data batch inference (``map_batches``
 with a pool of actors that each hold the model) for large ones. Rows keep their index so the output order is the
@@ -41,8 +44,10 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def to_tensor(images: Sequence[np.ndarray], height: int = 256, width: int = 128) -> torch.Tensor:
-    """``[B, 3, H, W]`` float tensor: bilinear resize, scale to [0, 1], ImageNet mean/std."""
+def to_tensor(
+    images: Sequence[np.ndarray], height: int = 256, width: int = 128, mean=IMAGENET_MEAN, std=IMAGENET_STD
+) -> torch.Tensor:
+    """``[B, 3, H, W]`` float tensor: bilinear resize, scale to [0, 1], normalise by ``mean`` / ``std``."""
     import cv2
 
     out = np.empty((len(images), height, width, 3), dtype=np.float32)
@@ -50,7 +55,7 @@ def to_tensor(images: Sequence[np.ndarray], height: int = 256, width: int = 128)
         if im.shape[0] != height or im.shape[1] != width:
             im = cv2.resize(im, (width, height), interpolation=cv2.INTER_LINEAR)
         out[i] = im
-    out = (out / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+    out = (out / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -101,6 +106,8 @@ def extract_local(
     width: int = 128,
     device: str = "auto",
     threads: int = 2,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ) -> np.ndarray:
     """In-process extraction, ``[N, D]`` float32 in the order of ``uris``; ``model`` is a torch module or an
     embed-stage embedder (``is_embedder``)."""
@@ -111,7 +118,9 @@ def extract_local(
     for s in range(0, len(uris), batch_size):
         imgs = load_images(uris[s : s + batch_size], storage, threads)
         feats.append(
-            embed_images(model, imgs, flip) if onnx else embed_tensor(model, to_tensor(imgs, height, width), flip)
+            embed_images(model, imgs, flip)
+            if onnx
+            else embed_tensor(model, to_tensor(imgs, height, width, mean, std), flip)
         )
     if not feats:
         return np.zeros((0, int(getattr(model, "embed_dim", getattr(model, "dim", 0)))), dtype=np.float32)
@@ -121,7 +130,7 @@ def extract_local(
 class _EmbedActor:
     """A Ray Data actor: holds the model once, turns batches of ``{idx, uri}`` rows into ``{idx, feat}``."""
 
-    def __init__(self, model, storage: Storage, flip: bool, height: int, width: int, device: str):
+    def __init__(self, model, storage: Storage, flip: bool, height: int, width: int, device: str, mean=None, std=None):
         import ray
 
         torch.set_num_threads(1)
@@ -130,13 +139,15 @@ class _EmbedActor:
         self.embedder = is_embedder(model)
         self.model = model if self.embedder else model.to(resolve_device(device)).eval()
         self.storage, self.flip, self.height, self.width = storage, flip, height, width
+        self.mean = IMAGENET_MEAN if mean is None else mean
+        self.std = IMAGENET_STD if std is None else std
 
     def __call__(self, batch: dict) -> dict:
         imgs = load_images(list(batch["uri"]), self.storage, threads=2)
         if self.embedder:
             feats = embed_images(self.model, imgs, self.flip)
         else:
-            feats = embed_tensor(self.model, to_tensor(imgs, self.height, self.width), self.flip)
+            feats = embed_tensor(self.model, to_tensor(imgs, self.height, self.width, self.mean, self.std), self.flip)
         return {"idx": np.asarray(batch["idx"]), "feat": feats}
 
 
@@ -151,6 +162,8 @@ def extract_ray(
     width: int = 128,
     device: str = "auto",
     num_actors: int = 2,
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
 ) -> np.ndarray:
     """Ray Data batch inference over an actor pool; ``[N, D]`` float32 in the order of ``uris``."""
     import ray
@@ -168,6 +181,8 @@ def extract_ray(
             "height": height,
             "width": width,
             "device": "cuda" if gpus else "cpu",
+            "mean": tuple(float(v) for v in mean),
+            "std": tuple(float(v) for v in std),
         },
         batch_size=batch_size,
         batch_format="numpy",

@@ -100,9 +100,16 @@ def finetune(
     width: int = 128,
     device: str = "auto",
     seed: int = 0,
+    mean=None,
+    std=None,
 ) -> tuple[nn.Module, dict]:
-    """Fine-tune a copy of ``backbone`` on ``train`` (``ReidImage`` rows); returns (evaluation model, stats)."""
-    from cion_dist.evaluate.features import load_images, resolve_device, to_tensor
+    """Fine-tune a copy of ``backbone`` on ``train`` (``ReidImage`` rows); returns (evaluation model, stats).
+    Crops are fed at ``height`` x ``width`` normalised by ``mean`` / ``std`` (None: ImageNet), as evaluation feeds
+    them."""
+    from cion_dist.evaluate.features import IMAGENET_MEAN, IMAGENET_STD, load_images, resolve_device, to_tensor
+
+    mean = IMAGENET_MEAN if mean is None else mean
+    std = IMAGENET_STD if std is None else std
 
     if not train:
         raise DataError("the finetune protocol needs training images (bounding_box_train) but the dataset has none")
@@ -133,7 +140,7 @@ def finetune(
         if missing:
             for j, im in zip(missing, load_images([uris[int(idx[j])] for j in missing], storage, cfg.num_threads)):
                 batch[j] = im
-        x = augment(to_tensor(batch, height, width), gen).to(dev)
+        x = augment(to_tensor(batch, height, width, mean, std), gen).to(dev)
         y = torch.as_tensor(labels[idx], device=dev)
         feat = model(x)
         _, logits = neck(feat)

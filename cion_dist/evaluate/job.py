@@ -1,17 +1,22 @@
 """The evaluate stage: re-ID metrics of one backbone on one benchmark, logged to MLflow against the model.
 
-Reads the dataset (Market-1501 / MSMT17 / list), loads the model (checkpoint, ``models:/``, ``runs:/``, or the
-newest pretrain run), optionally fine-tunes it (``protocol: finetune``), extracts query and gallery features
-(in-process or Ray Data), computes CMC / mAP / mINP (optionally after k-reciprocal re-ranking), and records the
-result three ways: a one-row Parquet + ``_SUCCESS.json`` under ``<output>/evaluate/<run_id>/`` (a rerun with the
-same model, dataset and settings is skipped), an MLflow run (metrics, dataset digest, lineage inputs), and tags on
-the registered model version keyed by dataset digest (what ``promote`` compares).
+Reads the dataset (Market-1501 / MSMT17 / list), loads the model (any source ``cion_dist.models.backbone_io``
+reads, an ONNX re-ID model, or the newest pretrain run) with the input size and normalisation it was exported
+with (``evaluate.height`` / ``width`` / ``mean`` / ``std`` win only when set explicitly), optionally fine-tunes
+it (``protocol: finetune``), extracts query and gallery features (in-process or Ray Data), computes CMC / mAP /
+mINP (optionally after k-reciprocal re-ranking), and records the result three ways: a one-row Parquet +
+``_SUCCESS.json`` under ``<output>/evaluate/<run_id>/`` (a rerun with the same model, dataset and settings is
+skipped), an MLflow run (metrics, dataset digest, lineage inputs), and tags on the registered model version keyed
+by its evaluation settings (what ``promote`` compares).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +26,7 @@ from cion_dist.errors import ConfigError, DataError
 from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
 from cion_dist.evaluate.features import extract_local, extract_ray
 from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
-from cion_dist.evaluate.model_source import resolve_model
+from cion_dist.models.backbone_io import LoadedBackbone, Preprocess, fetch, load_backbone, preprocess_for_config
 from cion_dist.stage import EvaluateResult, StageRun
 from cion_dist.storage.fs import Storage, join
 
@@ -33,10 +38,103 @@ def dataset_root(job: Job) -> str:
     return job.evaluate.dataset or join(job.output, "corpus", "market")
 
 
-def extract(job: Job, model, uris: list[str], storage: Storage) -> np.ndarray:
+@dataclass
+class OnnxModel:
+    """An ONNX re-ID model run through the embed stage's ``OnnxEmbedder`` (its own input size and normalisation),
+    so a pretrained backbone can be compared with a model users already know on the same benchmark."""
+
+    embedder: object
+    uri: str
+    weights_digest: str
+    name: Optional[str] = None
+    version: Optional[str] = None
+    run_id: Optional[str] = None
+
+    @property
+    def architecture(self) -> str:
+        return self.embedder.name
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.embedder.dim)
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess((self.embedder.height, self.embedder.width), self.embedder.mean, self.embedder.std)
+
+    def record(self) -> dict:
+        return {"uri": self.uri, "digest": self.weights_digest, "stage": "model", "mlflow_run_id": self.run_id}
+
+
+Model = Union[LoadedBackbone, OnnxModel]
+
+
+def load_onnx(
+    uri: str, storage: Optional[Storage] = None, height=256, width=128, mean=None, std=None, batch_size=64
+) -> OnnxModel:
+    """An ONNX re-ID model file (path or s3://): input size from the model's fixed axes (else ``height`` /
+    ``width``), normalisation from ``mean`` / ``std``, else the model's metadata, else ImageNet."""
+    from cion_dist.embed.embedders import OnnxEmbedder
+
+    local = fetch(uri, storage, where="evaluate.model").path
+    embedder = OnnxEmbedder(local, height, width, batch_size, mean=mean, std=std)
+    with open(local, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return OnnxModel(embedder, uri, digest)
+
+
+def resolve_model(
+    spec: Optional[str],
+    *,
+    experiment: str,
+    storage: Optional[Storage] = None,
+    architecture: Optional[str] = None,
+    mlflow_enabled: bool = True,
+    onnx: Optional[dict] = None,
+) -> Model:
+    """The model ``evaluate.model`` names: ``*.onnx`` through ``load_onnx`` (``onnx`` holds its height, width,
+    mean, std), nothing = the newest finished pretrain run of ``experiment``, anything else ``load_backbone``."""
+    if spec is not None and spec.lower().endswith(".onnx"):
+        return load_onnx(spec, storage, **(onnx or {}))
+    if spec is None or spec.startswith(("models:/", "runs:/")):
+        if not mlflow_enabled:
+            raise ConfigError(
+                "evaluate.model needs MLflow (models:/, runs:/ or newest pretrain) but mlflow.enabled is false"
+            )
+        if spec is None:
+            from cion_dist.mlflow_io.registry import newest_stage_model_uri
+
+            spec = newest_stage_model_uri(experiment, "pretrain")
+    return load_backbone(
+        spec,
+        architecture=architecture,
+        storage=storage,
+        where="evaluate.model",
+        architecture_key="evaluate.architecture",
+    )
+
+
+def model_preprocess(cfg, model: Model) -> Preprocess:
+    """How evaluation feeds ``model``: an ONNX model's own; a backbone's export record unless the user set
+    ``evaluate.height`` / ``width`` / ``mean`` / ``std`` explicitly (then with a warning where they differ)."""
+    if isinstance(model, OnnxModel):
+        return model.preprocess
+    return preprocess_for_config(model.preprocess, cfg, "evaluate", model.uri)
+
+
+def extract(job: Job, model, uris: list[str], storage: Storage, preprocess: Optional[Preprocess] = None) -> np.ndarray:
     cfg = job.evaluate
+    pp = preprocess or Preprocess((cfg.height, cfg.width))
     use_ray = cfg.extraction == "ray" or (cfg.extraction == "auto" and len(uris) >= cfg.ray_min_images)
-    kw = dict(batch_size=cfg.batch_size, flip=cfg.flip, height=cfg.height, width=cfg.width, device=cfg.device)
+    kw = dict(
+        batch_size=cfg.batch_size,
+        flip=cfg.flip,
+        height=pp.height,
+        width=pp.width,
+        mean=pp.mean,
+        std=pp.std,
+        device=cfg.device,
+    )
     if use_ray:
         from cion_dist.raycluster import ensure_ray
 
@@ -92,7 +190,7 @@ def run(job: Job) -> EvaluateResult:
         mlflow_enabled=job.mlflow.enabled,
         onnx={"height": cfg.height, "width": cfg.width, "mean": cfg.mean, "std": cfg.std, "batch_size": cfg.batch_size},
     )
-    if model.embedder is not None and cfg.protocol == "finetune":
+    if isinstance(model, OnnxModel) and cfg.protocol == "finetune":
         raise ConfigError(
             f"evaluate.protocol=finetune needs a torch backbone; {model.uri} is an ONNX model (use protocol: frozen)"
         )
@@ -110,16 +208,26 @@ def run(job: Job) -> EvaluateResult:
     out = st.out
 
     t0 = time.time()
-    net, extra = (model.module if model.embedder is None else model.embedder), {}
+    pp = model_preprocess(cfg, model)
+    net, extra = (model.embedder if isinstance(model, OnnxModel) else model.module), {}
     if cfg.protocol == "finetune":
         from cion_dist.evaluate.finetune import finetune
 
         net, extra = finetune(
-            net, ds.train, cfg.finetune, storage, height=cfg.height, width=cfg.width, device=cfg.device, seed=job.seed
+            net,
+            ds.train,
+            cfg.finetune,
+            storage,
+            height=pp.height,
+            width=pp.width,
+            mean=pp.mean,
+            std=pp.std,
+            device=cfg.device,
+            seed=job.seed,
         )
     t1 = time.time()
-    qf = extract(job, net, [r.uri for r in ds.query], storage)
-    gf = extract(job, net, [r.uri for r in ds.gallery], storage)
+    qf = extract(job, net, [r.uri for r in ds.query], storage, pp)
+    gf = extract(job, net, [r.uri for r in ds.gallery], storage, pp)
     t2 = time.time()
     metrics = score(job, ds, qf, gf)
     if metrics.num_valid == 0 or not np.isfinite(metrics.mAP):
@@ -143,6 +251,7 @@ def run(job: Job) -> EvaluateResult:
     params = {
         "dataset": {"root": root, "format": ds.name, **ds.counts()},
         "model": {"uri": model.uri, "architecture": model.architecture, "embed_dim": model.embed_dim},
+        "preprocess": {"input_size": list(pp.input_size), "mean": list(pp.mean), "std": list(pp.std)},
     }
     with st.tracking(params=params):
         st.log_metrics(summary | {f"cmc_{i + 1}": c for i, c in enumerate(metrics.cmc)})
@@ -171,7 +280,7 @@ def run(job: Job) -> EvaluateResult:
                     digest,
                     {k: summary[k] for k in METRICS},
                     run_id=mlflow_run_id,
-                    settings=evaluation_settings(cfg, digest, __version__),
+                    settings=evaluation_settings(cfg, digest, __version__, pp),
                 )
         summary["mlflow_run_id"] = mlflow_run_id
         table = pa.table({k: [v] for k, v in summary.items() if v is not None})

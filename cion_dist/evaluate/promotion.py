@@ -43,12 +43,17 @@ class Decision:
     reason: str
 
 
-def evaluation_settings(cfg, dataset_digest: str, code_version: str) -> dict:
-    """Everything that changes an evaluation's numbers, from an ``EvaluateConfig``: the comparison key."""
+def evaluation_settings(cfg, dataset_digest: str, code_version: str, preprocess=None) -> dict:
+    """Everything that changes an evaluation's numbers, from an ``EvaluateConfig`` and the preprocessing that was
+    run (``backbone_io.Preprocess``; None = the config's size, ImageNet): the comparison key. An ImageNet
+    normalisation is left out of the key, so such records compare with those written before it was recorded."""
+    from cion_dist.models.backbone_io import Preprocess
+
+    pp = preprocess or Preprocess((cfg.height, cfg.width))
     s = {
         "protocol": cfg.protocol,
-        "height": cfg.height,
-        "width": cfg.width,
+        "height": pp.height,
+        "width": pp.width,
         "flip": cfg.flip,
         "metric": cfg.metric,
         "rerank": cfg.rerank,
@@ -57,6 +62,8 @@ def evaluation_settings(cfg, dataset_digest: str, code_version: str) -> dict:
         "dataset_digest": dataset_digest,
         "code_version": code_version,
     }
+    if (pp.mean, pp.std) != (Preprocess.mean, Preprocess.std):
+        s.update(mean=list(pp.mean), std=list(pp.std))
     if cfg.rerank:
         s.update(rerank_k1=cfg.rerank_k1, rerank_k2=cfg.rerank_k2, rerank_lambda=cfg.rerank_lambda)
     if cfg.protocol == "finetune":

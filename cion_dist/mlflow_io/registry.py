@@ -1,7 +1,7 @@
-"""Model registry glue: backbone artifacts, ``models:/`` URIs, aliases, and evaluation results kept on versions.
+"""Model registry glue: ``models:/`` URIs, versions of a run, aliases, and evaluation results kept on versions.
 
-A backbone travels as two artifacts under ``model/`` of the run that made it: ``backbone.safetensors`` (weights)
-and ``backbone.json`` (``{"architecture", "embed_dim", "input_size"}``). Evaluations are written onto the model
+The backbone artifacts themselves (names, export, logging, registering, loading) belong to
+``cion_dist.models.backbone_io``. Evaluations are written onto the model
 version as tags keyed by the digest of their full settings, so a promotion compares two versions measured exactly
 alike: ``cion.eval.<settings key>.<metric>`` beside ``cion.eval.<settings key>.settings`` (the settings as JSON).
 """
@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 from cion_dist.errors import ConfigError, DataError
 
-BACKBONE_DIR = "model"
-WEIGHTS_FILE = "backbone.safetensors"
-META_FILE = "backbone.json"
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>[^/@]+)|@(?P<alias>[^/@]+))$")
 
 
@@ -79,84 +74,30 @@ def alias_version(name: str, alias: str, mlflow_client=None):
         return None
 
 
-def log_backbone(
-    model, architecture: str, input_size=(256, 128), artifact_path: str = BACKBONE_DIR, kwargs: Optional[dict] = None
-) -> dict:
-    """Write a backbone in the exported format (``cion_dist.models.export``) as artifacts of the active run;
-    returns its description."""
+def version_for_run(run_id: str, mlflow_client=None):
+    """The newest version registered from ``run_id``, or None when the run's model was never registered."""
+    versions = (mlflow_client or client()).search_model_versions(f"run_id = '{run_id}'")
+    return max(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def newest_stage_model_uri(experiment: str, stage: str = "pretrain") -> str:
+    """``models:/`` of the newest finished ``stage`` run's registered version, else ``runs:/<id>/model``."""
     import mlflow
 
-    from cion_dist.models.export import export_files
+    from cion_dist.models.backbone_io import BACKBONE_DIR
 
-    sd = {
-        k: (v.float() if v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in model.state_dict().items()
-    }
-    files = export_files(sd, architecture, int(model.embed_dim), kwargs, tuple(input_size))
-    with tempfile.TemporaryDirectory() as tmp:
-        for fname, data in files.items():
-            with open(os.path.join(tmp, fname), "wb") as f:
-                f.write(data)
-        mlflow.log_artifacts(tmp, artifact_path)
-    return json.loads(files[META_FILE])
-
-
-def register_backbone(
-    run_id: str, name: str, artifact_path: str = BACKBONE_DIR, mlflow_client=None, tags: Optional[dict] = None
-):
-    """Register ``runs:/<run_id>/<artifact_path>`` as a new version of ``name``; returns the ``ModelVersion``."""
-    from mlflow.exceptions import MlflowException
-
-    c = mlflow_client or client()
-    try:
-        c.get_registered_model(name)
-    except MlflowException:
-        c.create_registered_model(name)
-    run = c.get_run(run_id)
-    source = f"{run.info.artifact_uri.rstrip('/')}/{artifact_path}"
-    mv = c.create_model_version(name, source, run_id=run_id, tags=tags or {})
-    for _ in range(50):
-        if mv.status == "READY":
-            break
-        time.sleep(0.1)
-        mv = c.get_model_version(name, mv.version)
-    return mv
-
-
-def download_backbone(version, mlflow_client=None, dst: Optional[str] = None) -> str:
-    """Local folder holding ``backbone.safetensors`` and ``backbone.json`` of a model version."""
-    import mlflow
-
-    c = mlflow_client or client()
-    dst = dst or tempfile.mkdtemp(prefix="cion-model-")
-    tried = []
-    sources = []
-    try:
-        sources.append(c.get_model_version_download_uri(version.name, version.version))
-    except Exception:  # noqa: BLE001 - fall back to the run's artifacts
-        pass
-    if version.run_id:
-        sources.append(f"runs:/{version.run_id}/{BACKBONE_DIR}")
-    for src in sources:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=src, dst_path=dst)
-        except Exception as e:  # noqa: BLE001 - try the next source, report all
-            tried.append(f"{src} ({e})")
-            continue
-        found = find_backbone_dir(local)
-        if found:
-            return found
-        tried.append(f"{src} (no {META_FILE})")
-    raise DataError(f"models:/{version.name}/{version.version}: no backbone artifacts found; tried {'; '.join(tried)}")
-
-
-def find_backbone_dir(root: str) -> Optional[str]:
-    if os.path.isfile(root):
-        root = os.path.dirname(root)
-    for d, _, files in os.walk(root):
-        if META_FILE in files:
-            return d
-    return None
+    runs = mlflow.search_runs(
+        experiment_names=[experiment],
+        filter_string=f"tags.`cion.stage` = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+        output_format="list",
+    )
+    if not runs:
+        raise DataError(f"no finished {stage} run in MLflow experiment {experiment!r}; set evaluate.model")
+    rid = runs[0].info.run_id
+    mv = version_for_run(rid)
+    return f"models:/{mv.name}/{mv.version}" if mv is not None else f"runs:/{rid}/{BACKBONE_DIR}"
 
 
 # ---- evaluations on versions -------------------------------------------------------------------------------

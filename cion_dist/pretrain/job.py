@@ -9,15 +9,14 @@ DeepSpeed shards; a rerun of the same run id resumes from the newest), ``model/`
 ``backbone.safetensors`` + ``backbone.json``), ``_SUCCESS.json``. MLflow: resolved config as params, per-step
 metrics from rank 0, the input datasets (``stage_run``), the ``model/`` folder as artifacts, registered as a new
 version of
-``pretrain.model_name`` (a plain artifact folder, not an MLflow flavour: ``cion_dist.models.export.load_exported``
-reads it back from ``models:/<name>/<version>``).
+``pretrain.model_name`` (a plain artifact folder, not an MLflow flavour: ``cion_dist.models.backbone_io`` writes,
+logs and registers it, and ``load_backbone`` reads it back from ``models:/<name>/<version>``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Optional
 
 import pyarrow as pa
@@ -25,10 +24,18 @@ import torch
 
 from cion_dist.config.job import Job
 from cion_dist.errors import DataError
-from cion_dist.models.export import backbone_state, export_files
+from cion_dist.models.backbone_io import (
+    BACKBONE_DIR,
+    Preprocess,
+    backbone_state,
+    export_files,
+    log_backbone,
+    register_backbone,
+    write_export,
+)
 from cion_dist.stage import PretrainResult, StageRun
 from cion_dist.stage.runid import derive_run_id
-from cion_dist.storage.fs import Storage, is_s3, join, write_bytes_atomic
+from cion_dist.storage.fs import Storage, is_s3, join
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
 log = logging.getLogger(__name__)
@@ -189,8 +196,10 @@ def fit(job: Job, data, storage_path: str, name: str, tracking: Optional[dict] =
 
 
 def export_teacher(result, job: Job, out: StageOutput) -> tuple[str, dict[str, bytes]]:
-    """Write the final teacher backbone to ``<run>/model/``; returns (folder URI, files)."""
+    """Write the final teacher backbone to ``<run>/model/``, recording the crop size and the normalisation it was
+    trained with; returns (folder URI, files)."""
     from cion_dist.models.factory import build_backbone
+    from cion_dist.pretrain.augment import MEAN, STD
     from cion_dist.pretrain.train_loop import TEACHER_FILE
 
     if result.checkpoint is None:
@@ -200,37 +209,18 @@ def export_teacher(result, job: Job, out: StageOutput) -> tuple[str, dict[str, b
     state = backbone_state(blob["teacher"])
     cfg = job.pretrain
     embed_dim = build_backbone(cfg.backbone, **cfg.backbone_kwargs).embed_dim
-    files = export_files(state, cfg.backbone, embed_dim, cfg.backbone_kwargs, tuple(cfg.image_size))
-    folder = join(out.uri, "model")
-    for fname, data in files.items():
-        write_bytes_atomic(join(folder, fname), data, out.storage)
-    return folder, files
+    preprocess = Preprocess(tuple(cfg.image_size), MEAN, STD)
+    files = export_files(state, cfg.backbone, embed_dim, cfg.backbone_kwargs, preprocess)
+    return write_export(files, join(out.uri, BACKBONE_DIR), out.storage), files
 
 
-def _log_model(files: dict[str, bytes], cfg, run) -> Optional[str]:
-    """Log ``model/`` as run artifacts and register it as a new version; returns the model URI."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    with tempfile.TemporaryDirectory() as tmp:
-        for fname, data in files.items():
-            with open(os.path.join(tmp, fname), "wb") as f:
-                f.write(data)
-        mlflow.log_artifacts(tmp, artifact_path="model")
-    uri = f"runs:/{run.info.run_id}/model"
+def publish_model(files: dict[str, bytes], cfg, run) -> str:
+    """Log ``model/`` as artifacts of the stage's MLflow run and, with ``pretrain.register_model``, register it
+    as a new version of ``pretrain.model_name``; returns the model URI."""
+    log_backbone(files)
     if not cfg.register_model:
-        return uri
-    client = MlflowClient()
-    try:
-        client.get_registered_model(cfg.model_name)
-    except Exception:  # noqa: BLE001 - mlflow raises MlflowException(RESOURCE_DOES_NOT_EXIST)
-        client.create_registered_model(cfg.model_name, description="CION-pretrained person re-ID backbones")
-    mv = client.create_model_version(
-        cfg.model_name,
-        source=mlflow.get_artifact_uri("model"),
-        run_id=run.info.run_id,
-        tags={"architecture": cfg.backbone},
-    )
+        return f"runs:/{run.info.run_id}/{BACKBONE_DIR}"
+    mv = register_backbone(run.info.run_id, cfg.model_name, tags={"architecture": cfg.backbone})
     return f"models:/{cfg.model_name}/{mv.version}"
 
 
@@ -300,7 +290,7 @@ def run(job: Job) -> PretrainResult:
             }
         )
         if mlrun is not None:
-            model_uri = _log_model(files, cfg, mlrun) or folder
+            model_uri = publish_model(files, cfg, mlrun)
             plots = write_plots(out, tracking)
     summary = {
         "model_uri": model_uri,
