@@ -402,6 +402,21 @@ def table(results: dict[str, list[dict]], handcrafted: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def health_lines(results: dict[str, list[dict]]) -> list[str]:
+    """Each trained arm's health verdicts over seeds, with the loss at both ends: an arm whose self-distillation
+    collapsed compares nothing, whatever its mAP."""
+    lines = []
+    for arm, runs in results.items():
+        verdicts = [r["verdict"] for r in runs if r.get("verdict")]
+        if not verdicts:
+            continue
+        counts = ", ".join(f"{v} x{verdicts.count(v)}" for v in dict.fromkeys(verdicts))
+        l0 = np.mean([r["loss_first"] for r in runs if "loss_first" in r])
+        l1 = np.mean([r["loss_last"] for r in runs if "loss_last" in r])
+        lines.append(f"health {arm}: {counts}; loss {l0:.3f} -> {l1:.3f}")
+    return lines
+
+
 def verdict(results: dict[str, list[dict]], against=("instance", "tracklet")) -> list[str]:
     """CION against each baseline on synthetic frozen mAP: mean gap and whether it exceeds the seed spread."""
 
@@ -605,6 +620,8 @@ def main(argv=None) -> dict:
     print("\nmAP / Rank-1 / mINP on held-out identities, mean +- std [min-max] over seeds\n")
     print(table(results, handcrafted))
     print()
+    for line in health_lines(results):
+        print(line)
     for line in verdict(results):
         print(line)
     if rounds:

@@ -72,3 +72,15 @@ def test_spread_and_verdict():
     lines = study.verdict(res)
     assert lines[0].startswith("cion - instance: +0.210") and lines[0].endswith("-> holds")
     assert lines[1].startswith("cion - tracklet: +0.003") and lines[1].endswith("-> does not hold")
+
+
+def test_health_lines_count_each_arms_verdicts():
+    res = {
+        "random": [{"seed": 0}],
+        "cion": [
+            {"verdict": "learning", "loss_first": 6.0, "loss_last": 5.0},
+            {"verdict": "uniform (not sharpening)", "loss_first": 6.2, "loss_last": 6.9},
+            {"verdict": "learning", "loss_first": 6.1, "loss_last": 5.2},
+        ],
+    }
+    assert study.health_lines(res) == ["health cion: learning x2, uniform (not sharpening) x1; loss 6.100 -> 5.700"]
