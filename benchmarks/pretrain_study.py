@@ -275,7 +275,7 @@ def pretrain_config(args, instances: list[int]):
     """The stage's own config for an arm: one 'epoch' per K stage, so K grows at the same steps in every arm."""
     from cion_dist.pretrain.config import PretrainConfig
 
-    return PretrainConfig(
+    fixed = dict(
         backbone=args.backbone,
         backbone_kwargs=backbone_kwargs(args),
         out_dim=args.out_dim,
@@ -289,10 +289,15 @@ def pretrain_config(args, instances: list[int]):
         gradual_epochs=list(range(1, len(instances) + 1)),
         gradual_instances=list(instances),
         lr=args.lr,
-        warmup_epochs=0,
-        freeze_last_layer=0,
         num_workers=1,
     )
+    extra = {"warmup_epochs": 0, "freeze_last_layer": 0}
+    for kv in getattr(args, "pretrain_set", None) or []:
+        key, sep, value = kv.partition("=")
+        if not sep or key in fixed:
+            raise SystemExit(f"--pretrain-set {kv!r}: expected KEY=VALUE for a key the study does not set itself")
+        extra[key] = value
+    return PretrainConfig(**fixed, **extra)
 
 
 def pk_views(images: list, labels: np.ndarray, instances: list[int], steps: int, batch: int, spec, seed: int):
@@ -482,6 +487,14 @@ def parse_args(argv=None):
     p.add_argument("--hidden-dim", type=int, default=512)
     p.add_argument("--bottleneck-dim", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.02, help="peak lr per 256 images")
+    p.add_argument(
+        "--pretrain-set",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="other pretrain settings for every arm, e.g. teacher_temp=0.02 momentum_teacher=0.99 (keys the study "
+        "sets itself are refused)",
+    )
     # evaluation
     p.add_argument("--finetune-iterations", type=int, default=60)
     p.add_argument(

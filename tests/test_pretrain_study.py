@@ -84,3 +84,10 @@ def test_health_lines_count_each_arms_verdicts():
         ],
     }
     assert study.health_lines(res) == ["health cion: learning x2, uniform (not sharpening) x1; loss 6.100 -> 5.700"]
+
+
+def test_pretrain_set_reaches_the_stage_config_and_refuses_the_studys_own_keys():
+    cfg = study.pretrain_config(study.parse_args(["--pretrain-set", "teacher_temp=0.02", "warmup_epochs=1"]), [2, 4])
+    assert (cfg.teacher_temp, cfg.warmup_epochs, cfg.epochs) == (0.02, 1, 2)
+    with pytest.raises(SystemExit, match="lr=1"):
+        study.pretrain_config(study.parse_args(["--pretrain-set", "lr=1"]), [2])
