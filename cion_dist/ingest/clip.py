@@ -13,8 +13,9 @@ from typing import Optional
 
 import pyarrow as pa
 
+from cion_dist.images import encode_jpeg
 from cion_dist.ingest.appearance import box_histograms
-from cion_dist.ingest.crops import crop_box, encode_jpeg
+from cion_dist.ingest.crops import crop_box
 from cion_dist.ingest.decode import iter_chunks, open_clip, sample_indices
 from cion_dist.ingest.detectors import make_detector
 from cion_dist.ingest.gate import EDGE_TOUCH, GateTally, assess
