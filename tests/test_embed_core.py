@@ -18,11 +18,12 @@ from cion_dist.embed.config import EmbedConfig
 from cion_dist.embed.embedders import HandcraftedEmbedder, OnnxEmbedder, TorchEmbedder, build_embedder
 from cion_dist.embed.handcrafted import stripe_histograms
 from cion_dist.embed.parts import embed_batches, embeddings_matrix
-from cion_dist.embed.preprocess import l2_normalise, to_imagenet_nchw
+from cion_dist.embed.preprocess import to_imagenet_nchw
 from cion_dist.embed.weights import backbone_spec, resolve_weights
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.images import decode_image, encode_jpeg
 from cion_dist.storage.fs import Storage
+from cion_dist.vectors import l2_normalise
 
 OSNET = "models/osnet_x0_25_msmt17.onnx"
 

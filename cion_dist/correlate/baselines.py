@@ -18,7 +18,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from cion_dist.correlate.geometry import group_sums, l2_normalise
+from cion_dist.correlate.geometry import group_sums
+from cion_dist.vectors import l2_normalise
 
 
 def tracklet_identity(video: np.ndarray, tracklet: np.ndarray) -> np.ndarray:

@@ -11,11 +11,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, eps)
+from cion_dist.vectors import l2_normalise
 
 
 def centroid(x: np.ndarray) -> np.ndarray:

@@ -18,7 +18,6 @@ from cion_dist.embed.handcrafted import descriptor_dim, stripe_histograms
 from cion_dist.embed.preprocess import (
     Images,
     as_image_list,
-    l2_normalise,
     resize_batch,
     to_imagenet_nchw,
 )
@@ -26,6 +25,7 @@ from cion_dist.embed.weights import BackboneSpec, backbone_spec, resolve_weights
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD
 from cion_dist.storage.fs import Storage
+from cion_dist.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
 

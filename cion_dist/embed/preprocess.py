@@ -45,10 +45,3 @@ def to_imagenet_nchw(batch: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) ->
     x = batch.astype(np.float32) * (1.0 / 255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation in float32; an all-zero row stays zero rather than becoming NaN."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, eps)
