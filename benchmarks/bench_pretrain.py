@@ -113,7 +113,6 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=32, help="first N identities (0 = all): bounds the steps")
     args = ap.parse_args()
 
-    import cion_dist.config  # noqa: F401
     from cion_dist.config.job import Job
     from cion_dist.pretrain import hooks
     from cion_dist.pretrain.job import fit

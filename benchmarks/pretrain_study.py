@@ -39,8 +39,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import cion_dist.config  # noqa: F401  (the job model first: stage configs are imported by it)
-
 ARMS = ("random", "instance", "tracklet", "cion", "truth")
 log = logging.getLogger("pretrain_study")
 

@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 
-import cion_dist.config  # noqa: F401
 from cion_dist.storage.fs import Storage
 from cion_dist.synth.config import SynthConfig
 from cion_dist.synth.encode import Mp4Writer

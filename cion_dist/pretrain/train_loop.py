@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import cion_dist.config  # noqa: F401 - load the Job model first: the stage configs are imported from it
 from cion_dist.pretrain.augment import MultiCropSpec
 from cion_dist.pretrain.config import PretrainConfig
 from cion_dist.pretrain.ema import full_state, load_full_state
