@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cion_dist.correlate.synthetic import Corpus, make_corpus, write_embed_output  # noqa: F401
+from cion_dist.correlate.clustered_corpus import Corpus, make_corpus, write_embed_output  # noqa: F401
 from cion_dist.vectors import l2_normalise
 
 

@@ -83,7 +83,9 @@ def fatal_checkpoint(message: str) -> str:
     return path
 
 
-def load_checkpoint(path: str, engine, teacher, loss_fn) -> dict:
+def resume_training_state(path: str, engine, teacher, loss_fn) -> dict:
+    """Restore a Ray Train checkpoint in place (DeepSpeed engine, teacher, loss centre) and return its step state;
+    not a model loader (``cion_dist.evaluate.model_source.load_checkpoint`` resolves exported backbones)."""
     if os.path.exists(os.path.join(path, FATAL_FILE)):
         return {"fatal": json.loads(Path(path, FATAL_FILE).read_text())["error"]}
     engine.load_checkpoint(path, tag=DS_TAG)
@@ -198,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_from = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = load_checkpoint(d, engine, teacher, loss_fn)
+            state = resume_training_state(d, engine, teacher, loss_fn)
         resumed_from = state.get("global_step")
     sink = _MetricsSink(config.get("mlflow") if rank == 0 else None)
     health = HealthLog(state.get("health"))
