@@ -322,7 +322,7 @@ def _link_window_batch(
 ) -> int:
     """Cross-video links of a batch of consecutive windows: each window's identities search one another (exact,
     in-process FAISS on the W x W window); one links file for the batch."""
-    from cion_dist.correlate.baselines import exact_knn
+    from cion_dist.correlate.geometry import exact_knn
 
     lo = min(node_bounds_of[s] for s, _ in specs)
     hi = max(node_bounds_of[e] for _, e in specs)

@@ -14,6 +14,15 @@ import scipy.sparse as sp
 from cion_dist.vectors import l2_normalise
 
 
+def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the k nearest rows of x to each row by inner product, self included (``faiss.knn``:
+    exact, in-process, no index kept)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return faiss.knn(x, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
+
+
 def centroid(x: np.ndarray) -> np.ndarray:
     """Normalised mean of the rows of x: shape (d,)."""
     return l2_normalise(np.asarray(x, dtype=np.float32).sum(axis=0))
