@@ -63,7 +63,7 @@ def driver_memory(n: int, dim: int, cpus: int) -> None:
 
     import pyarrow as pa
 
-    from cion_dist.correlate.synthetic import make_corpus
+    from cion_dist.correlate.clustered_corpus import make_corpus
     from cion_dist.embed.parts import embedding_array
     from cion_dist.storage.stage_io import StageOutput
 
@@ -130,8 +130,8 @@ def main() -> None:
 
     from cion_dist.config import job_from_dict
     from cion_dist.correlate import quality
+    from cion_dist.correlate.clustered_corpus import make_corpus, write_embed_output
     from cion_dist.correlate.job import run
-    from cion_dist.correlate.synthetic import make_corpus, write_embed_output
     from cion_dist.storage.stage_io import StageOutput
 
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)

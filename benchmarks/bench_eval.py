@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import resource
 import time
+
+from cion_dist.procmem import peak_rss_mb, rss_mb
 
 
 def _data(n_query: int, n_gallery: int, dim: int, seed: int = 0):
@@ -33,13 +34,7 @@ def _data(n_query: int, n_gallery: int, dim: int, seed: int = 0):
     return qf, gf, qp, gp, qc, gc
 
 
-def _rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _current_rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+_rss_mib, _current_rss_mib = peak_rss_mb, rss_mb
 
 
 def _case(kind: str, n: int, dim: int, chunk: int, threads: int, out) -> None:

@@ -21,8 +21,6 @@ import sys
 import tempfile
 import time
 
-import cion_dist.config  # noqa: F401  (job model first: stage configs import it)
-
 
 def decode_ingest(data: bytes, step: int) -> tuple[int, float]:
     """The ingest stage's own path: decord in bounded chunks of sampled indices."""
@@ -142,7 +140,7 @@ def bench_concurrency(work: str, frames: int) -> list[tuple]:
 
 _CHILD = r"""
 import json, sys, time
-import cion_dist.config, decord, cv2
+import decord, cv2
 from cion_dist.ingest.clip import ingest_clip
 from cion_dist.ingest.config import IngestConfig
 

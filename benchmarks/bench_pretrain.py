@@ -37,6 +37,8 @@ MOT = Path(os.environ.get("CION_SHARED_DATA", ROOT.parent / "shared" / "data")) 
 
 
 def mot17_crops(min_visibility: float = 0.3, min_height: int = 60) -> pa.Table:
+    from cion_dist.images import decode_image
+
     ids, image_ids, jpegs = [], [], []
     next_id = 0
     for seq in sorted(MOT.iterdir()):
@@ -48,7 +50,7 @@ def mot17_crops(min_visibility: float = 0.3, min_height: int = 60) -> pa.Table:
             path = seq / "img1" / f"{int(f):06d}.jpg"
             if not path.exists():
                 continue
-            img = frames.setdefault(int(f), Image.open(path).convert("RGB"))
+            img = frames.setdefault(int(f), Image.fromarray(decode_image(path.read_bytes(), str(path))))
             box = (max(0, int(x)), max(0, int(y)), min(img.width, int(x + w)), min(img.height, int(y + h)))
             buf = io.BytesIO()
             img.crop(box).save(buf, format="JPEG", quality=90)
@@ -65,6 +67,7 @@ def mot17_crops(min_visibility: float = 0.3, min_height: int = 60) -> pa.Table:
 
 def drawn_crops(identities: int = 48, per_identity: int = 6) -> pa.Table:
     rng = np.random.default_rng(0)
+
     ids, image_ids, jpegs = [], [], []
     for i in range(identities):
         top, bottom = rng.integers(0, 255, 3), rng.integers(0, 255, 3)
@@ -110,7 +113,6 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=32, help="first N identities (0 = all): bounds the steps")
     args = ap.parse_args()
 
-    import cion_dist.config  # noqa: F401
     from cion_dist.config.job import Job
     from cion_dist.pretrain import hooks
     from cion_dist.pretrain.job import fit

@@ -39,8 +39,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-import cion_dist.config  # noqa: F401  (the job model first: stage configs are imported by it)
-
 ARMS = ("random", "instance", "tracklet", "cion", "truth")
 log = logging.getLogger("pretrain_study")
 
@@ -111,9 +109,9 @@ def crop_truth(crops: pa.Table, gt_uri: str) -> np.ndarray:
 
 
 def decode_all(jpegs: list[bytes]) -> list[np.ndarray]:
-    from cion_dist.embed.preprocess import decode_jpeg
+    from cion_dist.images import decode_image
 
-    return [decode_jpeg(j) for j in jpegs]
+    return [decode_image(j, f"#{i}") for i, j in enumerate(jpegs)]
 
 
 def embed_for_correlation(images: list[np.ndarray], embedder: str) -> np.ndarray:

@@ -22,7 +22,6 @@ import argparse
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from cion_dist.procmem import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REV = "1b98bbf"
@@ -104,8 +105,7 @@ class StorePeak(threading.Thread):
             time.sleep(0.2)
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+_peak_rss_mb = peak_rss_mb
 
 
 def loop_new(config: dict) -> None:

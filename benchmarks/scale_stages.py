@@ -114,7 +114,7 @@ def run_child(spec: dict, counter, pythonpath: str) -> dict:
 
 
 def tiny_jpeg() -> bytes:
-    from cion_dist.embed.preprocess import encode_jpeg
+    from cion_dist.images import encode_jpeg
 
     rng = np.random.default_rng(0)
     return encode_jpeg(rng.integers(0, 255, (16, 8, 3), dtype=np.uint8))

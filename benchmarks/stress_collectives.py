@@ -37,7 +37,6 @@ def _worker(config: dict) -> None:
     import torch
     import torch.distributed as dist
 
-    import cion_dist.config  # noqa: F401
     from cion_dist.pretrain import ema
     from cion_dist.pretrain.config import PretrainConfig
     from cion_dist.pretrain.engine import _disable_cpu_shm_comm, deepspeed_config

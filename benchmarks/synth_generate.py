@@ -7,14 +7,13 @@ core; the small test corpus in about 2 s. Run: ``python benchmarks/synth_generat
 from __future__ import annotations
 
 import argparse
-import resource
 import sys
 import tempfile
 import time
 
 import numpy as np
 
-import cion_dist.config  # noqa: F401
+from cion_dist.procmem import peak_rss_mb
 from cion_dist.storage.fs import Storage
 from cion_dist.synth.config import SynthConfig
 from cion_dist.synth.encode import Mp4Writer
@@ -67,7 +66,7 @@ def main(argv=None) -> None:
         n = cfg.videos * cfg.frames
         g, b = min(gen), min(base)
         print(f"{name:8} {n:6d} {g:10.2f} {n / g:7.1f} {b:13.2f} {g / b:6.2f}")
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss = peak_rss_mb()
     print(f"peak RSS {rss:.0f} MiB; best of {args.repeat}; python {sys.version.split()[0]}")
 
 

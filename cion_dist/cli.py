@@ -59,7 +59,7 @@ def synth(
     benchmark_identities: int = typer.Option(8, help="held-out identities for the Market-layout benchmark"),
 ) -> None:
     """Write a synthetic person-video corpus: mp4 clips, manifest, ground truth and a re-ID benchmark."""
-    from cion_dist.config.base import StorageConfig
+    from cion_dist.config_base import StorageConfig
     from cion_dist.storage import Storage
     from cion_dist.synth.config import SynthConfig
     from cion_dist.synth.generate import generate_corpus
@@ -212,7 +212,7 @@ def manifest(
 
     start_time is seconds since the Unix epoch (UTC): from --time-pattern, else the container's creation_time.
     """
-    from cion_dist.config.base import StorageConfig
+    from cion_dist.config_base import StorageConfig
     from cion_dist.ingest.manifest_builder import ManifestSpec, build_manifest
     from cion_dist.storage import Storage
 
@@ -236,7 +236,7 @@ def inspect(
     per_group: int = typer.Option(12, help="crops per tracklet, identity or removal reason"),
 ) -> None:
     """Contact sheets of a run: tracklets (ingest); identities, risky merges first, and removed images (correlate)."""
-    from cion_dist.config.base import StorageConfig
+    from cion_dist.config_base import StorageConfig
     from cion_dist.inspect.inspect_run import inspect_run
     from cion_dist.storage import Storage
 

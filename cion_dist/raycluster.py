@@ -7,7 +7,7 @@ import os
 import sys
 import time
 
-from cion_dist.config.base import RayConfig
+from cion_dist.config_base import RayConfig
 
 log = logging.getLogger(__name__)
 

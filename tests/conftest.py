@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import uuid
 from pathlib import Path
 
 import pytest
+
+from cion_dist.loopback_s3 import free_port  # noqa: F401 - tests import it from here
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CION_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -27,12 +28,6 @@ os.environ["CION_CLUSTER_FILE"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.exists():
@@ -43,20 +38,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def s3_endpoint():
     """A real S3 API (moto's threaded server) on 127.0.0.1, exported through AWS_ENDPOINT_URL."""
-    from moto.server import ThreadedMotoServer
+    from cion_dist.loopback_s3 import loopback_s3
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    old = os.environ.get("AWS_ENDPOINT_URL")
-    os.environ["AWS_ENDPOINT_URL"] = endpoint
-    yield endpoint
-    if old is None:
-        os.environ.pop("AWS_ENDPOINT_URL", None)
-    else:
-        os.environ["AWS_ENDPOINT_URL"] = old
-    server.stop()
+    with loopback_s3() as endpoint:
+        yield endpoint
 
 
 @pytest.fixture

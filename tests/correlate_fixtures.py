@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from cion_dist.correlate.geometry import l2_normalise
-from cion_dist.correlate.synthetic import Corpus, make_corpus, write_embed_output  # noqa: F401
+from cion_dist.correlate.clustered_corpus import Corpus, make_corpus, write_embed_output  # noqa: F401
+from cion_dist.vectors import l2_normalise
 
 
 def write_ground_truth(uri: str, corpus: Corpus, storage=None) -> str:
@@ -131,8 +131,9 @@ def mot17_osnet_corpus(
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    mean = np.array([0.485, 0.456, 0.406], np.float32)
-    std = np.array([0.229, 0.224, 0.225], np.float32)
+    from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD
+
+    mean, std = np.asarray(IMAGENET_MEAN, np.float32), np.asarray(IMAGENET_STD, np.float32)
     rng = np.random.default_rng(seed)
     xs, vids, trks, ids, names, fidx = [], [], [], [], [], []
     for seq in sorted(p for p in mot_root.iterdir() if (p / "gt" / "gt.txt").exists()):

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pyarrow as pa
 
-from cion_dist.embed.preprocess import encode_jpeg
+from cion_dist.images import encode_jpeg
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.reports import part_record
 from cion_dist.storage.stage_io import StageOutput, unit_filename

@@ -15,9 +15,9 @@ from embed_fixtures import synthetic_people
 from cion_dist.config import job_from_dict
 from cion_dist.embed.config import EmbedConfig
 from cion_dist.embed.embedders import TorchEmbedder, build_embedder
-from cion_dist.embed.preprocess import encode_jpeg, l2_normalise
 from cion_dist.evaluate.features import load_images
 from cion_dist.evaluate.job import extract, model_preprocess, resolve_model
+from cion_dist.images import encode_jpeg
 from cion_dist.models import build_backbone
 from cion_dist.models.backbone_io import (
     META_FILE,
@@ -30,6 +30,7 @@ from cion_dist.models.backbone_io import (
     write_export,
 )
 from cion_dist.storage.fs import Storage
+from cion_dist.vectors import l2_normalise
 
 TALL = Preprocess((384, 128), (0.3, 0.5, 0.7), (0.15, 0.2, 0.35))  # neither the default size nor ImageNet's
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 from cion_dist.correlate.denoise import guarded_merge
-from cion_dist.correlate.geometry import l2_normalise
 from cion_dist.correlate.merge_audit import (
     audit_merges,
     final_identity_of_labels,
     format_audit,
 )
+from cion_dist.vectors import l2_normalise
 
 
 def test_linkage_marks_exactly_the_accepted_links():

@@ -26,9 +26,10 @@ from cion_dist.correlate.denoise import (
     guarded_merge,
     shrink_to_radius,
 )
-from cion_dist.correlate.geometry import centroid, distance_to, l2_normalise
+from cion_dist.correlate.geometry import centroid, distance_to
 from cion_dist.correlate.linking import dedupe_links, finalize_identities, links_from_knn, plan_windows
 from cion_dist.correlate.unionfind import UnionFind
+from cion_dist.vectors import l2_normalise
 
 DIM = 32
 

@@ -6,9 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from cion_dist.correlate.geometry import l2_normalise
 from cion_dist.correlate.knn_index import ShardedKnnIndex, drop_self
 from cion_dist.errors import ConfigError
+from cion_dist.vectors import l2_normalise
 
 
 def clustered(n, dim, centres=50, seed=0):

@@ -159,3 +159,16 @@ def test_stage_equals_reference_with_switch_splitting(tmp_path, ray_local):
         split=SwitchSplit(enabled=False),
     )
     assert off.cuts == []
+
+
+def test_select_and_concat_keep_each_images_video_position():
+    from cion_dist.correlate.catalog import concat, select
+    from cion_dist.correlate.inputs import embeddings_from_table
+
+    data = embeddings_from_table(make_corpus(people=6, videos=3, people_per_video=2, seed=3).table(), "corpus")
+    pieces = [select(data, np.flatnonzero(data.video_id == v)) for v in data.videos[::-1]]
+    assert [p.video_rank.tolist() for p in pieces] == [[0] * len(p) for p in pieces]
+    joined = concat(pieces)
+    assert joined.videos == data.videos[::-1]
+    assert [joined.videos[r] for r in joined.video_rank] == joined.video_id.tolist()
+    assert np.diff(joined.video_rank).min() >= 0 and joined.video_rank.max() == 2

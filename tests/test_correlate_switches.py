@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from cion_dist.correlate.denoise import denoise_video
-from cion_dist.correlate.geometry import l2_normalise
 from cion_dist.correlate.quality import as_singletons, pairwise_prf
 from cion_dist.correlate.switches import SwitchSplit, best_cut, switch_segments
+from cion_dist.vectors import l2_normalise
 
 R, D = 0.3, 0.2
 

@@ -18,10 +18,12 @@ from cion_dist.embed.config import EmbedConfig
 from cion_dist.embed.embedders import HandcraftedEmbedder, OnnxEmbedder, TorchEmbedder, build_embedder
 from cion_dist.embed.handcrafted import stripe_histograms
 from cion_dist.embed.parts import embed_batches, embeddings_matrix
-from cion_dist.embed.preprocess import decode_jpeg, encode_jpeg, l2_normalise, to_imagenet_nchw
+from cion_dist.embed.preprocess import to_imagenet_nchw
 from cion_dist.errors import ConfigError, DataError
+from cion_dist.images import decode_image, encode_jpeg
 from cion_dist.models.backbone_io import fetch, load_backbone
 from cion_dist.storage.fs import Storage
+from cion_dist.vectors import l2_normalise
 
 OSNET = "models/osnet_x0_25_msmt17.onnx"
 
@@ -67,7 +69,7 @@ def test_osnet_batching_and_jpeg_roundtrip_do_not_change_features(mot_crops, osn
     single = OnnxEmbedder(str(shared_data / OSNET), batch_size=1, threads=1)(rgb)
     np.testing.assert_allclose(whole, single, atol=1e-4)
     # JPEG at quality 95 changes pixels a little and features barely
-    again = osnet([decode_jpeg(encode_jpeg(im, 95)) for im in rgb])
+    again = osnet([decode_image(encode_jpeg(im, 95)) for im in rgb])
     assert float(np.min(np.sum(whole * again, axis=1))) > 0.97
 
 
@@ -101,7 +103,7 @@ def synth_benchmark_crops(seed: int = 0, people: int = 12, cameras: int = 3):
     for name, data in sorted(files.items()):
         pid, cam, *_ = market.parse_market_filename(name)
         if pid > 0:  # leave out distractors (0) and junk (-1)
-            ims.append(decode_jpeg(data))
+            ims.append(decode_image(data))
             pids.append(pid)
             cam_ids.append(cam)
     return ims, np.array(pids), np.array(cam_ids)
@@ -167,7 +169,7 @@ def test_embed_batches_bad_jpeg_fail_names_image_and_skip_records_it(mot_crops):
     assert part.table.num_rows == 3 and part.bad.column("image_id").to_pylist() == [bad_id]
     assert bad_id not in part.table.column("image_id").to_pylist()
     feats = embeddings_matrix(part.table)
-    ok = [decode_jpeg(b) for i, b in enumerate(table.column("jpeg").to_pylist()) if i != 2]
+    ok = [decode_image(b) for i, b in enumerate(table.column("jpeg").to_pylist()) if i != 2]
     np.testing.assert_allclose(feats, emb(ok), atol=1e-6)
     assert part.table.column("tracklet_id").to_pylist() == [c["pid"] for i, c in enumerate(crops) if i != 2]
 

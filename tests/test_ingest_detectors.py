@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cion_dist.config  # noqa: F401  (job model first: stage configs import it)
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.ingest.config import DetectorConfig, IngestConfig
 from cion_dist.ingest.decode import iter_chunks, open_clip, resized_shape, sample_indices

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import cion_dist.config  # noqa: F401  (job model first: stage configs import it)
 from cion_dist.ingest.clip import tracklets_to_table
 from cion_dist.ingest.config import GateConfig
 from cion_dist.ingest.gate import (

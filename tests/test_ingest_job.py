@@ -10,7 +10,7 @@ import pytest
 
 from cion_dist.config import job_from_dict
 from cion_dist.errors import DataError
-from cion_dist.ingest.crops import decode_jpeg
+from cion_dist.images import decode_image
 from cion_dist.ingest.job import ERRORS_SUBDIR, run
 from cion_dist.ingest.manifest import check_manifest, load_manifest
 from cion_dist.ingest.tracking_eval import evaluate_ingest_tracking
@@ -161,7 +161,7 @@ def test_vtest_with_yolox_from_s3(ray_local, s3_bucket, shared_data, tmp_path):
     assert (per_track.n <= per_track.span + 1).all()  # one crop per tracklet and frame
     # crops are the boxes' pixels
     row = t.slice(0, 1).to_pylist()[0]
-    crop = decode_jpeg(row["jpeg"])
+    crop = decode_image(row["jpeg"])
     x1, y1, x2, y2 = row["bbox"]
     assert abs(crop.shape[0] - (y2 - y1)) <= 2 and abs(crop.shape[1] - (x2 - x1)) <= 2
 

@@ -8,7 +8,6 @@ import cv2
 import numpy as np
 import pytest
 
-import cion_dist.config  # noqa: F401  (job model first: stage configs import it)
 from cion_dist.errors import ConfigError
 from cion_dist.ingest.boxes import nms
 from cion_dist.ingest.config import DetectorConfig, TileConfig

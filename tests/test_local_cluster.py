@@ -71,7 +71,7 @@ def cion_cluster(tmp_path_factory):
 
 
 def _tiny_corpus(root: Path) -> Path:
-    from cion_dist.config.base import StorageConfig
+    from cion_dist.config_base import StorageConfig
     from cion_dist.storage import Storage
     from cion_dist.synth.config import SynthConfig
     from cion_dist.synth.generate import generate_corpus

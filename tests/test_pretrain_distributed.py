@@ -236,7 +236,6 @@ def _ema_worker(config):
     import ray.train
     import torch.distributed as dist
 
-    import cion_dist.config  # noqa: F401
     from cion_dist.pretrain.config import PretrainConfig
     from cion_dist.pretrain.ema import ema_update, full_state, is_zero3_param, load_full_state
     from cion_dist.pretrain.train_loop import (

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel
 
-from cion_dist.config.base import NOT_IN_RUN_ID
 from cion_dist.config.loader import load_default
+from cion_dist.config_base import NOT_IN_RUN_ID
 from cion_dist.stage import EmbedResult, PretrainResult, StageRun, SynthResult, derive_run_id, run_id_config
 from cion_dist.stage.result import StageResult
 

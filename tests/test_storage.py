@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from cion_dist.config.base import StorageConfig
+from cion_dist.config_base import StorageConfig
 from cion_dist.errors import DataError
 from cion_dist.storage import Storage, exists, join, read_bytes, write_bytes_atomic
 from cion_dist.storage.listing import iter_listing

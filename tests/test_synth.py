@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import cion_dist.config  # noqa: F401  (the job model first: stage configs are imported by it)
 from cion_dist.config.job import Job
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import Storage, exists, read_bytes

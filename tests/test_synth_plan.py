@@ -7,7 +7,6 @@ import itertools
 import numpy as np
 import pytest
 
-import cion_dist.config  # noqa: F401  (the job model first: stage configs are imported by it)
 from cion_dist.errors import DataError
 from cion_dist.synth.appearance import PATTERNS, sample_appearances, sample_cameras
 from cion_dist.synth.clip import render_clip

@@ -1,25 +1,12 @@
-"""Typed job configuration (pydantic) loaded from ``jobs/*.yaml`` with ``key.sub=value`` overrides.
+"""The job file (pydantic) loaded from ``jobs/*.yaml`` with ``key.sub=value`` overrides.
 
-Names are resolved lazily: stage config modules import ``cion_dist.config.base``, and ``Job`` imports every stage
-config, so importing ``Job`` eagerly here would make a cycle.
+This package sits above the stages' own config modules: ``Job`` gathers one section per stage, and the stage
+configs build on ``cion_dist.config_base`` only, so the imports point one way and any module can be imported first.
 """
 
 from __future__ import annotations
 
-_EXPORTS = {
-    "STAGES": "cion_dist.config.job",
-    "Job": "cion_dist.config.job",
-    "job_from_dict": "cion_dist.config.loader",
-    "load_default": "cion_dist.config.loader",
-    "load_job": "cion_dist.config.loader",
-}
+from cion_dist.config.job import STAGES, Job
+from cion_dist.config.loader import job_from_dict, load_default, load_job
 
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(name)
+__all__ = ["STAGES", "Job", "job_from_dict", "load_default", "load_job"]

@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import MLflowConfig, RayConfig, StorageConfig, StrictModel, check_storage_uri
+from cion_dist.config_base import MLflowConfig, RayConfig, StorageConfig, StrictModel, check_storage_uri
 from cion_dist.correlate.config import CorrelateConfig
 from cion_dist.embed.config import EmbedConfig
 from cion_dist.evaluate.config import EvaluateConfig, PromoteConfig

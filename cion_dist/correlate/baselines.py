@@ -18,22 +18,13 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-from cion_dist.correlate.geometry import group_sums, l2_normalise
+from cion_dist.correlate.geometry import exact_knn, group_sums
+from cion_dist.vectors import l2_normalise
 
 
 def tracklet_identity(video: np.ndarray, tracklet: np.ndarray) -> np.ndarray:
     keys = np.char.add(np.char.add(np.asarray(video).astype(str), "\x1f"), np.asarray(tracklet).astype(str))
     return np.unique(keys, return_inverse=True)[1].astype(np.int64)
-
-
-def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, ids) of the k nearest rows of x to each row, self included (in-process FAISS)."""
-    import faiss
-
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    index = faiss.IndexFlatIP(x.shape[1])
-    index.add(x)
-    return index.search(x, min(k, len(x)))
 
 
 def dbscan_knn(x: np.ndarray, eps: float, min_samples: int = 4, k: int = 20) -> np.ndarray:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cion_dist.correlate.geometry import group_centroids
+from cion_dist.correlate.geometry import exact_knn, group_centroids
 from cion_dist.correlate.plots import distance_histogram
 
 
@@ -91,17 +91,12 @@ def nearest_cross_video_distances(cents: np.ndarray, video: np.ndarray, k: int, 
     Searches ``k + extra`` neighbours and keeps the first ``k`` from another video; a centroid whose video holds
     more than ``extra`` near tracklets contributes fewer than ``k`` distances.
     """
-    import faiss
-
     video = np.asarray(video)
     n = len(cents)
     kk = min(k + extra, n - 1)
     if kk <= 0 or len(np.unique(video)) < 2:
         return np.zeros(0, dtype=np.float32)
-    c = np.ascontiguousarray(cents, dtype=np.float32)
-    index = faiss.IndexFlatIP(c.shape[1])
-    index.add(c)
-    sim, nbr = index.search(c, kk + 1)
+    sim, nbr = exact_knn(cents, kk + 1)
     other = (nbr >= 0) & (video[np.maximum(nbr, 0)] != video[:, None])
     first_k = other & (np.cumsum(other, axis=1) <= k)
     return (1.0 - sim[first_k]).astype(np.float32)
@@ -109,15 +104,11 @@ def nearest_cross_video_distances(cents: np.ndarray, video: np.ndarray, k: int, 
 
 def nearest_centroid_distances(cents: np.ndarray, k: int) -> np.ndarray:
     """Distances from each centroid to its k nearest other centroids (exact, in-process FAISS)."""
-    import faiss
-
     n = len(cents)
     k = min(k, n - 1)
     if k <= 0:
         return np.zeros(0, dtype=np.float32)
-    index = faiss.IndexFlatIP(cents.shape[1])
-    index.add(np.ascontiguousarray(cents, dtype=np.float32))
-    sim, nbr = index.search(np.ascontiguousarray(cents, dtype=np.float32), k + 1)
+    sim, nbr = exact_knn(cents, k + 1)
     own = nbr == np.arange(n)[:, None]
     # drop the self match (or the last column when a duplicate displaced it)
     drop = np.where(own.any(axis=1), own.argmax(axis=1), k)

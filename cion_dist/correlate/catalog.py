@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from cion_dist.correlate.inputs import ORDER_COLUMNS, REQUIRED, EmbeddingSet, embeddings_from_table
+from cion_dist.correlate.inputs import ORDER_COLUMNS, REQUIRED, EmbeddingSet, embeddings_from_table, video_ranks
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput, read_table
@@ -66,15 +66,6 @@ class VideoCatalog:
     def items(self, ranks: Iterable[int]) -> list[tuple[int, str, list[str]]]:
         """(rank, video id, parts) for the given video ranks: what a task needs to load those videos."""
         return [(int(v), str(self.videos[v]), self.parts(int(v))) for v in ranks]
-
-
-def order_key(row: dict) -> tuple:
-    """Sort key of one video: source, then start time (missing values last), compared as values, not text."""
-    key: list = []
-    for c in ORDER_COLUMNS:
-        val = row.get(c)
-        key += [val is None, val if val is not None else 0]
-    return tuple(key)
 
 
 def _manifest_uri(embed_out: StageOutput) -> Optional[str]:
@@ -274,28 +265,31 @@ def load_all(items: list[tuple[int, str, list[str]]], storage: Storage) -> Embed
 
 def select(data: EmbeddingSet, rows: np.ndarray) -> EmbeddingSet:
     """The rows ``rows`` of ``data`` (one video's, in their order)."""
+    videos = list(dict.fromkeys(data.video_id[rows].tolist()))
     return EmbeddingSet(
         image_id=data.image_id[rows],
         video_id=data.video_id[rows],
         tracklet_id=data.tracklet_id.take(pa.array(rows)),
         tracklet_key=data.tracklet_key[rows],
         x=data.x[rows],
-        videos=list(dict.fromkeys(data.video_id[rows].tolist())),
-        video_rank=np.zeros(len(rows), dtype=np.int64),
+        videos=videos,
+        video_rank=video_ranks(data.video_id[rows], videos),
         frame=None if data.frame is None else data.frame[rows],
     )
 
 
 def concat(pieces: list[EmbeddingSet]) -> EmbeddingSet:
     frames = [p.frame for p in pieces]
+    videos = list(dict.fromkeys(v for p in pieces for v in p.videos))
+    video_id = np.concatenate([p.video_id for p in pieces])
     return EmbeddingSet(
         image_id=np.concatenate([p.image_id for p in pieces]),
-        video_id=np.concatenate([p.video_id for p in pieces]),
+        video_id=video_id,
         tracklet_id=pa.concat_arrays([p.tracklet_id for p in pieces]),
         tracklet_key=np.concatenate([p.tracklet_key for p in pieces]),
         x=np.concatenate([p.x for p in pieces]),
-        videos=list(dict.fromkeys(v for p in pieces for v in p.videos)),
-        video_rank=np.zeros(sum(len(p) for p in pieces), dtype=np.int64),
+        videos=videos,
+        video_rank=video_ranks(video_id, videos),
         frame=None if any(f is None for f in frames) else np.concatenate(frames),
     )
 

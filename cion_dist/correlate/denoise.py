@@ -15,9 +15,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cion_dist.correlate.geometry import distance_to, group_sums, l2_normalise
+from cion_dist.correlate.geometry import distance_to, group_sums
 from cion_dist.correlate.switches import SwitchSplit, switch_segments
 from cion_dist.correlate.unionfind import UnionFind
+from cion_dist.vectors import l2_normalise
 
 KEPT = 0
 TRACKLET_OUTLIER = 1

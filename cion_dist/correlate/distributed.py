@@ -31,13 +31,14 @@ import ray
 
 from cion_dist.correlate.catalog import VideoCatalog
 from cion_dist.correlate.denoise import LEVEL_OF_REASON, REASONS, denoise_video, merge_links
-from cion_dist.correlate.geometry import group_sums, l2_normalise
+from cion_dist.correlate.geometry import group_sums
 from cion_dist.correlate.linking import dedupe_links, identity_rows, links_from_knn, radius_removals
 from cion_dist.correlate.switches import SwitchSplit
 from cion_dist.correlate.tasks import bounded, list_files, missing_units
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import join, read_json, write_json_atomic
 from cion_dist.storage.stage_io import StageOutput, read_table
+from cion_dist.vectors import l2_normalise
 
 log = logging.getLogger(__name__)
 
@@ -321,7 +322,7 @@ def _link_window_batch(
 ) -> int:
     """Cross-video links of a batch of consecutive windows: each window's identities search one another (exact,
     in-process FAISS on the W x W window); one links file for the batch."""
-    from cion_dist.correlate.baselines import exact_knn
+    from cion_dist.correlate.geometry import exact_knn
 
     lo = min(node_bounds_of[s] for s, _ in specs)
     hi = max(node_bounds_of[e] for _, e in specs)

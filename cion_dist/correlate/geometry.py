@@ -11,11 +11,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from cion_dist.vectors import l2_normalise
 
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(n, eps)
+
+def exact_knn(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(similarities, ids) of the k nearest rows of x to each row by inner product, self included (``faiss.knn``:
+    exact, in-process, no index kept)."""
+    import faiss
+
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return faiss.knn(x, x, min(k, len(x)), metric=faiss.METRIC_INNER_PRODUCT)
 
 
 def centroid(x: np.ndarray) -> np.ndarray:

@@ -34,6 +34,21 @@ class EmbeddingSet:
         return len(self.image_id)
 
 
+def order_key(row: dict) -> tuple:
+    """Sort key of one video: source, then start time (missing values last), compared as values, not text."""
+    key: list = []
+    for c in ORDER_COLUMNS:
+        val = row.get(c)
+        key += [val is None, val if val is not None else 0]
+    return tuple(key)
+
+
+def video_ranks(video_id: np.ndarray, videos: list[str]) -> np.ndarray:
+    """Position in ``videos`` of each image's video (int64 per image)."""
+    rank_of = {v: i for i, v in enumerate(videos)}
+    return np.fromiter((rank_of[v] for v in video_id.tolist()), dtype=np.int64, count=len(video_id))
+
+
 def embeddings_from_table(table: pa.Table, where: str) -> EmbeddingSet:
     missing = [c for c in REQUIRED if c not in table.column_names]
     if missing:
@@ -80,20 +95,14 @@ def embeddings_from_table(table: pa.Table, where: str) -> EmbeddingSet:
     trk = table.column("tracklet_id").combine_chunks()
     trk_str = np.asarray(trk.cast(pa.string()).to_numpy(zero_copy_only=False)).astype(str)
 
-    # manifest order: source, then start time (compared as numbers/timestamps, not text), then video id
     first: dict[str, int] = {}
     for i, v in enumerate(video):
         first.setdefault(v, i)
-    rows = list(first.values())
-    keys = {v: [] for v in first}
-    for c in ORDER_COLUMNS:
-        if c in table.column_names:
-            vals = table.column(c).take(pa.array(rows)).to_pylist()
-            for v, val in zip(first, vals):
-                keys[v] += [val is None, val if val is not None else 0]
-    keyed = sorted(first, key=lambda v: (*keys[v], v))
-    rank_of = {v: i for i, v in enumerate(keyed)}
-    video_rank = np.fromiter((rank_of[v] for v in video), dtype=np.int64, count=len(video))
+    present = [c for c in ORDER_COLUMNS if c in table.column_names]
+    vals = {c: table.column(c).take(pa.array(list(first.values()))).to_pylist() for c in present}
+    rows = {v: {c: vals[c][k] for c in present} for k, v in enumerate(first)}
+    keyed = sorted(first, key=lambda v: (*order_key(rows[v]), v))
+    video_rank = video_ranks(video, keyed)
     order = np.argsort(video_rank, kind="stable")
     frame = None
     if "frame_index" in table.column_names and table.column("frame_index").null_count == 0:

@@ -62,8 +62,8 @@ class _Shard:
     def build_from_blocks(self, blocks: list, storage, stripe: int, stripes: int) -> tuple[int, int]:
         """Index this shard's stripe of the level-2 identity blocks (read here): rows ``stripe::stripes``."""
         from cion_dist.correlate.distributed import _sums_of
-        from cion_dist.correlate.geometry import l2_normalise
         from cion_dist.storage.stage_io import read_table
+        from cion_dist.vectors import l2_normalise
 
         parts = []
         for a, b, uri in blocks:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from cion_dist.correlate.baselines import exact_knn
 from cion_dist.correlate.denoise import denoise_video, guarded_merge
-from cion_dist.correlate.geometry import group_sums, l2_normalise
+from cion_dist.correlate.geometry import exact_knn, group_sums
 from cion_dist.correlate.linking import IdentityResult, finalize_identities, links_from_knn, plan_windows
 from cion_dist.correlate.switches import SwitchSplit
+from cion_dist.vectors import l2_normalise
 
 
 def correlate_in_process(

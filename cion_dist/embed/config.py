@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, PositiveInt
 
-from cion_dist.config.base import ExecutionField, InputField, StrictModel
+from cion_dist.config_base import ExecutionField, InputField, StrictModel
 
 
 class HandcraftedConfig(StrictModel):

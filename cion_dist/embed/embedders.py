@@ -17,16 +17,15 @@ import numpy as np
 from cion_dist.embed.config import EmbedConfig, HandcraftedConfig
 from cion_dist.embed.handcrafted import descriptor_dim, stripe_histograms
 from cion_dist.embed.preprocess import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Images,
     as_image_list,
-    l2_normalise,
     resize_batch,
     to_imagenet_nchw,
 )
 from cion_dist.errors import ConfigError, DataError
+from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD
 from cion_dist.storage.fs import Storage
+from cion_dist.vectors import l2_normalise
 
 if TYPE_CHECKING:  # torch is imported only where a torch backbone is built
     from cion_dist.models.backbone_io import LoadedBackbone, Preprocess
@@ -85,8 +84,8 @@ def normalisation(session, mean, std, where: str) -> tuple[tuple, tuple]:
     mean = mean if mean is not None else meta.get("mean")
     std = std if std is not None else meta.get("std")
     return (
-        _triple(mean, "mean", where) if mean is not None else tuple(IMAGENET_MEAN.tolist()),
-        _triple(std, "std", where) if std is not None else tuple(IMAGENET_STD.tolist()),
+        _triple(mean, "mean", where) if mean is not None else tuple(IMAGENET_MEAN),
+        _triple(std, "std", where) if std is not None else tuple(IMAGENET_STD),
     )
 
 

@@ -22,7 +22,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from cion_dist.embed.preprocess import Images, l2_normalise, resize_batch
+from cion_dist.embed.preprocess import Images, resize_batch
+from cion_dist.vectors import l2_normalise
 
 # Working resolution: enough for colour statistics, cheap to histogram.
 _H, _W = 128, 64

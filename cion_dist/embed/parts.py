@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cion_dist.embed.embedders import Embedder
-from cion_dist.embed.preprocess import decode_jpeg
 from cion_dist.errors import DataError
+from cion_dist.images import decode_image
 from cion_dist.storage.fs import Storage
 
 KEY_COLUMNS = ["image_id", "tracklet_id", "video_id", "frame_index"]
@@ -66,14 +66,11 @@ def embed_batches(
         ids = batch.column("image_id").to_pylist()
         images, keep = [], []
         blobs = batch.column("jpeg").to_pylist()
-        decoded = decode_pool.map(_decode, blobs) if decode_pool is not None else map(_decode, blobs)
-        for i, (blob, rgb) in enumerate(zip(blobs, decoded)):
-            if rgb is None or min(rgb.shape[:2]) < 2:
-                reason = "empty jpeg" if not blob else "jpeg bytes are not a decodable image"
+        decoded = decode_pool.map(_decode, blobs, ids) if decode_pool is not None else map(_decode, blobs, ids)
+        for i, (rgb, reason) in enumerate(decoded):
+            if reason is not None:
                 if on_bad_image == "fail":
-                    raise DataError(
-                        f"{source}: image_id {ids[i]!r}: {reason} (set embed.on_bad_image=skip to skip such crops)"
-                    )
+                    raise DataError(f"{source}: {reason} (set embed.on_bad_image=skip to skip such crops)")
                 bad_ids.append(str(ids[i]))
                 bad_reasons.append(reason)
                 continue
@@ -104,8 +101,15 @@ def embed_batches(
     return PartResult(table=table, bad=bad)
 
 
-def _decode(blob):
-    return decode_jpeg(blob) if blob is not None else None
+def _decode(blob, image_id) -> tuple:
+    """(RGB crop, None), or (None, why it is unusable) for a crop the policy may skip."""
+    try:
+        rgb = decode_image(blob, f"image_id {image_id!r}")
+    except DataError as e:
+        return None, str(e)
+    if min(rgb.shape[:2]) < 2:
+        return None, f"image_id {image_id!r}: crop of {rgb.shape[1]}x{rgb.shape[0]} pixels is too small to embed"
+    return rgb, None
 
 
 def read_group_batches(uris: list[str], storage: Storage, rows_per_batch: int) -> Iterable[pa.RecordBatch]:

@@ -1,4 +1,4 @@
-"""Pure image helpers shared by every embedder: JPEG decode, resize, and the ImageNet tensor layout."""
+"""Pure image helpers shared by every embedder: resize and the ImageNet tensor layout (decoding: cion_dist.images)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,9 @@ from typing import Sequence, Union
 import cv2
 import numpy as np
 
-# ImageNet statistics (RGB, 0-1 scale): what OSNet and torchvision-style backbones were trained with.
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD
 
 Images = Union[np.ndarray, Sequence[np.ndarray]]
-
-
-def decode_jpeg(data: bytes) -> np.ndarray | None:
-    """JPEG/PNG bytes -> RGB uint8 [h, w, 3], or None when the bytes are not a decodable image."""
-    if not data:
-        return None
-    buf = np.frombuffer(data, dtype=np.uint8)
-    bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
-        return None
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
 
 
 def as_image_list(images: Images) -> list[np.ndarray]:
@@ -65,10 +45,3 @@ def to_imagenet_nchw(batch: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) ->
     x = batch.astype(np.float32) * (1.0 / 255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-
-
-def l2_normalise(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    """Row-wise L2 normalisation in float32; an all-zero row stays zero rather than becoming NaN."""
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, eps)

@@ -17,31 +17,14 @@ import numpy as np
 import torch
 
 from cion_dist.errors import DataError
+from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD, decode_image
 from cion_dist.storage.fs import Storage, read_bytes
-
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def decode_image(data: bytes, where: str) -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` from encoded bytes; ``DataError`` naming the file when it is not an image."""
-    import cv2
-
-    if not data:
-        raise DataError(f"image {where} is empty (0 bytes)")
-    try:
-        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    except cv2.error as e:
-        raise DataError(f"cannot decode image {where}: {str(e).strip().splitlines()[-1]}") from None
-    if img is None:
-        raise DataError(f"cannot decode image {where}")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
 def to_tensor(

@@ -13,8 +13,9 @@ from typing import Optional
 
 import pyarrow as pa
 
+from cion_dist.images import encode_jpeg
 from cion_dist.ingest.appearance import box_histograms
-from cion_dist.ingest.crops import crop_box, encode_jpeg
+from cion_dist.ingest.crops import crop_box
 from cion_dist.ingest.decode import iter_chunks, open_clip, sample_indices
 from cion_dist.ingest.detectors import make_detector
 from cion_dist.ingest.gate import EDGE_TOUCH, GateTally, assess
@@ -29,7 +30,6 @@ class ClipResult:
     frames: int = 0
     detections: int = 0
     seconds: float = 0.0
-    timings: dict = field(default_factory=dict)
     gate: dict = field(default_factory=dict)  # GateTally.to_dict()
 
 
@@ -106,13 +106,9 @@ def ingest_clip(
     that range is decoded; frame indices stay those of the file); raises ``DataError`` for a missing, empty or
     undecodable clip."""
     t0 = time.perf_counter()
-    timings = {"read": 0.0, "decode": 0.0, "detect": 0.0, "track": 0.0, "crop": 0.0}
     data = read_bytes(uri, storage)
-    timings["read"] = time.perf_counter() - t0
-    t = time.perf_counter()
     clip = open_clip(data, cfg.resize_width, name=f"{video_id} ({uri})")
     del data
-    timings["decode"] += time.perf_counter() - t
     lo, hi = frame_range(clip.num_frames, clip.fps, start_s, end_s)
     indices = lo + sample_indices(hi - lo, clip.fps, cfg.sample_fps, cfg.every_n, cfg.max_frames)
     detector = detector or make_detector(cfg.detector, storage)
@@ -125,23 +121,16 @@ def ingest_clip(
     frames = detections = 0
     it = iter_chunks(clip, indices, cfg.chunk_frames, name=f"{video_id} ({uri})")
     while True:
-        t = time.perf_counter()
         chunk = next(it, None)
-        timings["decode"] += time.perf_counter() - t
         if chunk is None:
             break
         idx, batch = chunk
-        t = time.perf_counter()
         dets = detector.detect(batch)
-        timings["detect"] += time.perf_counter() - t
         for f, frame, (boxes, scores) in zip(idx.tolist(), batch, dets):
-            t = time.perf_counter()
             keep = scores >= cfg.tracker.low_threshold
             boxes, scores = boxes[keep], scores[keep]
             feats = box_histograms(frame, boxes) if use_appearance else None
             tracker.update(f, boxes, scores, feats)
-            timings["track"] += time.perf_counter() - t
-            t = time.perf_counter()
             reasons = assess(boxes, clip.width, clip.height, cfg.gate, clip.scale, frame, scores)
             for d, box in enumerate(boxes):
                 if box[3] - box[1] < min_h:
@@ -154,11 +143,9 @@ def ingest_clip(
                 if win is not None:
                     x1, y1, x2, y2 = win
                     crops[(f, d)] = encode_jpeg(frame[y1:y2, x1:x2], cfg.jpeg_quality)
-            timings["crop"] += time.perf_counter() - t
             detections += len(boxes)
         frames += len(idx)
         del batch
-    t = time.perf_counter()
     tracklets = tracker.finish()
     tally = GateTally()
     table = tracklets_to_table(
@@ -174,13 +161,11 @@ def ingest_clip(
         (clip.width, clip.height),
         EDGE_TOUCH,
     )
-    timings["track"] += time.perf_counter() - t
     table = table.replace_schema_metadata(clip_metadata(video_id, clip.num_frames, clip.fps, frames))
     return ClipResult(
         table,
         frames,
         detections,
         time.perf_counter() - t0,
-        {k: round(v, 3) for k, v in timings.items()},
         tally.to_dict(),
     )

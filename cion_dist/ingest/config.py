@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import ExecutionField, InputField, StrictModel
+from cion_dist.config_base import ExecutionField, InputField, StrictModel
 
 
 class BackgroundConfig(StrictModel):

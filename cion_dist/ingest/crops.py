@@ -1,10 +1,9 @@
-"""Cutting person crops out of frames and encoding them as JPEG."""
+"""Cutting person crops out of frames (JPEG encoding: ``cion_dist.images``)."""
 
 from __future__ import annotations
 
 from typing import Optional
 
-import cv2
 import numpy as np
 
 
@@ -17,18 +16,3 @@ def crop_box(box: np.ndarray, width: int, height: int, margin: float = 0.0) -> O
     if ix2 <= ix1 or iy2 <= iy1:
         return None
     return ix1, iy1, ix2, iy2
-
-
-def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError("JPEG encoding failed")
-    return buf.tobytes()
-
-
-def decode_jpeg(data: bytes) -> np.ndarray:
-    """JPEG bytes -> RGB uint8 (used by tests and downstream stages)."""
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError("not a decodable JPEG")
-    return img[:, :, ::-1]

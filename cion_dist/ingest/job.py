@@ -18,12 +18,11 @@ import time
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
-import pyarrow.parquet as pq
 
 from cion_dist.config.job import Job
 from cion_dist.errors import DataError
 from cion_dist.ingest.manifest import ManifestInfo, check_manifest
-from cion_dist.ingest.schema import ERRORS, read_clip_metadata
+from cion_dist.ingest.schema import ERRORS
 from cion_dist.ingest.worker import ClipWorker, ingest_row
 from cion_dist.stage import IngestResult, StageRun
 from cion_dist.stage.plan import blocks_for, done_parts, not_done
@@ -231,15 +230,3 @@ def write_errors(out: StageOutput, errors: list[dict]) -> None:
     errors = sorted(errors, key=lambda e: str(e["video_id"]))
     cols = {name: [str(e[name]) for e in errors] for name in ERRORS.names}
     out.write_unit("errors", pa.table(cols, schema=ERRORS), subdir=ERRORS_SUBDIR)
-
-
-def part_clip_info(out: StageOutput) -> dict[str, tuple[int, float, int]]:
-    """video_id -> (source frames, fps, frames decoded) from the footers of the parts written so far."""
-    info = {}
-    for uri in out.files():
-        fs, path = out.storage.pyarrow(uri)
-        with fs.open_input_file(path) as f:
-            meta = read_clip_metadata(pq.ParquetFile(f).schema_arrow.metadata)
-        if meta is not None:
-            info[meta[0]] = meta[1:]
-    return info

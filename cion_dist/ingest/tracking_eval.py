@@ -145,7 +145,7 @@ def sampled_frames(ingest_uri: str, storage: Optional[Storage] = None) -> Option
     """video_id -> frame indices ingest decoded, rebuilt from each part's clip metadata and the run's sampling
     settings (``_SUCCESS.json``); None when the run does not record them."""
     from cion_dist.ingest.decode import sample_indices
-    from cion_dist.ingest.job import part_clip_info
+    from cion_dist.ingest.parts import part_clip_info
 
     out = StageOutput(str(ingest_uri).rstrip("/"), storage or Storage())
     if not out.is_complete():

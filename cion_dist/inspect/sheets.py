@@ -8,19 +8,23 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from cion_dist.errors import DataError
+from cion_dist.images import decode_image
+
 THUMB_H, THUMB_W = 128, 64
 
 
 def decode_thumb(jpeg: bytes, height: int = THUMB_H, width: int = THUMB_W) -> np.ndarray:
     """A crop as an RGB thumbnail of fixed size (aspect kept, grey padding); a grey tile for unreadable bytes."""
     tile = np.full((height, width, 3), 64, np.uint8)
-    img = cv2.imdecode(np.frombuffer(jpeg or b"", np.uint8), cv2.IMREAD_COLOR) if jpeg else None
-    if img is None:
+    try:
+        img = decode_image(jpeg)
+    except DataError:
         return tile
     h, w = img.shape[:2]
     r = min(height / h, width / w)
     nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
-    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)[:, :, ::-1]
+    img = cv2.resize(img, (nw, nh), interpolation=cv2.INTER_AREA)
     y, x = (height - nh) // 2, (width - nw) // 2
     tile[y : y + nh, x : x + nw] = img
     return tile

@@ -28,8 +28,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from cion_dist.embed.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from cion_dist.errors import ConfigError, DataError
+from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD
 from cion_dist.models.factory import INPUT_SIZE, build_backbone
 from cion_dist.storage.fs import Storage, is_s3, join
 

@@ -6,48 +6,15 @@ import contextlib
 import dataclasses
 import logging
 import os
-import socket
 import time
-from typing import Iterator, Optional
+from typing import Optional
 
 from cion_dist.config.loader import load_default
+from cion_dist.loopback_s3 import loopback_s3
 from cion_dist.pipeline.runner import run_pipeline, run_stage
 from cion_dist.stage import EvaluateResult, StageResult
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def loopback_s3(bucket: str) -> Iterator[str]:
-    """A moto S3 server on 127.0.0.1 for the demo's ``--s3`` mode; exported through the AWS variables."""
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per S3 request otherwise
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    saved = {
-        k: os.environ.get(k)
-        for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
-    }
-    os.environ.update({"AWS_ENDPOINT_URL": endpoint, "AWS_DEFAULT_REGION": saved["AWS_DEFAULT_REGION"] or "us-east-1"})
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
-    try:
-        import s3fs
-
-        s3fs.S3FileSystem(endpoint_url=endpoint).mkdir(bucket)
-        yield endpoint
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
 
 
 def _by_stage(results: list[StageResult]) -> dict[str, StageResult]:

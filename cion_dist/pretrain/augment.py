@@ -9,7 +9,6 @@ a batch into ImageNet-normalised floats on the training device.
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 
@@ -17,10 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from cion_dist.errors import DataError
-
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
+from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD, decode_image
 
 
 @dataclass(frozen=True)
@@ -115,12 +111,8 @@ def multi_crop(img: Image.Image, spec: MultiCropSpec, rng: np.random.Generator) 
 
 
 def decode(jpeg: bytes, where: str = "") -> Image.Image:
-    try:
-        img = Image.open(io.BytesIO(jpeg))
-        img.load()
-    except Exception as e:  # noqa: BLE001 - PIL raises several types for corrupt data
-        raise DataError(f"cannot decode image {where}: {e}") from e
-    return img
+    """Encoded bytes -> RGB PIL image (``DataError`` naming ``where`` for bytes that are not an image)."""
+    return Image.fromarray(decode_image(jpeg, where))
 
 
 def crop_batch(jpegs: list[bytes], spec: MultiCropSpec, seed: int, names: list[str] | None = None) -> list[np.ndarray]:
@@ -135,6 +127,6 @@ def crop_batch(jpegs: list[bytes], spec: MultiCropSpec, seed: int, names: list[s
 
 def normalize(batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> ImageNet-normalised floats (do it on the training device)."""
-    mean = torch.tensor(MEAN, device=batch.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(STD, device=batch.device).view(1, 3, 1, 1) * 255
+    mean = torch.tensor(IMAGENET_MEAN, device=batch.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, device=batch.device).view(1, 3, 1, 1) * 255
     return ((batch.float() - mean) / std).to(dtype)

@@ -69,7 +69,8 @@ class MemoryProbe(Hook):
     of the Python heap, ``cion_dist.pretrain.memory``), the teacher left out, plus the teacher's own bytes."""
 
     def at_report(self, view: LoopView) -> dict:
-        from cion_dist.pretrain.memory import model_state_parts, module_bytes, peak_rss_mb, rss_mb, tensor_breakdown
+        from cion_dist.pretrain.memory import model_state_parts, module_bytes, tensor_breakdown
+        from cion_dist.procmem import peak_rss_mb, rss_mb
 
         dev, parts = view.device, view.parts
         held = tensor_breakdown(model_state_parts(parts.engine), exclude=[parts.teacher, parts.loss_fn])

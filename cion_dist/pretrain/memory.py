@@ -13,7 +13,6 @@ training path never walks the heap.
 from __future__ import annotations
 
 import gc
-import os
 import warnings
 from typing import Iterable, Mapping
 
@@ -82,18 +81,3 @@ def model_state_parts(engine) -> dict[str, list[torch.Tensor]]:
     for attr in ("single_partition_of_fp32_groups", "fp32_partitioned_groups_flat"):
         stepped += [t for t in getattr(engine.optimizer, attr, None) or [] if torch.is_tensor(t)]
     return {"weights": weights, "optimizer": moments, "master": stepped}
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
-
-
-def rss_mb() -> float:
-    """Resident memory now (Linux /proc; 0 elsewhere)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0

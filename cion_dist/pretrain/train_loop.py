@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-import cion_dist.config  # noqa: F401 - load the Job model first: the stage configs are imported from it
 from cion_dist.pretrain.augment import MultiCropSpec
 from cion_dist.pretrain.config import PretrainConfig
 from cion_dist.pretrain.ema import full_state, load_full_state
@@ -84,7 +83,9 @@ def fatal_checkpoint(message: str) -> str:
     return path
 
 
-def load_checkpoint(path: str, engine, teacher, loss_fn) -> dict:
+def resume_training_state(path: str, engine, teacher, loss_fn) -> dict:
+    """Restore a Ray Train checkpoint in place (DeepSpeed engine, teacher, loss centre) and return its step state;
+    not a model loader (``cion_dist.models.backbone_io.load_backbone`` resolves exported backbones)."""
     if os.path.exists(os.path.join(path, FATAL_FILE)):
         return {"fatal": json.loads(Path(path, FATAL_FILE).read_text())["error"]}
     engine.load_checkpoint(path, tag=DS_TAG)
@@ -199,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
     resumed_from = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = load_checkpoint(d, engine, teacher, loss_fn)
+            state = resume_training_state(d, engine, teacher, loss_fn)
         resumed_from = state.get("global_step")
     sink = _MetricsSink(config.get("mlflow") if rank == 0 else None)
     health = HealthLog(state.get("health"))

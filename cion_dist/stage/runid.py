@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel
 
-from cion_dist.config.base import NOT_IN_RUN_ID
+from cion_dist.config_base import NOT_IN_RUN_ID
 
 
 def _left_out(model: type[BaseModel], name: str) -> bool:

@@ -21,7 +21,7 @@ from typing import Any, Optional, Tuple
 import fsspec
 import pyarrow.fs as pafs
 
-from cion_dist.config.base import StorageConfig
+from cion_dist.config_base import StorageConfig
 from cion_dist.errors import DataError
 
 

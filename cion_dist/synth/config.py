@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from cion_dist.config.base import StrictModel, check_storage_uri
+from cion_dist.config_base import StrictModel, check_storage_uri
 
 
 class SynthConfig(StrictModel):

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-import cion_dist.config  # noqa: F401  (loads the job model before the stage config it imports)
 from cion_dist.errors import ConfigError, DataError
 from cion_dist.storage.fs import Storage, is_s3, join, read_bytes, write_bytes_atomic
 from cion_dist.storage.stage_io import StageOutput, dumps_config, write_table_atomic

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from cion_dist.errors import DataError
+from cion_dist.images import encode_jpeg
 from cion_dist.synth.appearance import Appearance, Camera
 from cion_dist.synth.render import POSES, SensorNoise, SpriteBank, composite, light_sprite
 
@@ -43,10 +44,7 @@ def parse_market_filename(name: str) -> tuple[int, int, int, int, int]:
 
 
 def _jpeg(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
-    if not ok:
-        raise RuntimeError("JPEG encoding failed")
-    return buf.tobytes()
+    return encode_jpeg(rgb, 92)
 
 
 def _crop(frame: np.ndarray, x1: float, y1: float, w: float, h: float) -> np.ndarray:

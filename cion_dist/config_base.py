@@ -1,4 +1,5 @@
-"""Shared pieces of every job config: strict models, storage, MLflow and Ray settings."""
+"""Shared pieces of every job config (strict models, storage, MLflow and Ray settings): the floor that the stage
+configs and the job file build on; it imports no stage."""
 
 from __future__ import annotations
 

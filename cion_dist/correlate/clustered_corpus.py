@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from cion_dist.correlate.geometry import l2_normalise
+from cion_dist.vectors import l2_normalise
 
 
 @dataclass
