@@ -26,7 +26,7 @@ import torch
 from cion_dist.config.job import Job
 from cion_dist.errors import DataError
 from cion_dist.models.export import backbone_state, export_files
-from cion_dist.stage import PretrainResult, StageRun
+from cion_dist.stage import PretrainResult, StageRun, locked_stage
 from cion_dist.stage.runid import derive_run_id
 from cion_dist.storage.fs import Storage, is_s3, join, write_bytes_atomic
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
@@ -250,6 +250,7 @@ def write_plots(out: StageOutput, tracking: dict) -> list[str]:
     return write_figures(out, figures, to_mlflow=True)
 
 
+@locked_stage(STAGE)
 def run(job: Job) -> PretrainResult:
     cfg = job.pretrain
     storage = Storage(job.storage)
