@@ -72,6 +72,12 @@ def _describe(rec: dict) -> str:
     )
 
 
+def holds(job) -> bool:
+    """Whether this process holds the output lock of ``job`` now."""
+    with _held_guard:
+        return _held.get(lock_uri(job.output), 0) > 0
+
+
 @contextlib.contextmanager
 def output_lock(job, stage: str = "run", lease_s: float = LEASE_S, renew_s: float = RENEW_S) -> Iterator[str]:
     """Hold the output folder of ``job`` for the block; raises ``OutputBusy`` when another run holds it."""

@@ -100,14 +100,17 @@ class StageRun:
         """The stage's MLflow run (none when MLflow is disabled): config and run id as params, inputs as lineage.
 
         Held under the output lock (re-entered when ``locked_stage`` holds it already), so no other run of this
-        output is at work while the MLflow run is open.
+        output is at work while the MLflow run is open, and an earlier run of this stage and run id still RUNNING
+        in MLflow is one whose driver was killed: it is marked FAILED (``mlflow_run.fail_interrupted``).
         """
         from cion_dist.lock import output_lock
         from cion_dist.mlflow_io.mlflow_run import stage_run
 
         p = {self.stage: dumps_config(self.cfg), "run_id": self.run_id, **(params or {})}
         with output_lock(self.job, self.stage):
-            with stage_run(self.job, self.stage, params=p, inputs=tuple(self.inputs)) as mlrun:
+            with stage_run(
+                self.job, self.stage, params=p, inputs=tuple(self.inputs), stage_run_id=self.run_id
+            ) as mlrun:
                 self.mlrun = mlrun
                 yield self
 
