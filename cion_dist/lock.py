@@ -1,8 +1,8 @@
 """One run per output folder at a time: a lock held on ``<output>/_LOCK.json`` while stages run.
 
-Two runs of one job on one output would otherwise both do all the work (and both write MLflow runs). Stages
-call ``output_lock(job, stage)`` where they start; it is re-entrant within a process, so a pipeline that holds
-it around all its stages can run each stage inside it.
+Two runs of one job on one output would otherwise both do all the work (and both write MLflow runs). Every
+stage's ``run(job)`` holds it for its whole run (``cion_dist.stage.locked_stage``), whoever calls it; it is
+re-entrant within a process, so a pipeline that holds it around all its stages runs each stage inside it.
 
 - Local folders: an exclusive ``flock`` on the lock file. The kernel drops it when the holder dies (even by
   SIGKILL), so a crashed run never blocks the next one; the file's JSON names the holder for the message.
@@ -70,6 +70,12 @@ def _describe(rec: dict) -> str:
         f"the {rec.get('stage', '?')} run of pid {rec.get('pid', '?')} on {rec.get('host', '?')} "
         f"(since {rec.get('since', '?')})"
     )
+
+
+def holds(job) -> bool:
+    """Whether this process holds the output lock of ``job`` now."""
+    with _held_guard:
+        return _held.get(lock_uri(job.output), 0) > 0
 
 
 @contextlib.contextmanager

@@ -83,6 +83,9 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
     if cfg.object_store_memory:
         kwargs["object_store_memory"] = cfg.object_store_memory
     ray.init(**kwargs)
+    from cion_dist.raywatch import guard_private_instance
+
+    guard_private_instance()  # its processes stop when this driver dies, even by SIGKILL
     configure_ray_data()
     _announce(
         f"started a private local instance with {kwargs['num_cpus']} CPUs ({time.time() - t0:.1f} s); "

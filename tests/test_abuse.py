@@ -384,6 +384,26 @@ def test_one_run_per_local_output_and_a_killed_holder_frees_it(tmp_path):
             pass
 
 
+def test_a_direct_stage_call_is_refused_while_another_process_holds_the_output(tmp_path):
+    """``<stage>.job.run(job)`` from Python, not through the runner: the stage takes the lock before anything else
+    (before: only the runner took it, so a direct call read its inputs and did all the work beside the holder)."""
+    from cion_dist.lock import OutputBusy, lock_uri
+    from cion_dist.pipeline.runner import STAGE_MODULES, stage_module
+
+    job = job_from_dict({"stage": "ingest", "output": str(tmp_path / "out"), "mlflow": {"enabled": False}})
+    p = _holder(job.output, 60)
+    try:
+        held = Path(lock_uri(job.output)).read_text()
+        for stage in STAGE_MODULES:
+            with pytest.raises(OutputBusy, match=rf"in use by the ingest run of pid {p.pid}"):
+                stage_module(stage).run(job)
+        assert Path(lock_uri(job.output)).read_text() == held  # the holder's record is untouched
+        assert sorted(os.listdir(job.output)) == ["_LOCK.json"]  # nothing read, planned or written
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
 def test_one_run_per_s3_output_with_a_lease(s3_bucket):
     from cion_dist.lock import OutputBusy, lock_uri, output_lock
     from cion_dist.storage import Storage

@@ -96,6 +96,8 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
+    client = mlflow.MlflowClient(tracking_uri=store)
+    client.search_experiments()  # the store's tables now, not raced by this poller and the driver's first use
     first = subprocess.Popen(
         [sys.executable, "-m", "cion_dist.cli", "run", str(job)],
         env=env,
@@ -104,7 +106,6 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
         text=True,
         start_new_session=True,
     )
-    client = mlflow.MlflowClient(tracking_uri=store)
     try:
         deadline, running = time.monotonic() + 240, []
         while time.monotonic() < deadline and not running:
@@ -135,6 +136,63 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
     assert first.returncode != 0 and "Traceback" not in out, out
     assert client.get_run(running[0].info.run_id).info.status == "FAILED"
     assert not (tmp_path / "out" / "_LOCK.json").read_text()  # released: the holder record is cleared
+
+
+@pytest.mark.slow
+def test_a_sigkilled_stage_leaves_no_run_running_once_the_next_run_starts(corpus, tmp_path):
+    """``cion run`` SIGKILLed mid-ingest (nothing unwinds: its MLflow run stays RUNNING), then run again: the rerun,
+    holding the output lock, marks the killed run FAILED and names itself on it; it ends FINISHED (before: the
+    killed run stayed RUNNING forever)."""
+    import mlflow
+    import yaml
+
+    store = f"sqlite:///{tmp_path}/m.db"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        yaml.safe_dump(
+            {
+                "stage": "ingest",
+                "output": str(tmp_path / "out"),
+                "ray": {"num_cpus": 2},
+                "mlflow": {"tracking_uri": store, "experiment": "killed"},
+                "ingest": {"manifest": str(corpus / "manifest.parquet"), "concurrency": 1, "chunk_frames": 4},
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    cmd = [sys.executable, "-m", "cion_dist.cli", "run", str(job)]
+    client = mlflow.MlflowClient(tracking_uri=store)
+    client.search_experiments()  # the store's tables now, not raced by this poller and the driver's first use
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+    try:
+        deadline, running = time.monotonic() + 240, []
+        while time.monotonic() < deadline and not running:
+            time.sleep(0.5)
+            assert first.poll() is None, first.stdout.read()
+            try:
+                exp = client.get_experiment_by_name("killed")
+                running = client.search_runs([exp.experiment_id]) if exp else []
+            except Exception:  # noqa: BLE001 - the store may be mid-creation
+                running = []
+        assert running and running[0].info.status == "RUNNING"
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and the Ray instance it started, as a lost machine
+        first.wait()
+    killed = running[0].info.run_id
+    assert not list((tmp_path / "out").glob("ingest/*/_SUCCESS.json"))  # killed before the end
+    assert client.get_run(killed).info.status == "RUNNING"  # nothing could end it
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id])}
+    (rerun,) = set(runs) - {killed}
+    assert runs[killed].info.status == "FAILED" and runs[rerun].info.status == "FINISHED"
+    assert runs[killed].data.tags["cion.interrupted_by"] == rerun
+    assert runs[rerun].data.tags["cion.after_interrupted"] == killed
+    assert runs[killed].data.tags["cion.run_id"] == runs[rerun].data.tags["cion.run_id"]
+    assert "marked FAILED 1 earlier run(s)" in again.stderr
 
 
 # ---- a secret marker everywhere --------------------------------------------------------------------------------

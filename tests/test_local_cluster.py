@@ -143,3 +143,61 @@ def test_ray_job_submit_runs_a_job_file_as_its_entrypoint(cion_cluster, tmp_path
     assert "succeeded" in proc.stdout
     assert "[synth]" in proc.stdout
     assert (out / "corpus" / "manifest.parquet").exists()
+
+
+_PRIVATE_DRIVER = """
+import os, sys, time
+from cion_dist.config.base import RayConfig
+from cion_dist.raycluster import ensure_ray
+ensure_ray(RayConfig(num_cpus=2))
+import ray
+@ray.remote
+def pid():
+    return os.getpid()
+ray.get([pid.remote() for _ in range(2)])
+print("ready", ray._private.worker._global_node.get_session_dir_path(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sigkilled_driver_takes_its_private_instance_along_and_leaves_cion_up_alone(cion_cluster, tmp_path):
+    """A driver that started its own Ray instance, SIGKILLed: every process of that instance is gone within
+    seconds (before: Ray's dashboard and runtime-env agents outlived it by 60-90 s), while the head of
+    ``cion up``, running beside it, keeps every process."""
+    import psutil
+
+    _, rec, _ = cion_cluster
+    env = _env(tmp_path / "no-cluster.json")  # no `cion up` record: the driver starts a private instance
+    driver = subprocess.Popen(
+        [sys.executable, "-c", _PRIVATE_DRIVER], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    )
+    try:
+        line = driver.stdout.readline()
+        assert line.startswith("ready "), line
+        session = line.split(" ", 1)[1].strip()
+        kids = psutil.Process(driver.pid).children(recursive=True)
+        watchdog = [k for k in kids if "cion_dist.raywatch" in " ".join(k.cmdline())]
+        instance = [k for k in kids if k not in watchdog]
+        names = {" ".join(k.cmdline()).strip() for k in instance}
+        assert any(session in n for n in names) and {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= names
+        head = [p for p in psutil.process_iter(["cmdline"]) if any(rec.temp_dir in a for a in p.info["cmdline"] or ())]
+        head += [c for p in head for c in p.children(recursive=True)]
+        assert len(head) > 3
+    finally:
+        driver.kill()
+        driver.wait()
+    t0 = time.monotonic()
+
+    def alive(procs):
+        return [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    while alive(instance) and time.monotonic() - t0 < 30:
+        time.sleep(0.5)
+    left = alive(instance)
+    for p in left:  # this test's own leftovers only
+        p.kill()
+    assert not left, f"{len(left)} processes of the killed driver's instance still run: {[p.name() for p in left]}"
+    assert time.monotonic() - t0 < 15
+    assert len(watchdog) == 1
+    watchdog[0].wait(timeout=10)
+    assert len(alive(head)) == len(head), "the head of `cion up` lost processes"

@@ -119,6 +119,41 @@ def test_stage_run_resumes_the_same_folder_across_execution_settings(tmp_path):
     assert record["digest"] == a.out.success()["digest"]
 
 
+def test_runs_left_running_are_failed_by_the_next_run_and_an_interrupt_ends_failed(tmp_path):
+    """A RUNNING run of the same stage, run id and output (what a SIGKILLed driver leaves) is marked FAILED when
+    the next run starts under the output lock; RUNNING runs of another run id or output are left alone."""
+    from mlflow.tracking import MlflowClient
+
+    from cion_dist.lock import holds
+
+    store = f"sqlite:///{tmp_path}/m.db"
+    job = load_default("demo", [f"output={tmp_path}/out", f"mlflow.tracking_uri={store}", "mlflow.experiment=k"])
+    rec = [{"uri": "x", "digest": "abc", "stage": "ingest"}]
+    first = StageRun(job, "embed", job.embed, rec)
+    with pytest.raises(KeyboardInterrupt):  # what SIGTERM raises in `cion` (cli._on_sigterm)
+        with first.tracking():
+            assert holds(job)
+            raise KeyboardInterrupt
+    assert not holds(job)
+    client = MlflowClient(tracking_uri=store)
+    assert client.get_run(first.mlflow_run_id).info.status == "FAILED"
+    exp = client.get_experiment_by_name("k").experiment_id
+    tags = {"cion.stage": "embed", "cion.run_id": first.run_id, "cion.output": job.output}
+    killed = client.create_run(exp, tags=tags).info.run_id  # a driver killed mid-stage never ends its run
+    other_output = client.create_run(exp, tags={**tags, "cion.output": f"{tmp_path}/elsewhere"}).info.run_id
+    other_id = client.create_run(exp, tags={**tags, "cion.run_id": "embed-000000000000"}).info.run_id
+    second = StageRun(job, "embed", job.embed, rec)
+    with second.tracking():
+        pass
+    got = client.get_run(killed)
+    assert got.info.status == "FAILED" and got.data.tags["cion.interrupted_by"] == second.mlflow_run_id
+    assert f"by run {second.mlflow_run_id}" in got.data.tags["cion.interrupted"]
+    done = client.get_run(second.mlflow_run_id)
+    assert done.info.status == "FINISHED" and done.data.tags["cion.after_interrupted"] == killed
+    assert done.data.tags["cion.run_id"] == first.run_id and done.data.tags["cion.output"] == job.output
+    assert [client.get_run(r).info.status for r in (other_output, other_id)] == ["RUNNING", "RUNNING"]
+
+
 def test_typed_results_hand_over_the_right_uri():
     synth = SynthResult.from_record(
         {"stage": "synth", "uri": "/c", "summary": {"manifest_uri": "/c/m.parquet", "gt_uri": "/c/gt.parquet"}}

@@ -44,7 +44,7 @@ from cion_dist.correlate.inputs import EmbeddingSet, load_ground_truth
 from cion_dist.correlate.linking import merged_identity, number_identities, plan_windows
 from cion_dist.correlate.merge_audit import audit_merges, final_identity_of_labels, format_audit
 from cion_dist.raycluster import ensure_ray
-from cion_dist.stage import CorrelateResult, StageRun
+from cion_dist.stage import CorrelateResult, StageRun, locked_stage
 from cion_dist.storage.fs import Storage, join, write_json_atomic
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 
@@ -172,6 +172,7 @@ def write_plots(out: StageOutput, catalog: VideoCatalog, final, summary: dict, t
     return write_figures(out, figures, to_mlflow)
 
 
+@locked_stage(STAGE)
 def run(job: Job) -> CorrelateResult:
     cfg = job.correlate
     storage = Storage(job.storage)

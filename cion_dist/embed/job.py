@@ -22,7 +22,7 @@ from cion_dist.embed.parts import BACKBONE_KEY, DIM_KEY
 from cion_dist.embed.plan import write_plan
 from cion_dist.embed.pool import embed_units
 from cion_dist.errors import DataError
-from cion_dist.stage import EmbedResult, StageRun
+from cion_dist.stage import EmbedResult, StageRun, locked_stage
 from cion_dist.stage.plan import done_parts
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
@@ -30,6 +30,7 @@ from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
 log = logging.getLogger(__name__)
 
 
+@locked_stage("embed")
 def run(job: Job) -> EmbedResult:
     cfg = job.embed
     storage = Storage(job.storage)

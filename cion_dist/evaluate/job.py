@@ -27,7 +27,7 @@ from cion_dist.evaluate.datasets import ReidDataset, load_dataset, pids_cams
 from cion_dist.evaluate.features import extract_local, extract_ray
 from cion_dist.evaluate.metrics import METRICS, ReidMetrics, evaluate_distances, evaluate_features
 from cion_dist.models.backbone_io import LoadedBackbone, Preprocess, fetch, load_backbone, preprocess_for_config
-from cion_dist.stage import EvaluateResult, StageRun
+from cion_dist.stage import EvaluateResult, StageRun, locked_stage
 from cion_dist.storage.fs import Storage, join
 
 log = logging.getLogger(__name__)
@@ -172,6 +172,7 @@ def _summary(metrics: ReidMetrics, digest: str, model_uri: str, extra: dict) -> 
     return s
 
 
+@locked_stage(STAGE)
 def run(job: Job) -> EvaluateResult:
     from cion_dist.mlflow_io.mlflow_run import configure
 

@@ -15,7 +15,7 @@ import time
 from cion_dist.config.job import Job
 from cion_dist.errors import ConfigError
 from cion_dist.evaluate.promotion import CHALLENGER, CHAMPION, Decision, Evaluated, decide
-from cion_dist.stage import PromoteResult, StageRun
+from cion_dist.stage import PromoteResult, StageRun, locked_stage
 
 STAGE = "promote"
 
@@ -66,6 +66,7 @@ def apply_decision(
         c.set_model_version_tag(name, candidate_version, k, v)
 
 
+@locked_stage(STAGE)
 def run(job: Job) -> PromoteResult:
     import mlflow
 

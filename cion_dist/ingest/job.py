@@ -24,7 +24,7 @@ from cion_dist.errors import DataError
 from cion_dist.ingest.manifest import ManifestInfo, check_manifest
 from cion_dist.ingest.schema import ERRORS
 from cion_dist.ingest.worker import ClipWorker, ingest_row
-from cion_dist.stage import IngestResult, StageRun
+from cion_dist.stage import IngestResult, StageRun, locked_stage
 from cion_dist.stage.plan import blocks_for, done_parts, not_done
 from cion_dist.storage.fs import Storage, join
 from cion_dist.storage.listing import name_hash
@@ -39,6 +39,7 @@ def manifest_uri_for(job: Job) -> str:
     return job.ingest.manifest or join(job.output, "corpus", "manifest.parquet")
 
 
+@locked_stage("ingest")
 def run(job: Job) -> IngestResult:
     cfg = job.ingest
     storage = Storage(job.storage)

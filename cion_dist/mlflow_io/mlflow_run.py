@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 from typing import Any, Iterator, Optional
 
 from cion_dist.errors import CionError
 from cion_dist.redact import redact_obj, redact_text
 from cion_dist.storage.fs import is_s3
+
+log = logging.getLogger(__name__)
 
 LINEAGE_PREFIX = "cion.input"
 # a tracking server that does not answer fails in seconds, not after MLflow's default ~4 minutes of retries
@@ -109,15 +112,54 @@ def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def fail_interrupted(experiment_id: str, stage: str, stage_run_id: str, output: str, by: str) -> list[str]:
+    """Mark FAILED the earlier MLflow runs of this stage, run id and output that are still RUNNING; returns their ids.
+
+    Only called while this process holds the output lock: no other run of that output can be at work, so a
+    RUNNING one is what a driver killed by SIGKILL (or lost with its machine) left. Each gets the tag
+    ``cion.interrupted`` saying which later run found it, and ``cion.interrupted_by`` with that run's id.
+    """
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    # run ids and outputs are compared here, not quoted into the filter (a job's own run_id may hold any character)
+    query = f"tags.`cion.stage` = '{stage}' and attributes.status = 'RUNNING'"
+    found = []
+    for r in client.search_runs([experiment_id], filter_string=query, max_results=1000):
+        tags = r.data.tags
+        if r.info.run_id == by or tags.get("cion.run_id") != stage_run_id or tags.get("cion.output") != output:
+            continue
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        client.set_tag(
+            r.info.run_id,
+            "cion.interrupted",
+            f"found RUNNING at {at} by run {by} of the same stage and run id, which holds the output lock: "
+            "its driver was killed or lost before it could end the run",
+        )
+        client.set_tag(r.info.run_id, "cion.interrupted_by", by)
+        client.set_terminated(r.info.run_id, status="FAILED")
+        found.append(r.info.run_id)
+    return found
+
+
 @contextlib.contextmanager
 def stage_run(
-    job, stage: str, params: Optional[dict] = None, inputs: tuple = (), run_name: Optional[str] = None
+    job,
+    stage: str,
+    params: Optional[dict] = None,
+    inputs: tuple = (),
+    run_name: Optional[str] = None,
+    stage_run_id: Optional[str] = None,
 ) -> Iterator[Optional[Any]]:
     """An MLflow run for one stage, with the resolved (secret-free) config as params and inputs as lineage tags.
 
     Each input is a dict ``{"uri", "digest", "stage", "mlflow_run_id"}`` (see ``stage_io.input_record``); it is
     also logged as an MLflow dataset input carrying that explicit digest (``mlflow_io.lineage.log_inputs``).
     Record what the stage wrote with ``mlflow_io.lineage.log_output(uri, digest)`` inside the block.
+    With ``stage_run_id`` (the stage's run id) the run is tagged ``cion.run_id`` and ``cion.output``, and, when this
+    process holds the output lock, earlier runs of it left RUNNING are marked FAILED (``fail_interrupted``).
     Yields the active ``mlflow.ActiveRun`` or ``None`` when tracking is disabled.
     """
     if not job.mlflow.enabled:
@@ -125,8 +167,13 @@ def stage_run(
         return
     import mlflow
 
+    from cion_dist.lock import holds
+
     configure(job)
+    output = redact_text(job.output)
     tags = {"cion.stage": stage, "cion.job": job.name}
+    if stage_run_id:
+        tags.update({"cion.run_id": stage_run_id, "cion.output": output})
     for i, rec in enumerate(inputs):
         for key in ("uri", "digest", "stage", "mlflow_run_id"):
             if rec.get(key):
@@ -134,6 +181,21 @@ def stage_run(
     with mlflow.start_run(run_name=run_name or stage, tags=tags) as run:
         from cion_dist.mlflow_io.lineage import log_inputs
 
+        if stage_run_id and holds(job):
+            try:
+                stale = fail_interrupted(run.info.experiment_id, stage, stage_run_id, output, run.info.run_id)
+            except Exception as e:  # noqa: BLE001 - bookkeeping of old runs never stops this one
+                log.warning("could not check for interrupted %s runs: %s", stage, redact_text(e))
+            else:
+                if stale:
+                    log.warning(
+                        "%s: marked FAILED %d earlier run(s) of run id %s left RUNNING by a killed driver: %s",
+                        stage,
+                        len(stale),
+                        stage_run_id,
+                        ", ".join(stale),
+                    )
+                    mlflow.set_tag("cion.after_interrupted", ",".join(stale))
         log_inputs(inputs, run.info.run_id)
         if params:
             flat = flatten(params)

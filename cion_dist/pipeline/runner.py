@@ -45,12 +45,9 @@ def stage_module(stage: str):
 
 
 def run_stage(job: Job, stage: str | None = None) -> StageResult:
-    from cion_dist.lock import output_lock
-
     stage = stage or job.stage
     t0 = time.time()
-    with output_lock(job, stage):  # one run per output folder; re-entrant under run_pipeline's hold
-        result = stage_module(stage).run(job)
+    result = stage_module(stage).run(job)  # holds the output lock itself (``stage.locked_stage``)
     result.summary.setdefault("seconds", round(time.time() - t0, 2))
     log.info("%s finished: %s", stage, result.uri)
     return result
@@ -64,6 +61,7 @@ def run_pipeline(job: Job) -> list[StageResult]:
     """
     from cion_dist.lock import output_lock
 
+    # one hold around all the stages: no other run takes the output between two of them
     with output_lock(job, "pipeline"):
         return _run_pipeline(job)
 

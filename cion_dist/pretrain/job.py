@@ -33,7 +33,7 @@ from cion_dist.models.backbone_io import (
     register_backbone,
     write_export,
 )
-from cion_dist.stage import PretrainResult, StageRun
+from cion_dist.stage import PretrainResult, StageRun, locked_stage
 from cion_dist.stage.runid import derive_run_id
 from cion_dist.storage.fs import Storage, is_s3, join
 from cion_dist.storage.stage_io import StageOutput, input_record, resolve_input
@@ -240,6 +240,7 @@ def write_plots(out: StageOutput, tracking: dict) -> list[str]:
     return write_figures(out, figures, to_mlflow=True)
 
 
+@locked_stage(STAGE)
 def run(job: Job) -> PretrainResult:
     cfg = job.pretrain
     storage = Storage(job.storage)

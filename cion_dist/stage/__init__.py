@@ -14,7 +14,7 @@ from cion_dist.stage.result import (
     SynthResult,
 )
 from cion_dist.stage.runid import derive_run_id, run_id_config
-from cion_dist.stage.skeleton import StageRun
+from cion_dist.stage.skeleton import StageRun, locked_stage
 
 __all__ = [
     "CorrelateResult",
@@ -27,5 +27,6 @@ __all__ = [
     "StageRun",
     "SynthResult",
     "derive_run_id",
+    "locked_stage",
     "run_id_config",
 ]

@@ -1,6 +1,7 @@
 """The part every stage run shares, written once: run id, output folder, early exit, MLflow run, finalize, lineage.
 
-A stage's ``run(job)`` reads its inputs, then::
+A stage's ``run(job)`` is wrapped in ``locked_stage`` (the whole run holds the output lock, whoever calls it),
+reads its inputs, then::
 
     st = StageRun(job, "embed", job.embed, inputs=[input_record(ingest)])
     if (done := st.completed()) is not None:
@@ -18,15 +19,36 @@ A feature that concerns every stage (an output lock, a timing, a new lineage fie
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, TypeVar
 
 from cion_dist.stage.runid import derive_run_id
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.stage_io import StageOutput, dumps_config
 
 log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+
+def locked_stage(stage: str) -> Callable[[Callable[..., R]], Callable[..., R]]:
+    """Decorate a stage's ``run(job)`` so the whole run holds ``<output>/_LOCK.json``: input checks, planning and
+    work alike, whether the runner, the demo or a plain Python call starts it. Re-entrant, so a pipeline holding
+    the lock around its stages runs each inside its hold; a second process gets ``OutputBusy`` at once."""
+
+    def wrap(run: Callable[..., R]) -> Callable[..., R]:
+        @functools.wraps(run)
+        def locked(job, *args: Any, **kwargs: Any) -> R:
+            from cion_dist.lock import output_lock
+
+            with output_lock(job, stage):
+                return run(job, *args, **kwargs)
+
+        return locked
+
+    return wrap
 
 
 class StageRun:
@@ -75,13 +97,22 @@ class StageRun:
 
     @contextlib.contextmanager
     def tracking(self, params: Optional[dict] = None) -> Iterator["StageRun"]:
-        """The stage's MLflow run (none when MLflow is disabled): config and run id as params, inputs as lineage."""
+        """The stage's MLflow run (none when MLflow is disabled): config and run id as params, inputs as lineage.
+
+        Held under the output lock (re-entered when ``locked_stage`` holds it already), so no other run of this
+        output is at work while the MLflow run is open, and an earlier run of this stage and run id still RUNNING
+        in MLflow is one whose driver was killed: it is marked FAILED (``mlflow_run.fail_interrupted``).
+        """
+        from cion_dist.lock import output_lock
         from cion_dist.mlflow_io.mlflow_run import stage_run
 
         p = {self.stage: dumps_config(self.cfg), "run_id": self.run_id, **(params or {})}
-        with stage_run(self.job, self.stage, params=p, inputs=tuple(self.inputs)) as mlrun:
-            self.mlrun = mlrun
-            yield self
+        with output_lock(self.job, self.stage):
+            with stage_run(
+                self.job, self.stage, params=p, inputs=tuple(self.inputs), stage_run_id=self.run_id
+            ) as mlrun:
+                self.mlrun = mlrun
+                yield self
 
     def log_metrics(self, metrics: dict[str, Any]) -> None:
         """Numeric, finite entries of ``metrics`` on the stage's MLflow run (no-op without one)."""

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from cion_dist.config.job import Job
-from cion_dist.stage import SynthResult
+from cion_dist.stage import SynthResult, locked_stage
 from cion_dist.storage.fs import Storage, join
 from cion_dist.synth.generate import generate_corpus
 
 
+@locked_stage("synth")
 def run(job: Job) -> SynthResult:
     cfg = job.synth
     out = cfg.out or join(job.output, "corpus")
