@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -172,22 +171,16 @@ def _head_pids(temp_dir: str) -> list[int]:
 def _stop_processes(temp_dir: str, grace_s: float = 10.0) -> int:
     import psutil
 
+    from cion_dist.raywatch import terminate
+
     pids = _head_pids(temp_dir)
     procs = []
     for pid in pids:
         try:
-            p = psutil.Process(pid)
-            p.send_signal(signal.SIGTERM)
-            procs.append(p)
+            procs.append(psutil.Process(pid))
         except psutil.NoSuchProcess:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=grace_s)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=grace_s)
+    terminate(procs, grace_s)
     return len(pids)
 
 

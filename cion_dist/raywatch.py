@@ -62,8 +62,29 @@ def _processes(driver_pid: int, session_dir: str, seen: dict[int, float]) -> dic
     return out
 
 
+def terminate(procs: list, grace_s: float) -> None:
+    """SIGTERM to ``procs`` (``psutil.Process``), then SIGKILL to those still running after ``grace_s``."""
+    import psutil
+
+    sent = []
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+            sent.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(sent, timeout=grace_s)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace_s)
+
+
 def _stop(seen: dict[int, float]) -> int:
-    """SIGTERM, then SIGKILL after ``GRACE_S``, to the noted processes still running; returns how many."""
+    """SIGTERM, then SIGKILL after ``GRACE_S``, to the noted processes still running (the same pid and start time:
+    a reused pid is never signalled); returns how many."""
     import psutil
 
     procs = []
@@ -71,16 +92,10 @@ def _stop(seen: dict[int, float]) -> int:
         try:
             p = psutil.Process(pid)
             if p.create_time() == started and p.status() != psutil.STATUS_ZOMBIE:
-                p.send_signal(signal.SIGTERM)
                 procs.append(p)
         except psutil.NoSuchProcess:
             continue
-    _, alive = psutil.wait_procs(procs, timeout=GRACE_S)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    terminate(procs, GRACE_S)
     return len(procs)
 
 

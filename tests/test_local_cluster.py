@@ -147,7 +147,7 @@ def test_ray_job_submit_runs_a_job_file_as_its_entrypoint(cion_cluster, tmp_path
 
 _PRIVATE_DRIVER = """
 import os, sys, time
-from cion_dist.config.base import RayConfig
+from cion_dist.config_base import RayConfig
 from cion_dist.raycluster import ensure_ray
 ensure_ray(RayConfig(num_cpus=2))
 import ray
