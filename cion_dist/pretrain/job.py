@@ -198,8 +198,8 @@ def fit(job: Job, data, storage_path: str, name: str, tracking: Optional[dict] =
 def export_teacher(result, job: Job, out: StageOutput) -> tuple[str, dict[str, bytes]]:
     """Write the final teacher backbone to ``<run>/model/``, recording the crop size and the normalisation it was
     trained with; returns (folder URI, files)."""
+    from cion_dist.images import IMAGENET_MEAN, IMAGENET_STD
     from cion_dist.models.factory import build_backbone
-    from cion_dist.pretrain.augment import MEAN, STD
     from cion_dist.pretrain.train_loop import TEACHER_FILE
 
     if result.checkpoint is None:
@@ -209,7 +209,7 @@ def export_teacher(result, job: Job, out: StageOutput) -> tuple[str, dict[str, b
     state = backbone_state(blob["teacher"])
     cfg = job.pretrain
     embed_dim = build_backbone(cfg.backbone, **cfg.backbone_kwargs).embed_dim
-    preprocess = Preprocess(tuple(cfg.image_size), MEAN, STD)
+    preprocess = Preprocess(tuple(cfg.image_size), IMAGENET_MEAN, IMAGENET_STD)  # what augment.normalize applies
     files = export_files(state, cfg.backbone, embed_dim, cfg.backbone_kwargs, preprocess)
     return write_export(files, join(out.uri, BACKBONE_DIR), out.storage), files
 
