@@ -90,4 +90,5 @@ def test_resume_after_a_kill_redoes_only_lost_units_without_probes(ray_local):
         # a complete run costs a constant handful: find the input run and read its record, see ours is complete
         counter.reset()
         assert run(_job(root, endpoint, "embed-killed")).skipped
-        assert counter.total("driver") <= 10, counter.by_op("driver")
+        # (+3: the output lock's lease, put, read back at release and deleted)
+        assert counter.total("driver") <= 13, counter.by_op("driver")
