@@ -75,10 +75,9 @@ def test_one_folder_among_the_clips_is_an_error_row_and_the_run_completes(ray_lo
 
 
 @pytest.mark.slow
-def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_failed(corpus, tmp_path):
-    """Two ``cion run`` of one job: the second exits 2 naming the first (before: both did all the work); the first,
-    terminated mid-stage, leaves its MLflow run FAILED (before: RUNNING forever)."""
-    import mlflow
+def _ingest_job_file(corpus: Path, tmp_path: Path, experiment: str) -> tuple[Path, str, dict]:
+    """A one-stage ingest job file on the corpus with its own sqlite MLflow store, and the environment of a private
+    Ray instance for a ``cion run`` of it: (job file, store URI, env)."""
     import yaml
 
     store = f"sqlite:///{tmp_path}/m.db"
@@ -89,13 +88,22 @@ def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_fail
                 "stage": "ingest",
                 "output": str(tmp_path / "out"),
                 "ray": {"num_cpus": 2},
-                "mlflow": {"tracking_uri": store, "experiment": "busy"},
+                "mlflow": {"tracking_uri": store, "experiment": experiment},
                 "ingest": {"manifest": str(corpus / "manifest.parquet"), "concurrency": 1, "chunk_frames": 4},
             }
         )
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
+    return job, store, env
+
+
+def test_a_second_run_on_a_busy_output_is_refused_and_sigterm_marks_the_run_failed(corpus, tmp_path):
+    """Two ``cion run`` of one job: the second exits 2 naming the first (before: both did all the work); the first,
+    terminated mid-stage, leaves its MLflow run FAILED (before: RUNNING forever)."""
+    import mlflow
+
+    job, store, env = _ingest_job_file(corpus, tmp_path, "busy")
     client = mlflow.MlflowClient(tracking_uri=store)
     client.search_experiments()  # the store's tables now, not raced by this poller and the driver's first use
     first = subprocess.Popen(
@@ -144,23 +152,8 @@ def test_a_sigkilled_stage_leaves_no_run_running_once_the_next_run_starts(corpus
     holding the output lock, marks the killed run FAILED and names itself on it; it ends FINISHED (before: the
     killed run stayed RUNNING forever)."""
     import mlflow
-    import yaml
 
-    store = f"sqlite:///{tmp_path}/m.db"
-    job = tmp_path / "job.yaml"
-    job.write_text(
-        yaml.safe_dump(
-            {
-                "stage": "ingest",
-                "output": str(tmp_path / "out"),
-                "ray": {"num_cpus": 2},
-                "mlflow": {"tracking_uri": store, "experiment": "killed"},
-                "ingest": {"manifest": str(corpus / "manifest.parquet"), "concurrency": 1, "chunk_frames": 4},
-            }
-        )
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("RAY_ADDRESS", None)
+    job, store, env = _ingest_job_file(corpus, tmp_path, "killed")
     cmd = [sys.executable, "-m", "cion_dist.cli", "run", str(job)]
     client = mlflow.MlflowClient(tracking_uri=store)
     client.search_experiments()  # the store's tables now, not raced by this poller and the driver's first use

@@ -126,15 +126,7 @@ def extract(job: Job, model, uris: list[str], storage: Storage, preprocess: Opti
     cfg = job.evaluate
     pp = preprocess or Preprocess((cfg.height, cfg.width))
     use_ray = cfg.extraction == "ray" or (cfg.extraction == "auto" and len(uris) >= cfg.ray_min_images)
-    kw = dict(
-        batch_size=cfg.batch_size,
-        flip=cfg.flip,
-        height=pp.height,
-        width=pp.width,
-        mean=pp.mean,
-        std=pp.std,
-        device=cfg.device,
-    )
+    kw = dict(batch_size=cfg.batch_size, flip=cfg.flip, device=cfg.device, **pp.feed_kwargs())
     if use_ray:
         from cion_dist.raycluster import ensure_ray
 
@@ -215,16 +207,7 @@ def run(job: Job) -> EvaluateResult:
         from cion_dist.evaluate.finetune import finetune
 
         net, extra = finetune(
-            net,
-            ds.train,
-            cfg.finetune,
-            storage,
-            height=pp.height,
-            width=pp.width,
-            mean=pp.mean,
-            std=pp.std,
-            device=cfg.device,
-            seed=job.seed,
+            net, ds.train, cfg.finetune, storage, device=cfg.device, seed=job.seed, **pp.feed_kwargs()
         )
     t1 = time.time()
     qf = extract(job, net, [r.uri for r in ds.query], storage, pp)

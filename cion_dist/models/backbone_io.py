@@ -74,6 +74,10 @@ class Preprocess:
     def width(self) -> int:
         return int(self.input_size[1])
 
+    def feed_kwargs(self) -> dict:
+        """``height``, ``width``, ``mean``, ``std``: the keywords every image feeder (extraction, fine-tune) takes."""
+        return {"height": self.height, "width": self.width, "mean": self.mean, "std": self.std}
+
     def to_meta(self) -> dict:
         return {"input_size": [self.height, self.width], "mean": list(self.mean), "std": list(self.std)}
 
