@@ -130,7 +130,7 @@ def up(num_cpus: int | None = None, timeout_s: float = 120.0) -> tuple[ClusterRe
     ]
     from cion_dist.quiet import local_instance_env
 
-    local_instance_env()
+    local_instance_env(cpus)
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s, check=False)

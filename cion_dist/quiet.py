@@ -119,9 +119,17 @@ def _quiet_python_warnings() -> None:
         warnings.filterwarnings("ignore", category=cat, module=r"(?!cion_dist)")
 
 
-def local_instance_env() -> None:
-    """Environment for a Ray instance cion starts itself (``ray.init`` without address, ``cion up``)."""
+def local_instance_env(num_cpus: int) -> None:
+    """Environment for a Ray instance cion starts itself (``ray.init`` without address, ``cion up``).
+
+    Such an instance declares at least 4 logical CPUs (see ``raycluster.ensure_ray``) but Ray sizes its worker
+    start-up concurrency, and the "N worker processes have been started ... 4x the maximum expected startup
+    concurrency" warning, by the physical core count: on 2 cores a demo's 8 live workers (Ray Train's controller
+    and workers, Ray Data's actors, idle pooled workers) would trip it. The expected concurrency is the logical
+    CPU count the instance was given.
+    """
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    os.environ.setdefault("RAY_worker_maximum_startup_concurrency", str(max(1, int(num_cpus))))
 
 
 def worker_setup() -> None:

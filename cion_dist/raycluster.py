@@ -75,9 +75,9 @@ def ensure_ray(cfg: RayConfig | None = None) -> None:
         return
     from cion_dist.quiet import local_instance_env
 
-    local_instance_env()
-    _reload_ray_config()
     kwargs["num_cpus"] = cfg.num_cpus or max(4, os.cpu_count() or 1)
+    local_instance_env(kwargs["num_cpus"])
+    _reload_ray_config()
     if cfg.num_gpus is not None:
         kwargs["num_gpus"] = cfg.num_gpus
     if cfg.object_store_memory:

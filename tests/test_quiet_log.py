@@ -52,3 +52,38 @@ def test_demo_log_has_no_library_warnings(tmp_path):
     assert "ray: started a private local instance" in log
     lines = [ln for ln in log.splitlines() if ln.strip()]
     assert len(lines) < 150, f"{len(lines)} lines"
+
+
+def test_private_instance_does_not_warn_about_its_own_worker_count(tmp_path):
+    """A private instance declares 4 logical CPUs even on 2 cores; a dozen live actors (what a demo's Ray Train and
+    Ray Data stages hold at once) are its normal load, not the raylet's "4x the expected startup concurrency"."""
+    script = (
+        "import os, time, ray\n"
+        "from cion_dist.config_base import RayConfig\n"
+        "from cion_dist.raycluster import ensure_ray\n"
+        "ensure_ray(RayConfig(num_cpus=4))\n"
+        "@ray.remote(num_cpus=0)\n"
+        "class A:\n"
+        "    def pid(self):\n"
+        "        return os.getpid()\n"
+        "actors = [A.remote() for _ in range(14)]\n"
+        "print('pids', len(set(ray.get([a.pid.remote() for a in actors]))))\n"
+        "time.sleep(2)\n"
+        "ray.shutdown()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CION_CLUSTER_FILE": str(tmp_path / "no-cluster.json")}
+    for k in ("RAY_ADDRESS", "RAY_worker_maximum_startup_concurrency"):
+        env.pop(k, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "pids 14" in proc.stdout
+    assert "worker processes have been started" not in proc.stdout, proc.stdout[-3000:]
