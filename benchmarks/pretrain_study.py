@@ -287,6 +287,9 @@ def pretrain_config(args, instances: list[int]):
         gradual_epochs=list(range(1, len(instances) + 1)),
         gradual_instances=list(instances),
         lr=args.lr,
+        teacher_temp=args.teacher_temp,
+        head_bn=args.head_bn,
+        momentum_teacher=args.momentum_teacher,
         num_workers=1,
     )
     extra = {"warmup_epochs": 0, "freeze_last_layer": 0}
@@ -475,9 +478,9 @@ def parse_args(argv=None):
     # pretraining
     p.add_argument("--backbone", default="resnet_tiny")
     p.add_argument("--widths", type=int, nargs="*", default=[16, 32, 64, 128], help="resnet_tiny stage widths")
-    p.add_argument("--steps", type=int, default=250)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--instances", type=int, nargs="+", default=[2, 4], help="K per half of training (identity arms)")
+    p.add_argument("--instances", type=int, nargs="+", default=[4, 8], help="K per part of training (identity arms)")
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--local-crops", type=int, default=2)
@@ -485,12 +488,18 @@ def parse_args(argv=None):
     p.add_argument("--hidden-dim", type=int, default=512)
     p.add_argument("--bottleneck-dim", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.02, help="peak lr per 256 images")
+    # the reference recipe (teacher_temp 0.04, no BN in the head) collapses at this budget: docs/pretrain_study.md
+    p.add_argument("--teacher-temp", type=float, default=0.02, help="reference: 0.04")
+    p.add_argument(
+        "--head-bn", action=argparse.BooleanOptionalAction, default=True, help="BatchNorm in the head (reference: off)"
+    )
+    p.add_argument("--momentum-teacher", type=float, default=0.99, help="reference: 0.996 (for ~400k steps)")
     p.add_argument(
         "--pretrain-set",
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="other pretrain settings for every arm, e.g. teacher_temp=0.02 momentum_teacher=0.99 (keys the study "
+        help="other pretrain settings for every arm, e.g. center_momentum=0.99 warmup_epochs=1 (keys the study "
         "sets itself are refused)",
     )
     # evaluation

@@ -87,7 +87,12 @@ def test_health_lines_count_each_arms_verdicts():
 
 
 def test_pretrain_set_reaches_the_stage_config_and_refuses_the_studys_own_keys():
-    cfg = study.pretrain_config(study.parse_args(["--pretrain-set", "teacher_temp=0.02", "warmup_epochs=1"]), [2, 4])
-    assert (cfg.teacher_temp, cfg.warmup_epochs, cfg.epochs) == (0.02, 1, 2)
-    with pytest.raises(SystemExit, match="lr=1"):
-        study.pretrain_config(study.parse_args(["--pretrain-set", "lr=1"]), [2])
+    cfg = study.pretrain_config(study.parse_args(["--pretrain-set", "center_momentum=0.99", "warmup_epochs=1"]), [2, 4])
+    assert (cfg.center_momentum, cfg.warmup_epochs, cfg.epochs) == (0.99, 1, 2)
+    # the study's recipe at CPU scale (BN in the head, a colder teacher); --no-head-bn --teacher-temp 0.04: reference
+    assert (cfg.head_bn, cfg.teacher_temp) == (True, 0.02)
+    ref = study.pretrain_config(study.parse_args(["--no-head-bn", "--teacher-temp", "0.04"]), [2])
+    assert (ref.head_bn, ref.teacher_temp) == (False, 0.04)
+    for key in ("lr", "teacher_temp", "head_bn"):
+        with pytest.raises(SystemExit, match=f"{key}=1"):
+            study.pretrain_config(study.parse_args(["--pretrain-set", f"{key}=1"]), [2])

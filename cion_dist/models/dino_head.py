@@ -39,17 +39,30 @@ class NormalizedLinear(nn.Module):
 
 class DINOHead(nn.Module):
     """MLP ``in -> hidden -> hidden -> bottleneck`` (GELU), L2 normalisation, then ``NormalizedLinear`` to
-    ``out_dim`` prototypes (2048 / 2048 / 256, no BatchNorm; trunc-normal MLP, default-initialised last layer)."""
+    ``out_dim`` prototypes (2048 / 2048 / 256; trunc-normal MLP, default-initialised last layer).
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    ``use_bn``: BatchNorm after each hidden linear layer, DINO's ``use_bn_in_head`` (off in CION's recipe). A
+    conv net's pooled features are non-negative and share a large common direction, so without it every image's
+    bottleneck vector starts nearly the same; the study (docs/pretrain_study.md) measures what it changes.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        use_bn: bool = False,
+    ):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(((in_dim, hidden_dim), (hidden_dim, hidden_dim), (hidden_dim, bottleneck_dim))):
+            layers.append(nn.Linear(a, b))
+            if i < 2:
+                if use_bn:
+                    layers.append(nn.BatchNorm1d(b))
+                layers.append(nn.GELU())
+        self.mlp = nn.Sequential(*layers)
         for m in self.mlp:
             if isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02)

@@ -31,6 +31,7 @@ class PretrainConfig(StrictModel):
     out_dim: int = Field(4096, ge=2, description="prototypes of the head's last layer (paper: 65536)")
     hidden_dim: int = Field(2048, ge=1)
     bottleneck_dim: int = Field(256, ge=1)
+    head_bn: bool = Field(False, description="BatchNorm in the head's MLP (DINO's use_bn_in_head; CION: off)")
     # data
     batch_size_per_worker: int = Field(8, ge=1, description="images per worker step; divisible by every K used")
     local_crops: int = Field(4, ge=0, description="128x64 local crops per image (paper: 8)")

@@ -136,7 +136,7 @@ def build_networks(cfg, seed: int) -> tuple[MultiCropWrapper, MultiCropWrapper]:
     backbone = build_backbone(cfg.backbone, **cfg.backbone_kwargs)
     if cfg.pretrained:
         load_backbone_weights(backbone, cfg.pretrained)
-    head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim)
+    head = DINOHead(backbone.embed_dim, cfg.out_dim, cfg.hidden_dim, cfg.bottleneck_dim, use_bn=cfg.head_bn)
     student = MultiCropWrapper(backbone, head)
     if cfg.sync_bn and cfg.use_gpu:
         student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(student)
