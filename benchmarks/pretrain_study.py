@@ -40,6 +40,9 @@ import pyarrow.parquet as pq
 import torch
 
 ARMS = ("random", "instance", "tracklet", "cion", "truth")
+# not run by default: the ground-truth labels with a plain classification loss, a control that says what the
+# backbone, crops and step budget can learn at all when the labels are used directly
+CONTROLS = ("supervised",)
 log = logging.getLogger("pretrain_study")
 
 
@@ -184,11 +187,11 @@ def arm_labels(arm: str, crops: pa.Table, truth: np.ndarray, cion: np.ndarray | 
             raise ValueError(f"arm {arm} needs correlation labels")
         rows = np.flatnonzero(cion >= 0)
         lab = cion[rows]
-    elif arm == "truth":
+    elif arm in ("truth", "supervised"):
         rows = np.flatnonzero(truth >= 0)
         lab = truth[rows]
     else:
-        raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(ARMS)}")
+        raise ValueError(f"unknown arm {arm!r}; use one of {', '.join(ARMS + CONTROLS)}")
     _, lab = np.unique(lab, return_inverse=True)
     return rows.astype(np.int64), lab.astype(np.int64)
 
@@ -341,6 +344,30 @@ def train_arm(images: list[np.ndarray], labels: np.ndarray, instances: list[int]
     return res.teacher, res.history
 
 
+def train_supervised(images: list[np.ndarray], labels: np.ndarray, instances: list[int], args, seed: int):
+    """The control arm: the same backbone, P x K batches and global crops, trained with identity cross-entropy
+    through a BatchNorm + linear classifier (BoT's neck, no triplet) and AdamW at the study's per-image lr."""
+    from cion_dist.pretrain.augment import MultiCropSpec, normalize
+
+    backbone = random_backbone(args, seed)
+    clf = torch.nn.Sequential(
+        torch.nn.BatchNorm1d(backbone.embed_dim), torch.nn.Linear(backbone.embed_dim, int(labels.max()) + 1)
+    )
+    params = list(backbone.parameters()) + list(clf.parameters())
+    opt = torch.optim.AdamW(params, lr=args.lr * args.batch / 256, weight_decay=0.04)
+    spec = MultiCropSpec((args.height, args.width), (args.height // 2, args.width // 2), 0)
+    backbone.train()
+    history = []
+    for views, lab in pk_views(images, labels, instances, args.steps, args.batch, spec, seed):
+        logits = clf(backbone(normalize(torch.from_numpy(views[0]))))
+        loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(lab))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(float(loss.detach()))
+    return backbone, history
+
+
 def health_of(history: list[dict], args) -> dict:
     """Loss over the first and last tenth of the steps and the stage's health verdict."""
     if not history:
@@ -454,7 +481,11 @@ def parse_args(argv=None):
     )
     p.add_argument("--work", default="./study-out", help="working folder (corpus, crops, results); reused if present")
     p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument(
+        "--arms",
+        default=",".join(ARMS),
+        help=f"comma-separated, of {', '.join(ARMS + CONTROLS)} (controls not by default)",
+    )
     p.add_argument("--rounds", type=int, default=2, choices=(1, 2), help="2: also the bootstrapped round-2 CION arm")
     # corpus
     p.add_argument("--identities", type=int, default=48)
@@ -580,6 +611,10 @@ def main(argv=None) -> dict:
             ts = time.time()
             if arm == "random":
                 model, curve = random_backbone(args, seed), []
+            elif arm == "supervised":
+                model, losses = train_supervised([images[i] for i in rows], lab, args.instances, args, seed)
+                curve = []
+                log.info("supervised seed %d: cross-entropy %.3f -> %.3f", seed, losses[0], losses[-1])
             else:
                 ks = [1] if arm == "instance" else args.instances
                 model, curve = train_arm([images[i] for i in rows], lab, ks, args, seed)
