@@ -6,7 +6,7 @@
 3. memory: peak RSS of one clip's ingest in a fresh process, 10 s vs 60 s clip, chunked decode (64 frames) vs
    the whole clip decoded at once.
 
-    python benchmarks/bench_ingest.py [--shared ../shared/data] [--work /tmp/cion-bench-ingest]
+    python benchmarks/bench_ingest.py [--shared DATA_FOLDER] [--work /tmp/cion-bench-ingest]
 """
 
 from __future__ import annotations
@@ -190,9 +190,16 @@ def table(title: str, header: tuple, rows: list[tuple]) -> None:
         print("  ".join(str(x).rjust(w) for x, w in zip(r, widths)))
 
 
+DATA = os.environ.get("CION_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--shared", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+    ap.add_argument(
+        "--shared",
+        default=DATA,
+        help="the test and benchmark data folder (README); its videos/vtest.avi is decoded when present",
+    )
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cion-bench-ingest"))
     ap.add_argument(
         "--clip-frames",

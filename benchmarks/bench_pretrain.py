@@ -1,7 +1,7 @@
 """Pretraining throughput and memory: plain data parallel (ZeRO 0, the baseline) vs ZeRO 2 vs ZeRO 3.
 
 Same data, same global batch, same seed, 2 CPU workers on a local Ray instance. Data: real pedestrians cut from
-the MOT17 frames in ../shared/data/mot17_mini (one identity per sequence and track, visible >= 30%), falling back
+the MOT17 frames in $CION_SHARED_DATA/mot17_mini (one identity per sequence and track, visible >= 30%), falling back
 to drawn figures when the folder is absent. Prints, per configuration: images/s (mean over steps after the
 first), the fraction of step time spent waiting for the multi-crop batches (made in Ray Data tasks, or inline
 with --augment worker), peak RSS of the larger worker, the loss curve's ends, and the student's model state per

@@ -43,6 +43,8 @@ ARMS = ("random", "instance", "tracklet", "cion", "truth")
 # not run by default: the ground-truth labels with a plain classification loss, a control that says what the
 # backbone, crops and step budget can learn at all when the labels are used directly
 CONTROLS = ("supervised",)
+# the data folder of the tests and benchmarks (README, "Test and benchmark data")
+DATA = os.environ.get("CION_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
 log = logging.getLogger("pretrain_study")
 
 
@@ -502,7 +504,7 @@ def parse_args(argv=None):
         "--embedder",
         default="auto",
         help="features for correlation: an ONNX re-ID model path, 'handcrafted', or auto (the OSNet file "
-        "under ../shared/data/models when present, else handcrafted)",
+        "under $CION_SHARED_DATA/models when present, else handcrafted)",
     )
     p.add_argument("--window", type=int, default=0, help="videos per level-3 window; 0: the whole corpus")
     p.add_argument("--stride", type=int, default=0, help="0: half the window")
@@ -536,7 +538,9 @@ def parse_args(argv=None):
     # evaluation
     p.add_argument("--finetune-iterations", type=int, default=60)
     p.add_argument(
-        "--mot17", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mot17_mini", "train")
+        "--mot17",
+        default=os.path.join(DATA, "mot17_mini", "train"),
+        help="MOT17 frames with ground truth (MOTChallenge layout) for the real-crop benchmark; skipped when absent",
     )
     p.add_argument(
         "--threads",
@@ -571,9 +575,7 @@ def main(argv=None) -> dict:
     t = time.time()
     images = decode_all(crops.column("jpeg").to_pylist())
     if args.embedder == "auto":
-        osnet = os.path.join(
-            os.path.dirname(__file__), "..", "..", "shared", "data", "models", "osnet_x0_25_msmt17.onnx"
-        )
+        osnet = os.path.join(DATA, "models", "osnet_x0_25_msmt17.onnx")
         args.embedder = osnet if os.path.exists(osnet) else "handcrafted"
     args.window = args.window or args.videos
     args.stride = args.stride or max(1, args.window // 2)

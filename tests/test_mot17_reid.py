@@ -7,12 +7,13 @@ import os
 import cv2
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 
 from cion_dist.errors import DataError
 from cion_dist.evaluate.datasets import load_dataset
 from cion_dist.evaluate.mot17_reid import build_benchmark
 
-MOT17 = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mot17_mini", "train")
+MOT17 = str(SHARED_DATA / "mot17_mini" / "train")
 
 
 def _sequence(root, name="MOT17-03-FAKE", rows=(), frames=3):
@@ -58,7 +59,7 @@ def test_bad_row_names_file_and_line(tmp_path):
         build_benchmark(str(tmp_path / "nowhere"), str(tmp_path / "out"))
 
 
-@pytest.mark.skipif(not os.path.isdir(MOT17), reason="MOT17 frames not present in ../shared/data/mot17_mini")
+@pytest.mark.skipif(not os.path.isdir(MOT17), reason=f"MOT17 frames not present in {MOT17}")
 def test_real_mot17_people(tmp_path):
     info = build_benchmark(MOT17, str(tmp_path / "mot17"))
     assert info["sequences"] == 7 and info["query_images"] >= 40 and info["gallery_images"] >= 4 * info["query_images"]
