@@ -128,7 +128,7 @@ def embed_units(
     paths = [storage.pyarrow(f)[1] for f in plan_files]
     size = max(1, min(cfg.concurrency, n_pending))
     # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
-    ds = ray.data.read_parquet(paths, filesystem=fs, ray_remote_args={"num_cpus": 0.25})
+    ds = ray.data.read_parquet(paths, filesystem=fs, num_cpus=0.25)
     ds = ds.map_batches(
         not_done,
         fn_kwargs={"key_column": "unit", "done": ray.put(done_keys)},

@@ -200,7 +200,7 @@ def run_clips(
     size = max(1, min(cfg.concurrency, n_pending))
     cols = ["video_id", "uri"] + [c for c in ("start_s", "end_s") if c in manifest.columns]  # segments of a video
     # planning ops are light: small CPU shares, so a pool holding every CPU cannot starve them
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, ray_remote_args={"num_cpus": 0.25})
+    ds = ray.data.read_parquet(paths, filesystem=fs, columns=cols, num_cpus=0.25)
     ds = ds.map_batches(
         not_done,
         fn_kwargs={"key_column": "video_id", "done": ray.put(done_keys), "invert": only},
