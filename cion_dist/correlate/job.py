@@ -9,8 +9,9 @@ across videos as tasks; the size check; one Parquet part per video written by ta
 (``image_id, identity_id, tracklet_id, video_id, removed_at, reason``); with ground truth, a quality table for CION
 and the baselines (``quality.json``, which reads the whole corpus on the driver); ``_SUCCESS.json`` last.
 
-The driver holds integer arrays only, about 30 bytes per image (level-2 group and node, reason, identity) and 12
-per level-2 identity, plus the compact catalogue; identity vectors stay in block files and the tasks reading them
+The driver holds integer arrays only, about 30 bytes per image at rest (level-2 group and node, reason, identity;
+about 100 at its measured peak, with the buffers of the steps that build them) and 12 per level-2 identity, plus
+the compact catalogue; identity vectors stay in block files and the tasks reading them
 (see ``distributed``), so its memory does not grow with the embedding width. Every step resumes from one listing
 of its folder.
 """
