@@ -237,3 +237,12 @@ def test_torch_weights_from_mlflow_registry_alias(tmp_path):
     np.testing.assert_allclose(emb(crops), _reference(model, crops), atol=1e-5)
     with pytest.raises(DataError, match="cannot download"):
         fetch("models:/cion-backbone@nobody", tracking_uri=uri)
+
+
+def test_model_batch_follows_the_device_unless_set():
+    from cion_dist.embed.config import CPU_BATCH, GPU_BATCH
+
+    assert EmbedConfig().batch_size == CPU_BATCH == 32
+    assert EmbedConfig(num_gpus=1).batch_size == GPU_BATCH == 512
+    assert EmbedConfig(num_gpus=0.5, batch_size=100).batch_size == 100
+    assert EmbedConfig(batch_size=7).batch_size == 7
