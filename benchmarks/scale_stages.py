@@ -385,12 +385,19 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
     embedding the whole corpus would take too long on this machine."""
     import pyarrow as pa
 
+    from cion_dist.embed.embedders import build_embedder
     from cion_dist.embed.parts import BACKBONE_KEY, DIM_KEY, embedding_array
     from cion_dist.embed.plan import write_plan
+    from cion_dist.images import decode_image
     from cion_dist.storage.fs import Storage
     from cion_dist.storage.reports import part_record
     from cion_dist.storage.stage_io import read_table, unit_filename
 
+    # one real feature of the configured backbone, so units embedded again later (plan+10%) match these in
+    # dimension and backbone name
+    embedder = build_embedder(cfg)
+    vec = embedder([decode_image(tiny_jpeg())]).astype(np.float32)
+    meta = {DIM_KEY: str(vec.shape[1]).encode(), BACKBONE_KEY: embedder.name.encode()}
     files, _ = write_plan(ingest, eo, cfg.crops_per_unit, cfg.parts_per_unit)
     recs = []
     for f in files:
@@ -398,9 +405,10 @@ def measure_setup_embed(eo, ingest, cfg) -> None:
             *[read_table(f, Storage(), ["unit", "crops"]).column(c).to_pylist() for c in ("unit", "crops")]
         ):
             t = pa.table({"image_id": [unit], "tracklet_id": ["t"], "video_id": ["v"], "frame_index": [0]})
-            t = t.append_column("embedding", embedding_array(np.ones((1, 4), np.float32) / 2))
-            t = t.replace_schema_metadata({DIM_KEY: b"4", BACKBONE_KEY: b"bench"})
-            recs.append(part_record(unit_filename(unit), eo.write_unit(unit, t), rows=crops, bad=0, dim=4))
+            t = t.append_column("embedding", embedding_array(vec)).replace_schema_metadata(meta)
+            recs.append(
+                part_record(unit_filename(unit), eo.write_unit(unit, t), rows=crops, bad=0, dim=int(vec.shape[1]))
+            )
     w = eo.report_writer()
     w.add(recs)
     w.flush()
