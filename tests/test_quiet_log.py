@@ -19,6 +19,8 @@ NOISE = re.compile(
     r"constructor arguments in the object store|AVX2|Traceback"
 )
 
+OWN = re.compile(r"\d\d:\d\d:\d\d [A-Z]+ cion_dist\.")  # cion's log format: time, level, logger
+
 
 def test_demo_log_has_no_library_warnings(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CION_CLUSTER_FILE": str(tmp_path / "no-cluster.json")}
@@ -47,7 +49,8 @@ def test_demo_log_has_no_library_warnings(tmp_path):
     (tmp_path / "demo.log").write_text(log)
     assert proc.returncode == 0, log[-4000:]
     assert "cion demo summary" in log
-    noisy = [ln for ln in log.splitlines() if NOISE.search(ln) and "cion_dist" not in ln]
+    # cion's own log lines may say WARNING; a library's warning is noise even when it points at a cion_dist file
+    noisy = [ln for ln in log.splitlines() if NOISE.search(ln) and not OWN.match(ln)]
     assert not noisy, "\n".join(noisy[:20])
     assert "ray: started a private local instance" in log
     lines = [ln for ln in log.splitlines() if ln.strip()]
