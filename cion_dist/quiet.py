@@ -114,9 +114,12 @@ def configure(level: int = 0) -> None:
 
 
 def _quiet_python_warnings() -> None:
-    # library deprecation / future warnings are for their developers, not for someone running a pipeline
-    for cat in (DeprecationWarning, FutureWarning, PendingDeprecationWarning, UserWarning):
-        warnings.filterwarnings("ignore", category=cat, module=r"(?!cion_dist)")
+    # library deprecation / future warnings are for their developers, not for someone running a pipeline; a library
+    # attributes its deprecations to the caller's line (Ray Data's point at cion_dist), so those go whatever the
+    # module (``-v`` shows them); a library's other warnings are filtered unless cion_dist itself raised them
+    for cat in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
+        warnings.filterwarnings("ignore", category=cat)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(?!cion_dist)")
 
 
 def local_instance_env(num_cpus: int) -> None:
@@ -229,6 +232,9 @@ def configure_ray_data() -> None:
     try:
         import ray.data
 
+        if verbosity() <= 0:
+            # importing ray puts its own filter for RayDeprecationWarning in front of those set by configure()
+            _quiet_python_warnings()
         ctx = ray.data.DataContext.get_current()
         if hasattr(ctx, "print_on_execution_start"):
             ctx.print_on_execution_start = is_verbose()

@@ -10,7 +10,6 @@ fingerprint, counts) so the driver never reads a part back.
 from __future__ import annotations
 
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
@@ -138,29 +137,25 @@ def embed_units(
         num_cpus=0.25,
     )
     ds = ds.repartition(blocks_for(n_pending, size, per_worker=4))
-    with warnings.catch_warnings():
-        # Ray 2.60 deprecates extra remote options for named ones but names none for max_restarts, which it still
-        # honours for actor pools (its own actor pool code suggests max_restarts=0)
-        warnings.filterwarnings("ignore", message=r"`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            EmbedUnitsActor,
-            fn_constructor_kwargs={
-                "cfg": cfg,
-                "storage": storage,
-                "out_uri": out.uri,
-                "ingest_uri": ingest_uri,
-                "tracking_uri": tracking_uri,
-                "registry_uri": registry_uri,
-            },
-            batch_size=1,  # one unit (thousands of crops) per call
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=size),
-            num_cpus=cfg.num_cpus,
-            num_gpus=cfg.num_gpus if cfg.num_gpus > 0 else None,
-            # Ray Data hands its actors their constructor through the object store, which an actor restart cannot
-            # rely on; a lost actor fails the stage instead, and the rerun skips the parts already written
-            max_restarts=0,
-        )
+    ds = ds.map_batches(
+        EmbedUnitsActor,
+        fn_constructor_kwargs={
+            "cfg": cfg,
+            "storage": storage,
+            "out_uri": out.uri,
+            "ingest_uri": ingest_uri,
+            "tracking_uri": tracking_uri,
+            "registry_uri": registry_uri,
+        },
+        batch_size=1,  # one unit (thousands of crops) per call
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=size),
+        num_cpus=cfg.num_cpus,
+        num_gpus=cfg.num_gpus if cfg.num_gpus > 0 else None,
+        # Ray Data hands its actors their constructor through the object store, which an actor restart cannot
+        # rely on; a lost actor fails the stage instead, and the rerun skips the parts already written
+        max_restarts=0,
+    )
     sums = {"units": 0, "rows": 0, "bad": 0, "dim": 0, "backbone": ""}
     failed: list[str] = []
     reports = out.report_writer()
