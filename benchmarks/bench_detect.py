@@ -13,12 +13,12 @@ machine load. The whole-frame setting at the shipped threshold is the baseline.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from datadir import SHARED_DATA
 
 from cion_dist.ingest.config import DetectorConfig
 from cion_dist.ingest.detection_eval import (
@@ -67,7 +67,7 @@ def score(frames, preds, threshold: float):
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--data", default=os.environ.get("CION_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(SHARED_DATA))
     ap.add_argument("--grids", default="1x1,2x2,3x2,3x3")
     ap.add_argument("--overlap", type=float, default=0.25)
     ap.add_argument("--thresholds", default="0.15,0.2,0.25,0.3,0.35")

@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from datadir import SHARED_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 OSNET = "models/osnet_x0_25_msmt17.onnx"
@@ -66,7 +68,7 @@ def main() -> None:
     ap.add_argument("--crops", type=int, default=4000)
     ap.add_argument("--crops-per-part", type=int, default=20)
     ap.add_argument("--old-rev", default="1b98bbf")
-    ap.add_argument("--data", default=os.environ.get("CION_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(SHARED_DATA))
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from datadir import SHARED_DATA
 
 from cion_dist.config import job_from_dict
 from cion_dist.ingest.boxes import iou_matrix
@@ -194,7 +195,7 @@ def main() -> None:
     ap.add_argument("--videos", type=int, default=6)
     ap.add_argument("--frames", type=int, default=80)
     ap.add_argument("--vtest", action="store_true")
-    ap.add_argument("--data", default=os.environ.get("CION_SHARED_DATA", str(ROOT.parent / "shared" / "data")))
+    ap.add_argument("--data", default=str(SHARED_DATA))
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix="bench-footage-")
     synth = {

@@ -21,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from datadir import SHARED_DATA
+
 
 def decode_ingest(data: bytes, step: int) -> tuple[int, float]:
     """The ingest stage's own path: decord in bounded chunks of sampled indices."""
@@ -190,14 +192,11 @@ def table(title: str, header: tuple, rows: list[tuple]) -> None:
         print("  ".join(str(x).rjust(w) for x, w in zip(r, widths)))
 
 
-DATA = os.environ.get("CION_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--shared",
-        default=DATA,
+        default=str(SHARED_DATA),
         help="the test and benchmark data folder (README); its videos/vtest.avi is decoded when present",
     )
     ap.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "cion-bench-ingest"))

@@ -28,12 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+from datadir import SHARED_DATA
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PARTS = ("weights", "master", "optimizer", "other")  # cion_dist.pretrain.memory.model_state_parts + the rest
-MOT = Path(os.environ.get("CION_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mot17_mini" / "train"
+MOT = SHARED_DATA / "mot17_mini" / "train"
 
 
 def mot17_crops(min_visibility: float = 0.3, min_height: int = 60) -> pa.Table:

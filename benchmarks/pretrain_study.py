@@ -38,13 +38,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from datadir import SHARED_DATA
 
 ARMS = ("random", "instance", "tracklet", "cion", "truth")
 # not run by default: the ground-truth labels with a plain classification loss, a control that says what the
 # backbone, crops and step budget can learn at all when the labels are used directly
 CONTROLS = ("supervised",)
-# the data folder of the tests and benchmarks (README, "Test and benchmark data")
-DATA = os.environ.get("CION_SHARED_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
+DATA = str(SHARED_DATA)
 log = logging.getLogger("pretrain_study")
 
 

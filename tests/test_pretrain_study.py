@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "pretrain_study.py")
+_DIR = os.path.join(os.path.dirname(__file__), "..", "benchmarks")
+sys.path.insert(0, _DIR)  # as when the script runs: its sibling modules import
+_PATH = os.path.join(_DIR, "pretrain_study.py")
 _spec = importlib.util.spec_from_file_location("pretrain_study", _PATH)
 study = importlib.util.module_from_spec(_spec)
 sys.modules["pretrain_study"] = study  # dataclasses look their module up
