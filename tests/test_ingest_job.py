@@ -91,6 +91,17 @@ def test_manifest_problems_name_file_and_row(tmp_path):
     write_table_atomic(str(bad), manifest_table([("a", "videos/a.mp4"), ("b", "s3://b/v.mp4")]))
     info = check_manifest(str(bad))
     assert info.rows == 2 and info.digest == digest and info.files == [str(bad)]
+    # streamed in batches: rows are counted across batches and files
+    folder = tmp_path / "manifest"
+    write_table_atomic(str(folder / "a.parquet"), manifest_table([(f"v{i}", "/x.mp4") for i in range(5)]))
+    write_table_atomic(str(folder / "b.parquet"), manifest_table([("w0", "/x.mp4"), ("v3", "/y.mp4")]))
+    with pytest.raises(DataError, match=r"row 6: duplicate video_id 'v3'"):
+        check_manifest(str(folder), batch_rows=2)
+    write_table_atomic(str(folder / "b.parquet"), manifest_table([("w0", "/x.mp4"), ("w1", "")]))
+    with pytest.raises(DataError, match=r"row 6: empty video_id or uri"):
+        check_manifest(str(folder), batch_rows=2)
+    write_table_atomic(str(folder / "b.parquet"), manifest_table([("w0", "/x.mp4"), ("w1", "/y.mp4")]))
+    assert check_manifest(str(folder), batch_rows=2).rows == 7
 
 
 def test_run_id_ignores_resources_but_not_outputs():

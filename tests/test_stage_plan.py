@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from cion_dist.embed.plan import group_rows, write_plan
+from cion_dist.errors import DataError
 from cion_dist.stage.plan import blocks_for, not_done
 from cion_dist.storage.fs import Storage
 from cion_dist.storage.listing import name_hash
@@ -56,3 +58,35 @@ def test_embed_plan_keeps_the_newest_report_of_a_redone_part(tmp_path):
     assert sorted(planned) == sorted(unit_filename(v) for v in ("a", "b", "c")) and n == 2
     again, _ = write_plan(ingest, out, crops_per_unit=3, parts_per_unit=8)
     assert [read_table(f, st).to_pylist() for f in again] == [read_table(f, st).to_pylist() for f in files]
+
+
+def test_check_parts_judges_each_listed_part_by_its_newest_report(tmp_path):
+    st = Storage()
+    out = StageOutput.create(str(tmp_path), "ingest", "i", st)
+    t1, t2 = pa.table({"x": [1]}), pa.table({"x": [1, 2]})
+    w = out.report_writer()
+    recs = [part_record(unit_filename(v), out.write_unit(v, t1), rows=1) for v in "abcd"]
+    w.add(recs + [part_record(unit_filename("gone"), out.write_unit("gone", t1), rows=1)])
+    w.flush()
+    later = out.report_writer()  # b redone (newer report, same file twice: the later row wins)
+    stale = part_record(unit_filename("b"), out.write_unit("b", t2), rows=7)
+    later.add([stale, part_record(unit_filename("b"), out.write_unit("b", t2), rows=2)])
+    later.flush()
+    out.write_unit("c", t2)  # rewritten after its report: changed
+    out.write_unit("e", t1)  # never reported
+    fs = st.fs(out.uri)[0]
+    fs.rm(st.fs(out.unit_uri("gone"))[1])
+    chk = out.check_parts()
+    names = {unit_filename(v): v for v in "abcde"}
+    assert sorted(names[n] for n in out.part_names(chk.done)) == ["a", "b", "d"]
+    assert chk.changed == [unit_filename("c")] and out.part_names(chk.unreported) == [unit_filename("e")]
+    assert chk.missing == 1 and chk.totals == {"rows": 1 + 2 + 1}
+    with pytest.raises(DataError, match="changed after.*" + unit_filename("c")):
+        out.combine()
+    fs.rm(st.fs(out.unit_uri("c"))[1])  # c gone; e is read back and hashed at combine
+    full = StageOutput.create(str(tmp_path), "ingest", "j", st)  # the same parts, all read back: same digest
+    for v, t in (("a", t1), ("b", t2), ("d", t1), ("e", t1)):
+        full.write_unit(v, t)
+    got, want = out.combine(), full.combine()
+    assert (got.count, got.unreported, got.totals) == (4, 1, {"rows": 4}) and got.digest == want.digest
+    assert out.check_parts().missing == 2

@@ -43,7 +43,8 @@ def run(job: Job) -> EmbedResult:
     plan_files, n_units = write_plan(ingest, out, cfg.crops_per_unit, cfg.parts_per_unit)
     if not n_units:
         raise DataError(f"ingest output {ingest.uri} has no Parquet parts")
-    done_keys, ledger, chk = done_parts(out)
+    chk = done_parts(out)
+    done_keys = chk.done
     n_pending = n_units - len(done_keys)
     log.info(
         "embed: %d units planned from %s, %d done, %d to embed (%d torn or unreported redone) -> %s",
@@ -68,7 +69,7 @@ def run(job: Job) -> EmbedResult:
             )
             seconds = time.perf_counter() - t0
         # a resume that found every unit done wrote none: the start's check stands
-        parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
+        parts = out.combine(checked=chk if n_pending <= 0 and not chk.changed else None)
         rows, bad = parts.totals.get("rows", 0), parts.totals.get("bad", 0)
         dim, backbone = _part_meta(out, now)
         if parts.count and parts.totals.get("dim", dim * parts.count) != dim * parts.count:

@@ -5,7 +5,7 @@ reads, writes and calls. A unit here bundles consecutive rows of one ingest repo
 shuffle and no list of every part on the driver) until it holds ``crops_per_unit`` crops, and becomes one embed
 output part. The plan is written under ``<embed run>/_plan/`` (one file per ingest report file, one row per unit:
 ``unit, parts, crops``) and read back by Ray Data, so the driver holds one report file at a time plus an 8-byte
-key per ingest part (to keep only rows of parts listed as reported, and the newest row of a part redone). The
+key and a flag per ingest part (to keep only rows of parts listed as reported, and the newest row of a part redone). The
 grouping is a pure function of the ingest output, so a resumed run plans the same units.
 
 An ingest output without part reports (written by an older version) is planned from one listing of its parts
@@ -65,22 +65,21 @@ def write_plan(
         uri = join(plan_dir, "plan-listing.parquet")
         write_table_atomic(uri, t, out.storage)
         return [uri], t.num_rows
-    ledger, chk = ingest.check_parts()
-    valid = np.sort(ledger.name[chk.matched])  # parts listed as their report says (8 bytes a part)
-    del ledger
-    seen = np.zeros(0, np.uint64)
+    valid = ingest.check_parts().done  # parts listed as their newest report says (8 bytes a part)
+    taken = np.zeros(len(valid), bool)  # planned already, from a newer report
     for rep in reversed(reports):  # newest first: a part redone later is planned from its newest report only
         raw = read_bytes(join(ingest.uri, REPORTS_DIR, rep), ingest.storage, small=True)  # one GET a report file
         t = pq.read_table(io.BytesIO(raw), columns=["name", "crops"])
         names = t.column("name").to_pylist()
-        keys = name_hash(names)
-        _, first = np.unique(keys, return_index=True)
-        keep = np.zeros(len(keys), bool)
-        keep[first] = True
-        keep &= ~np.isin(keys, seen) & np.isin(keys, valid)
-        seen = np.union1d(seen, keys)
-        stem = posixpath.splitext(rep)[0].replace("report-", "r")
         crops = t.column("crops").to_pylist()
+        keys = name_hash(names)
+        i = np.searchsorted(valid, keys).clip(0, max(0, len(valid) - 1))
+        keep = np.zeros(len(keys), bool)
+        if len(valid):
+            for j in range(len(keys) - 1, -1, -1):  # the last row of a name in a file is its newest
+                if valid[i[j]] == keys[j] and not taken[i[j]]:
+                    taken[i[j]] = keep[j] = True
+        stem = posixpath.splitext(rep)[0].replace("report-", "r")
         plan = group_rows(
             [n for n, k in zip(names, keep) if k], [c for c, k in zip(crops, keep) if k], stem, crops_per_unit
         )

@@ -52,7 +52,8 @@ def run(job: Job) -> IngestResult:
         return IngestResult.from_record(done, skipped=True)
     out = st.out
 
-    done_keys, ledger, chk = done_parts(out)
+    chk = done_parts(out)
+    done_keys = chk.done
     n_pending = manifest.rows - len(done_keys)
     log.info(
         "ingest: %d clips in %s, %d done, %d to process (%d torn or unreported parts redone) -> %s",
@@ -73,7 +74,7 @@ def run(job: Job) -> IngestResult:
             ensure_ray(job.ray)
             run_clips(job, manifest, done_keys, n_pending, out, storage, stats)
             # a clip task lost with its node can finish its write after the retry reported the part: redo those
-            _, _, after = done_parts(out)
+            after = done_parts(out)
             if after.changed:
                 log.warning(
                     "ingest: %d part(s) changed after their report (a lost task's late write); redoing them",
@@ -91,7 +92,7 @@ def run(job: Job) -> IngestResult:
                 f"max_error_fraction={cfg.max_error_fraction}: {names}"
             )
         # a resume that found every part done wrote none: the start's check stands
-        parts = out.combine(checked=(ledger, chk) if n_pending <= 0 and not chk.changed else None)
+        parts = out.combine(checked=chk if n_pending <= 0 and not chk.changed else None)
         crops, tracklets = parts.totals.get("crops", 0), parts.totals.get("tracklets", 0)
         summary = {
             "clips": manifest.rows,

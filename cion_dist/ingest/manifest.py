@@ -7,6 +7,7 @@ import io
 import posixpath
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -96,43 +97,75 @@ class ManifestInfo:
     columns: tuple = ()  # the manifest's column names (optional columns such as start_s / end_s)
 
 
-def check_manifest(uri: str, storage: Storage | None = None) -> ManifestInfo:
+def _file_sha256(uri: str, storage: Storage, chunk: int = 8 << 20) -> bytes:
+    """sha256 of a file, read as a stream (a manifest of millions of rows is never held whole)."""
+    fs, path = storage.pyarrow(uri)
+    h = hashlib.sha256()
+    with fs.open_input_stream(path) as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.digest()
+
+
+def check_manifest(uri: str, storage: Storage | None = None, batch_rows: int = 8192) -> ManifestInfo:
     """What the ingest driver needs of a manifest (files, row count, content digest), checked like
-    ``load_manifest`` but with Arrow kernels over the two key columns: no Python object per row is made, and
-    the table is dropped once checked (the clips are read again by Ray Data, in its tasks)."""
+    ``load_manifest`` but streamed: each file is hashed as a stream and read in record batches of its two key
+    columns, and duplicates are found among 8-byte keys of the ids (8 bytes a row, twice while sorting); the clips
+    are read again by Ray Data, in its tasks."""
     import pyarrow.compute as pc
+
+    from cion_dist.storage.listing import name_hash
 
     st = storage or Storage()
     h = hashlib.sha256()
     files = _manifest_files(uri, st)
-    tables, columns = [], []
+    columns: list[str] = []
+    keys: list = []
+    rows = 0
     for f in files:
-        data = read_bytes(f, st)
-        h.update(hashlib.sha256(data).digest())
+        h.update(_file_sha256(f, st))  # the same digest as load_manifest's
+        fs, path = st.pyarrow(f)
         try:
-            t = pq.read_table(io.BytesIO(data))
+            pf = pq.ParquetFile(fs.open_input_file(path), buffer_size=1 << 20)  # pages streamed, not whole columns
         except Exception as e:  # noqa: BLE001 - name the file whatever pyarrow raised
             raise DataError(f"manifest {f} is not a readable Parquet file ({e})") from None
-        del data
+        names = pf.schema_arrow.names
         for col in MANIFEST_REQUIRED:
-            if col not in t.column_names:
-                raise DataError(f"manifest {uri} lacks column {col!r} (has {t.column_names})")
-        columns += [c for c in t.column_names if c not in columns]
-        tables.append(t.select(["video_id", "uri"]))
-    table = pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
-    del tables
-    rows = table.num_rows
-    for col in ("video_id", "uri"):
-        c = table.column(col).cast(pa.string())
-        bad = pc.or_(pc.is_null(c), pc.equal(pc.utf8_length(c), 0))
-        if pc.any(bad).as_py():
-            i = int(pc.index(bad, True).as_py())
-            raise DataError(f"manifest {uri} row {i}: empty video_id or uri")
-    ids = table.column("video_id").cast(pa.string())
-    if pc.count_distinct(ids).as_py() != rows:
-        counts = pc.value_counts(ids)
-        dup = counts.filter(pc.greater(counts.field("counts"), 1))[0]["values"].as_py()
-        first = pc.indices_nonzero(pc.equal(ids, dup)).to_pylist()[:2]
-        raise DataError(f"manifest {uri} row {first[-1]}: duplicate video_id {dup!r}")
-    del table, ids
+            if col not in names:
+                raise DataError(f"manifest {uri} lacks column {col!r} (has {names})")
+        check_manifest_types(pf.schema_arrow.empty_table(), uri)
+        columns += [c for c in names if c not in columns]
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=["video_id", "uri"], use_threads=False):
+            for col in ("video_id", "uri"):
+                c = batch.column(col).cast(pa.string())
+                bad = pc.or_(pc.is_null(c), pc.equal(pc.utf8_length(c), 0))
+                if pc.any(bad).as_py():
+                    i = rows + int(pc.index(bad, True).as_py())
+                    raise DataError(f"manifest {uri} row {i}: empty video_id or uri")
+            keys.append(name_hash(batch.column("video_id").cast(pa.string()).to_pylist()))
+            rows += batch.num_rows
+    key = np.sort(np.concatenate(keys)) if keys else np.zeros(0, np.uint64)
+    del keys
+    twice = key[1:][key[1:] == key[:-1]]
+    if len(twice):
+        _raise_duplicate(files, st, np.unique(twice), uri, batch_rows)
     return ManifestInfo(uri, files, rows, h.hexdigest(), tuple(columns))
+
+
+def _raise_duplicate(files: list[str], st: Storage, keys: np.ndarray, uri: str, batch_rows: int) -> None:
+    """A second pass over the ids whose keys repeat: the first id seen twice, with the row of its second use."""
+    from cion_dist.storage.listing import name_hash
+
+    seen: dict[str, int] = {}
+    row = 0
+    for f in files:
+        fs, path = st.pyarrow(f)
+        pf = pq.ParquetFile(fs.open_input_file(path), buffer_size=1 << 20)
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=["video_id"]):
+            ids = batch.column("video_id").cast(pa.string()).to_pylist()
+            for j in np.flatnonzero(np.isin(name_hash(ids), keys)):
+                if ids[j] in seen:
+                    raise DataError(f"manifest {uri} row {row + int(j)}: duplicate video_id {ids[j]!r}")
+                seen[ids[j]] = row + int(j)
+            row += len(ids)
+    # only 64-bit keys collided: the ids are distinct

@@ -1,9 +1,10 @@
 """Planning a stage over many units without per-unit storage requests on the driver.
 
 What is done comes from one listing of the output folder checked against the part reports (``storage.reports``):
-a uint64 key per done part (8 bytes a unit). What is to do comes from a Ray Data read of a unit table (a manifest,
-the previous stage's reports) filtered in its tasks by that key set: an anti-join that never brings the unit rows
-to the driver. Torn or changed parts are not in the done set, so they are redone.
+a uint64 key per done part (8 bytes a unit, after 18 bytes a listed part while checking). What is to do comes
+from a Ray Data read of a unit table (a manifest, the previous stage's reports) filtered in its tasks by that key
+set: an anti-join that never brings the unit rows to the driver. Torn or changed parts are not in the done set,
+so they are redone.
 """
 
 from __future__ import annotations
@@ -14,17 +15,14 @@ import numpy as np
 import pyarrow as pa
 
 from cion_dist.storage.listing import name_hash
-from cion_dist.storage.reports import Ledger, PartCheck
+from cion_dist.storage.reports import PartCheck
 from cion_dist.storage.stage_io import StageOutput, unit_filename
 
 
-def done_parts(out: StageOutput) -> tuple[np.ndarray, Ledger, PartCheck]:
-    """(sorted name keys of parts done, the ledger, the check): one listing of the folder and of its reports.
-
-    When nothing is left to do, pass ``(ledger, check)`` to ``StageOutput.combine(checked=...)``.
-    """
-    ledger, chk = out.check_parts()
-    return np.sort(ledger.name[chk.matched]), ledger, chk
+def done_parts(out: StageOutput) -> PartCheck:
+    """The check of the output folder (``check.done``: sorted name keys of the parts done): one listing of the
+    folder and of its reports. When nothing is left to do, pass it to ``StageOutput.combine(checked=...)``."""
+    return out.check_parts()
 
 
 def blocks_for(pending: int, concurrency: int, per_worker: int = 8, most: int = 4096) -> int:

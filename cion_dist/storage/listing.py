@@ -54,6 +54,7 @@ def iter_listing(
     base = path.rstrip(os.sep)
     if not os.path.isdir(base):
         return
+    cut = len(base) + 1  # scandir's paths are the folder's path, a separator, the name: no relpath per file
     stack = [base]
     while stack:
         d = stack.pop()
@@ -64,7 +65,7 @@ def iter_listing(
                         stack.append(e.path)
                 elif e.is_file():
                     s = e.stat()
-                    rel = os.path.relpath(e.path, base).replace(os.sep, "/")
+                    rel = e.path[cut:].replace(os.sep, "/") if os.sep != "/" else e.path[cut:]
                     yield Entry(rel, int(s.st_size), local_fingerprint(s.st_size, s.st_mtime_ns))
 
 
@@ -91,32 +92,35 @@ def fingerprint_hash(sizes, fingerprints) -> np.ndarray:
 
 @dataclass
 class ListingArrays:
-    """A listing as integer arrays (24 bytes per file): name keys, sizes, fingerprint keys, sorted by name key."""
+    """A listing as integer arrays (16 bytes per file): name keys and fingerprint keys, sorted by name key."""
 
     name: np.ndarray  # uint64
-    size: np.ndarray  # int64
-    fingerprint: np.ndarray  # uint64
+    fingerprint: np.ndarray  # uint64 (``fingerprint_hash`` of size and fingerprint)
 
     def __len__(self) -> int:
         return len(self.name)
 
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Index of each name key in the listing, or -1."""
+        if not len(self.name):
+            return np.full(len(keys), -1, np.int64)
+        i = np.searchsorted(self.name, keys).clip(0, len(self.name) - 1)
+        return np.where(self.name[i] == keys, i, -1).astype(np.int64)
+
     def contains(self, keys: np.ndarray) -> np.ndarray:
         """Boolean mask: which ``keys`` (uint64 name keys) are listed."""
-        if not len(self.name):
-            return np.zeros(len(keys), bool)
-        i = np.searchsorted(self.name, keys).clip(0, len(self.name) - 1)
-        return self.name[i] == keys
+        return self.lookup(keys) >= 0
 
 
 def listing_arrays(entries, keep=lambda e: True, chunk: int = 65536) -> ListingArrays:
-    """Pack streamed entries into arrays chunk by chunk (no list of entries is ever held)."""
-    names, sizes, fps = [], [], []
+    """Pack streamed entries into arrays chunk by chunk (no list of entries is ever held): 16 bytes a file, and
+    about twice that while sorting."""
+    names, fps = [], []
     buf: list[Entry] = []
 
     def flush():
         if buf:
             names.append(name_hash(e.name for e in buf))
-            sizes.append(np.fromiter((e.size for e in buf), np.int64, len(buf)))
             fps.append(fingerprint_hash([e.size for e in buf], [e.fingerprint for e in buf]))
             buf.clear()
 
@@ -126,10 +130,9 @@ def listing_arrays(entries, keep=lambda e: True, chunk: int = 65536) -> ListingA
             if len(buf) >= chunk:
                 flush()
     flush()
-
-    def cat(xs, t):
-        return np.concatenate(xs) if xs else np.zeros(0, t)
-
-    n, s, f = cat(names, np.uint64), cat(sizes, np.int64), cat(fps, np.uint64)
+    n = np.concatenate(names) if names else np.zeros(0, np.uint64)
+    names.clear()
+    f = np.concatenate(fps) if fps else np.zeros(0, np.uint64)
+    fps.clear()
     order = np.argsort(n, kind="stable")
-    return ListingArrays(n[order], s[order], f[order])
+    return ListingArrays(n[order], f[order])

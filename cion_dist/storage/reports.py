@@ -13,7 +13,8 @@ The digest is order-free: each part contributes ``sha256(name NUL sha256(part))`
 words are summed modulo 2^64, and the digest is the sha256 of the part count and the four sums. An undisturbed
 run and a resumed one over the same parts therefore agree, whichever task wrote what when.
 
-Driver memory: 48 bytes per reported part (name key, fingerprint key, four digest words), plus 8 per count column.
+Driver memory: 18 bytes per listed part (name key, fingerprint key, two flags) and 8 per done part; the digest
+words and the counts are summed as the reports stream by (``check_parts``).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import hashlib
 import io
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
@@ -31,7 +32,7 @@ import pyarrow.parquet as pq
 
 from cion_dist.errors import DataError
 from cion_dist.storage.fs import Storage, Written, join, read_bytes
-from cion_dist.storage.listing import fingerprint_hash, name_hash
+from cion_dist.storage.listing import ListingArrays, fingerprint_hash, name_hash
 
 REPORTS_DIR = "_reports"
 BASE_COLUMNS = ("name", "sha256", "size", "fingerprint")
@@ -58,7 +59,12 @@ def combine_digest(count: int, words: np.ndarray) -> str:
     """The output digest from per-part digest words (sum modulo 2^64 per word: order and grouping free)."""
     with np.errstate(over="ignore"):
         total = words.sum(axis=0, dtype=np.uint64) if len(words) else np.zeros(4, np.uint64)
-    return hashlib.sha256(f"parts:{count}:".encode() + total.astype("<u8").tobytes()).hexdigest()
+    return digest_of_sum(count, total)
+
+
+def digest_of_sum(count: int, total: np.ndarray) -> str:
+    """The output digest of ``count`` parts from their digest words already summed (``combine_digest``)."""
+    return hashlib.sha256(f"parts:{count}:".encode() + np.asarray(total, np.uint64).astype("<u8").tobytes()).hexdigest()
 
 
 class ReportWriter:
@@ -94,103 +100,75 @@ class ReportWriter:
 
 
 @dataclass
-class Ledger:
-    """Every report row of a run as integer arrays, one row per part name (the newest report of a name wins)."""
-
-    name: np.ndarray  # uint64 name keys, sorted
-    fingerprint: np.ndarray  # uint64
-    words: np.ndarray  # [n, 4] uint64 digest words
-    counts: dict[str, np.ndarray] = field(default_factory=dict)  # int64 per count column
-
-    def __len__(self) -> int:
-        return len(self.name)
-
-    @classmethod
-    def empty(cls) -> "Ledger":
-        return cls(np.zeros(0, np.uint64), np.zeros(0, np.uint64), np.zeros((0, 4), np.uint64))
-
-    @classmethod
-    def load(cls, run_uri: str, report_files: Iterable[str], storage: Storage) -> "Ledger":
-        """Read the named report files (names relative to ``<run>/_reports/``), oldest first."""
-        names, fps, words, counts = [], [], [], {}
-        for i, f in enumerate(sorted(report_files)):
-            uri = join(run_uri, REPORTS_DIR, f)
-            try:
-                t = pq.read_table(io.BytesIO(read_bytes(uri, storage, small=True)))  # one GET
-            except Exception:  # noqa: BLE001 - a torn report only costs a redo of the parts it named
-                continue
-            missing = [c for c in BASE_COLUMNS if c not in t.column_names]
-            if missing:
-                raise DataError(f"report {uri} lacks column(s) {', '.join(missing)}")
-            n = t.column("name").to_pylist()
-            names.append(name_hash(n))
-            fps.append(fingerprint_hash(t.column("size").to_pylist(), t.column("fingerprint").to_pylist()))
-            words.append(digest_words(n, t.column("sha256").to_pylist()))
-            for c in t.column_names:
-                if c not in BASE_COLUMNS:
-                    counts.setdefault(c, [None] * i).append(
-                        np.asarray(t.column(c).to_numpy(zero_copy_only=False), np.int64)
-                    )
-            for c in counts:
-                if len(counts[c]) < len(names):
-                    counts[c].append(np.zeros(t.num_rows, np.int64))
-        if not names:
-            return cls.empty()
-        name = np.concatenate(names)
-        # the newest row of each name wins: reverse, keep the first occurrence, sort by name key
-        rev = np.arange(len(name))[::-1]
-        _, first = np.unique(name[rev], return_index=True)
-        keep = np.sort(rev[first])
-        keep = keep[np.argsort(name[keep], kind="stable")]
-        cnt = {}
-        for c, parts in counts.items():
-            parts = [p if p is not None else np.zeros(len(names[j]), np.int64) for j, p in enumerate(parts)]
-            cnt[c] = np.concatenate(parts)[keep]
-        return cls(name[keep], np.concatenate(fps)[keep], np.concatenate(words)[keep], cnt)
-
-    def lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Index of each name key in the ledger, or -1."""
-        if not len(self.name):
-            return np.full(len(keys), -1, np.int64)
-        i = np.searchsorted(self.name, keys).clip(0, len(self.name) - 1)
-        return np.where(self.name[i] == keys, i, -1).astype(np.int64)
-
-
-@dataclass
 class PartCheck:
-    """A listing checked against the ledger."""
+    """A listing of the data parts checked against the reports, with what ``_SUCCESS.json`` needs of the parts.
 
-    matched: np.ndarray  # ledger indices of listed parts whose fingerprint agrees
-    changed: list[str]  # listed parts a report names with another fingerprint (rewritten or torn)
-    unreported: list[str]  # listed parts no report names (written just before a crash, or by someone else)
+    Each listed part is judged by its newest report row (report files are named in time order; within a file a
+    later row wins): done when that row names the listed fingerprint, changed when it names another one (rewritten
+    or torn), unreported when no row names the part.
+    """
+
+    done: np.ndarray  # sorted uint64 name keys of the done parts
+    words: np.ndarray  # [4] uint64: the done parts' digest words summed modulo 2^64
+    totals: dict[str, int]  # report count columns summed over the done parts
+    changed: list[str]  # listed parts whose newest report names another fingerprint (at most keep_names)
+    unreported: np.ndarray  # sorted uint64 name keys of listed parts no report names
     missing: int  # reported part names that are not listed (deleted)
 
+    @property
+    def digest(self) -> str:
+        return digest_of_sum(len(self.done), self.words)
 
-def check_parts(entries, ledger: Ledger, chunk: int = 65536, keep_names: int = 100_000) -> PartCheck:
-    """Stream listing entries (``listing.Entry``) against the ledger, page by page."""
-    matched, changed, unreported = [], [], []
-    seen = np.zeros(len(ledger), bool)
-    buf: list = []
 
-    def flush():
-        if not buf:
-            return
-        keys = name_hash(e.name for e in buf)
-        fps = fingerprint_hash([e.size for e in buf], [e.fingerprint for e in buf])
-        idx = ledger.lookup(keys)
-        ok = (idx >= 0) & (ledger.fingerprint[idx.clip(0)] == fps) if len(ledger) else np.zeros(len(buf), bool)
-        matched.append(idx[ok])
-        seen[idx[idx >= 0]] = True
-        for j in np.flatnonzero(~ok):
-            target = changed if idx[j] >= 0 else unreported
-            if len(target) < keep_names:
-                target.append(buf[j].name)
-        buf.clear()
+def check_parts(
+    listing: ListingArrays, run_uri: str, report_files: Iterable[str], storage: Storage, keep_names: int = 100_000
+) -> PartCheck:
+    """Stream the report files (names relative to ``<run>/_reports/``), newest first, against a listing.
 
-    for e in entries:
-        buf.append(e)
-        if len(buf) >= chunk:
-            flush()
-    flush()
-    m = np.concatenate(matched) if matched else np.zeros(0, np.int64)
-    return PartCheck(m, changed, unreported, int((~seen).sum()))
+    Driver memory: the listing's 16 bytes per part, two flags per part, 8 bytes per done part, and one report
+    file at a time; the digest words and counts are summed as the reports stream by, never kept per part.
+    """
+    n = len(listing)
+    seen = np.zeros(n, bool)  # judged by its newest report row
+    ok = np.zeros(n, bool)
+    total = np.zeros(4, np.uint64)
+    totals: dict[str, int] = {}
+    changed: list[str] = []
+    missing: list[np.ndarray] = []
+    for f in sorted(report_files, reverse=True):
+        uri = join(run_uri, REPORTS_DIR, f)
+        try:
+            t = pq.read_table(io.BytesIO(read_bytes(uri, storage, small=True)))  # one GET
+        except Exception:  # noqa: BLE001 - a torn report only costs a redo of the parts it named
+            continue
+        absent = [c for c in BASE_COLUMNS if c not in t.column_names]
+        if absent:
+            raise DataError(f"report {uri} lacks column(s) {', '.join(absent)}")
+        t = t.take(pa.array(np.arange(t.num_rows)[::-1]))  # a later row of a name wins over an earlier one
+        names = t.column("name").to_pylist()
+        keys = name_hash(names)
+        idx = listing.lookup(keys)
+        first = np.zeros(len(keys), bool)
+        first[np.unique(keys, return_index=True)[1]] = True
+        listed = idx >= 0
+        missing.append(keys[~listed & first])
+        judge = listed & first
+        judge[judge] = ~seen[idx[judge]]
+        seen[idx[judge]] = True
+        fps = fingerprint_hash(t.column("size").to_pylist(), t.column("fingerprint").to_pylist())
+        good = judge.copy()
+        good[judge] = listing.fingerprint[idx[judge]] == fps[judge]
+        ok[idx[good]] = True
+        for j in np.flatnonzero(judge & ~good)[: max(0, keep_names - len(changed))]:
+            changed.append(names[j])
+        g = np.flatnonzero(good)
+        if len(g):
+            shas = t.column("sha256").to_pylist()
+            with np.errstate(over="ignore"):
+                total += digest_words([names[j] for j in g], [shas[j] for j in g]).sum(axis=0, dtype=np.uint64)
+            for c in t.column_names:
+                if c not in BASE_COLUMNS:
+                    v = np.asarray(t.column(c).to_numpy(zero_copy_only=False), np.int64)
+                    totals[c] = totals.get(c, 0) + int(v[g].sum())
+    gone = np.unique(np.concatenate(missing)) if missing else np.zeros(0, np.uint64)  # a name counts once
+    return PartCheck(listing.name[ok], total, totals, changed, listing.name[~seen], int(len(gone)))

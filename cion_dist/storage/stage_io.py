@@ -35,14 +35,13 @@ from cion_dist.storage.fs import (
     write_file,
     write_json_atomic,
 )
-from cion_dist.storage.listing import Entry, iter_listing
+from cion_dist.storage.listing import Entry, iter_listing, listing_arrays, name_hash
 from cion_dist.storage.reports import (
     REPORTS_DIR,
-    Ledger,
     PartCheck,
     ReportWriter,
     check_parts,
-    combine_digest,
+    digest_of_sum,
     digest_words,
 )
 
@@ -170,50 +169,61 @@ class StageOutput:
     def report_writer(self, **kwargs: Any) -> ReportWriter:
         return ReportWriter(self.uri, self.storage, **kwargs)
 
-    def ledger(self) -> Ledger:
-        """Every part report of this run (one listing of ``_reports/`` and one read per report file)."""
-        names = [e.name for e in self.listing(REPORTS_DIR) if e.name.endswith(".parquet")]
-        return Ledger.load(self.uri, names, self.storage)
+    def check_parts(self) -> PartCheck:
+        """The top-level data parts, one listing, checked against the reports (one listing of ``_reports/`` and
+        one read per report file): which are done, changed or unreported, and the done ones' digest and totals."""
+        reports = [e.name for e in self.listing(REPORTS_DIR) if e.name.endswith(".parquet")]
+        listed = listing_arrays(e for e in self.listing() if e.name.endswith(".parquet"))
+        return check_parts(listed, self.uri, reports, self.storage)
 
-    def check_parts(self, ledger: Optional[Ledger] = None) -> tuple[Ledger, PartCheck]:
-        """The top-level data parts as listed, checked against their reports: done, changed, unreported."""
-        ledger = self.ledger() if ledger is None else ledger
-        entries = (e for e in self.listing() if e.name.endswith(".parquet"))
-        return ledger, check_parts(entries, ledger)
+    def part_names(self, keys: np.ndarray, most: int = 100_000) -> list[str]:
+        """Names of the top-level parts whose name key is in ``keys`` (sorted uint64), from one more listing: what
+        a check keeps of unreported parts is their keys only."""
+        out: list[str] = []
+        if not len(keys):
+            return out
+        for e in self.listing():
+            if e.name.endswith(".parquet"):
+                k = name_hash([e.name])
+                i = min(int(np.searchsorted(keys, k[0])), len(keys) - 1)
+                if keys[i] == k[0]:
+                    out.append(e.name)
+                    if len(out) >= most:
+                        break
+        return sorted(out)
 
-    def combine(
-        self, hash_unreported: bool = True, checked: Optional[tuple[Ledger, PartCheck]] = None
-    ) -> "PartsSummary":
+    def combine(self, hash_unreported: bool = True, checked: Optional[PartCheck] = None) -> "PartsSummary":
         """Digest and totals of the data parts from their reports and one listing, never re-reading reported parts.
 
-        A part whose listing fingerprint differs from its report (rewritten, or torn) is an error naming the
+        A part whose listing fingerprint differs from its newest report (rewritten, or torn) is an error naming the
         part; reports of parts that are gone are not counted (``verify`` compares the digest, which changes). Parts
-        no report names (a stage whose writers do not report yet, or
-        the last parts before a crash) are read and hashed here, with a warning, unless ``hash_unreported`` is
-        false (then they are an error too). ``checked`` reuses a ``check_parts`` made at the start of a run that
-        then wrote nothing (a resume that found every part done): one listing instead of two.
+        no report names (a stage whose writers do not report yet, or the last parts before a crash) are read and
+        hashed here, with a warning, unless ``hash_unreported`` is false (then they are an error too). ``checked``
+        reuses a ``check_parts`` made at the start of a run that then wrote nothing (a resume that found every part
+        done): one listing instead of two.
         """
-        ledger, chk = checked if checked is not None else self.check_parts()
+        chk = checked if checked is not None else self.check_parts()
         if chk.changed:
             raise DataError(
                 f"{self.uri}: {len(chk.changed)} part(s) changed after they were written (size or "
-                f"fingerprint differs from the writer's report), e.g. {chk.changed[:3]}; rerun the stage "
+                f"fingerprint differs from the writer's report), e.g. {sorted(chk.changed)[:3]}; rerun the stage "
                 f"to redo them"
             )
         if chk.missing:  # stale reports: a part lost and not rewritten (its unit failed on the redo)
             log.info("%s: %d reported part(s) are not in the folder; they are not counted", self.uri, chk.missing)
-        words = [ledger.words[chk.matched]]
-        extra = []
-        if chk.unreported:
+        total = chk.words.copy()
+        extra = 0
+        if len(chk.unreported):
+            names = self.part_names(chk.unreported)
             if not hash_unreported:
-                raise DataError(f"{self.uri}: {len(chk.unreported)} part(s) have no report, e.g. {chk.unreported[:3]}")
-            log.warning("%s: %d part(s) without a report are read back to hash them", self.uri, len(chk.unreported))
-            shas = [sha256_bytes(read_bytes(join(self.uri, n), self.storage)) for n in chk.unreported]
-            words.append(digest_words(chk.unreported, shas))
-            extra = chk.unreported
-        n = len(chk.matched) + len(extra)
-        totals = {c: int(v[chk.matched].sum()) for c, v in ledger.counts.items()}
-        return PartsSummary(combine_digest(n, np.concatenate(words)), n, totals, len(extra))
+                raise DataError(f"{self.uri}: {len(chk.unreported)} part(s) have no report, e.g. {names[:3]}")
+            log.warning("%s: %d part(s) without a report are read back to hash them", self.uri, len(names))
+            shas = [sha256_bytes(read_bytes(join(self.uri, n), self.storage)) for n in names]
+            with np.errstate(over="ignore"):
+                total += digest_words(names, shas).sum(axis=0, dtype=np.uint64)
+            extra = len(names)
+        n = len(chk.done) + extra
+        return PartsSummary(digest_of_sum(n, total), n, dict(chk.totals), extra)
 
     def verify(self) -> dict:
         """Check a complete output against ``_SUCCESS.json``: raises ``DataError`` naming a changed or missing part."""
