@@ -5,10 +5,14 @@ output of real MOT17 pedestrian crops, one part per clip of ``--crops-per-part``
 ingest writes them), with one actor holding one CPU and one thread, each in a fresh process with its own local Ray
 instance (start-up not timed, actor start-up and model load timed). The code before (``--old-rev``, extracted with
 ``git archive``) embeds one ingest part per actor call; the current code groups parts into units of
-``crops_per_unit`` crops and calls the model on full batches of ``batch_size``. The baseline printed beside is
-the embedder called in-process on decoded crops (the ceiling with no IO or decode).
+``crops_per_unit`` crops and calls the model on full batches of ``batch_size``.
 
-    python benchmarks/bench_embed.py [--crops 4000] [--crops-per-part 20] [--old-rev 1b98bbf]
+Each stage runs at two corpus sizes (``--crops``), and the line through the two walls splits a run into its fixed
+cost (Ray Data planning, actor start-up, model load, finalize: the intercept) and its cost per crop (the slope):
+crops/s per core is the inverse of the slope, the rate a long run settles at. The baseline printed beside is the
+embedder called in-process on decoded crops (the ceiling with no IO or decode).
+
+    python benchmarks/bench_embed.py [--crops 2000,8000] [--crops-per-part 20] [--old-rev 1b98bbf]
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def stage(spec: dict, pythonpath: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--crops", type=int, default=4000)
+    ap.add_argument("--crops", default="2000,8000", help="two corpus sizes, comma-separated")
     ap.add_argument("--crops-per-part", type=int, default=20)
     ap.add_argument("--old-rev", default="1b98bbf")
     ap.add_argument("--data", default=str(SHARED_DATA))
@@ -80,15 +84,21 @@ def main() -> None:
     from cion_dist.embed.config import EmbedConfig
     from cion_dist.embed.embedders import build_embedder
 
+    sizes = sorted(int(n) for n in args.crops.split(","))
+    if len(sizes) != 2 or sizes[0] == sizes[1]:
+        raise SystemExit("--crops takes two different sizes, e.g. 2000,8000")
     data = Path(args.data)
     base = mot17_crops(data, ids_per_seq=6, frames_per_id=8, min_height=60)
-    crops = []
-    for i in range(args.crops):  # cycle the real crops into the requested count, crops_per_part to a clip
-        c = dict(base[i % len(base)])
-        c["seq"] = f"video-{i // args.crops_per_part:05d}"
-        crops.append(c)
-    root = tempfile.mkdtemp(prefix="bench-embed-")
-    write_ingest(root, crops)
+    roots, rgb = {}, []
+    for n in sizes:
+        crops = []
+        for i in range(n):  # cycle the real crops into the requested count, crops_per_part to a clip
+            c = dict(base[i % len(base)])
+            c["seq"] = f"video-{i // args.crops_per_part:05d}"
+            crops.append(c)
+        roots[n] = tempfile.mkdtemp(prefix=f"bench-embed-{n}-")
+        write_ingest(roots[n], crops)
+        rgb = [c["rgb"] for c in crops]
     old_tree = tempfile.mkdtemp(prefix="cion-old-")
     subprocess.run(f"git -C {ROOT} archive {args.old_rev} cion_dist | tar -x -C {old_tree}", shell=True, check=True)
 
@@ -98,40 +108,51 @@ def main() -> None:
     rows = []
     for label, spec in backbones.items():
         emb = build_embedder(EmbedConfig(**spec, threads=1))
-        rgb = [c["rgb"] for c in crops]
         emb(rgb[:64])  # warm up
         t0 = time.perf_counter()
         emb(rgb)
-        rows.append((label, "in-process, decoded, 1 thread (ceiling)", len(rgb) / (time.perf_counter() - t0), None))
+        ceiling = len(rgb) / (time.perf_counter() - t0)
+        rows.append((label, "in-process, decoded, 1 thread (ceiling)", ceiling, None, None))
         rates = {}
         for code, path in (("before", old_tree), ("now", str(ROOT))):
-            job = {
-                "stage": "embed",
-                "output": root,
-                "run_id": f"bench-{spec['backbone']}-{code}",
-                "mlflow": {"enabled": False},
-                "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1},
-            }
-            r = stage(job, path)
-            assert r["rows"]["embeddings"] == len(crops), r
-            rates[code] = len(crops) / r["wall"]
+            walls = []
+            for n in sizes:
+                job = {
+                    "stage": "embed",
+                    "output": roots[n],
+                    "run_id": f"bench-{spec['backbone']}-{code}",
+                    "mlflow": {"enabled": False},
+                    "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1},
+                }
+                r = stage(job, path)
+                assert r["rows"]["embeddings"] == n, r
+                walls.append(r["wall"])
+                print(f"{label} {code} {n} crops: {r['wall']:.1f} s", flush=True)
+            per_crop = (walls[1] - walls[0]) / (sizes[1] - sizes[0])
+            fixed = walls[0] - per_crop * sizes[0]
+            rates[code] = 1.0 / per_crop if per_crop > 0 else float("inf")
             rows.append(
                 (
                     label,
                     f"stage {code}, 1 actor x 1 CPU",
                     rates[code],
+                    fixed,
                     rates[code] / rates["before"] if code == "now" else None,
                 )
             )
 
     print(
-        f"\nembed throughput per core: {len(crops)} MOT17 crops, {args.crops_per_part} per ingest part, "
+        f"\nembed throughput per core: {sizes[0]} and {sizes[1]} MOT17 crops, {args.crops_per_part} per ingest part, "
         f"{os.cpu_count()} cores, measured under load"
     )
-    print(f"{'backbone':<20} {'setting':<42} {'crops/s/core':>12} {'x before':>9}")
-    for label, setting, rate, ratio in rows:
-        print(f"{label:<20} {setting:<42} {rate:>12.1f} {'' if ratio is None else f'{ratio:.2f}':>9}")
-    print("stage figures include actor start-up (model load) and Parquet IO; the in-process ceiling does not.")
+    print(f"{'backbone':<20} {'setting':<42} {'crops/s/core':>12} {'fixed s':>8} {'x before':>9}")
+    for label, setting, rate, fixed, ratio in rows:
+        f = "" if fixed is None else f"{fixed:.1f}"
+        print(f"{label:<20} {setting:<42} {rate:>12.1f} {f:>8} {'' if ratio is None else f'{ratio:.2f}':>9}")
+    print(
+        "crops/s/core: the inverse of the wall's growth per crop between the two sizes; fixed s: the wall at zero "
+        "crops on that line (planning, actor start-up, model load, finalize). The ceiling has neither IO nor decode."
+    )
 
 
 if __name__ == "__main__":

@@ -357,6 +357,9 @@ def memory_only(sizes: list[int]) -> None:
         def by_op(self, role="driver"):
             return {}
 
+        def server_seconds(self, role="driver"):
+            return 0.0
+
     rows = []
     for n in sizes:
         root = tempfile.mkdtemp(prefix=f"scale-{n}-")
