@@ -5,14 +5,19 @@ output of real MOT17 pedestrian crops, one part per clip of ``--crops-per-part``
 ingest writes them), with one actor holding one CPU and one thread, each in a fresh process with its own local Ray
 instance (start-up not timed, actor start-up and model load timed). The code before (``--old-rev``, extracted with
 ``git archive``) embeds one ingest part per actor call; the current code groups parts into units of
-``crops_per_unit`` crops and calls the model on full batches of ``batch_size``.
+``crops_per_unit`` crops, reads ``read_ahead`` parts ahead of the model on I/O threads, and calls the model on
+full batches of ``batch_size``; it also runs with ``read_ahead: 0`` (parts read one after another).
+
+``--s3`` puts the ingest output on a loopback S3 server (moto) instead of a local folder: each part then costs
+round trips, the regime of an object store, where reading parts one after another bounds an actor whatever its
+model costs.
 
 Each stage runs at two corpus sizes (``--crops``), and the line through the two walls splits a run into its fixed
 cost (Ray Data planning, actor start-up, model load, finalize: the intercept) and its cost per crop (the slope):
 crops/s per core is the inverse of the slope, the rate a long run settles at. The baseline printed beside is the
 embedder called in-process on decoded crops (the ceiling with no IO or decode).
 
-    python benchmarks/bench_embed.py [--crops 2000,8000] [--crops-per-part 20] [--old-rev 1b98bbf]
+    python benchmarks/bench_embed.py [--crops 2000,8000] [--crops-per-part 20] [--old-rev 1b98bbf] [--s3]
 """
 
 from __future__ import annotations
@@ -73,12 +78,30 @@ def main() -> None:
     ap.add_argument("--crops-per-part", type=int, default=20)
     ap.add_argument("--old-rev", default="1b98bbf")
     ap.add_argument("--data", default=str(SHARED_DATA))
+    ap.add_argument("--s3", action="store_true", help="the ingest output on a loopback S3 server")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
         child(json.loads(args.child))
         return
+    if args.s3:
+        from s3_counter import counting_s3_server
 
+        for k, v in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
+            os.environ.setdefault(k, v)
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        with counting_s3_server() as (endpoint, _):
+            os.environ["AWS_ENDPOINT_URL"] = endpoint
+            import s3fs
+
+            s3fs.S3FileSystem(endpoint_url=endpoint).mkdir("bench-embed")
+            run(args, "s3://bench-embed")
+    else:
+        run(args, None)
+
+
+def run(args, s3_root) -> None:
+    """Write the two ingest outputs (under ``s3_root``, else local folders), run every variant, print the table."""
     from embed_fixtures import mot17_crops, write_ingest
 
     from cion_dist.embed.config import EmbedConfig
@@ -96,7 +119,7 @@ def main() -> None:
             c = dict(base[i % len(base)])
             c["seq"] = f"video-{i // args.crops_per_part:05d}"
             crops.append(c)
-        roots[n] = tempfile.mkdtemp(prefix=f"bench-embed-{n}-")
+        roots[n] = f"{s3_root}/{n}" if s3_root else tempfile.mkdtemp(prefix=f"bench-embed-{n}-")
         write_ingest(roots[n], crops)
         rgb = [c["rgb"] for c in crops]
     old_tree = tempfile.mkdtemp(prefix="cion-old-")
@@ -114,15 +137,20 @@ def main() -> None:
         ceiling = len(rgb) / (time.perf_counter() - t0)
         rows.append((label, "in-process, decoded, 1 thread (ceiling)", ceiling, None, None))
         rates = {}
-        for code, path in (("before", old_tree), ("now", str(ROOT))):
+        variants = (
+            ("before", old_tree, {}),
+            ("now, read_ahead 0", str(ROOT), {"read_ahead": 0}),
+            ("now", str(ROOT), {}),
+        )
+        for code, path, extra in variants:
             walls = []
             for n in sizes:
                 job = {
                     "stage": "embed",
                     "output": roots[n],
-                    "run_id": f"bench-{spec['backbone']}-{code}",
+                    "run_id": f"bench-{spec['backbone']}-{code.replace(',', '').replace(' ', '-')}",
                     "mlflow": {"enabled": False},
-                    "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1},
+                    "embed": {**spec, "concurrency": 1, "num_cpus": 1, "threads": 1, **extra},
                 }
                 r = stage(job, path)
                 assert r["rows"]["embeddings"] == n, r
@@ -137,13 +165,13 @@ def main() -> None:
                     f"stage {code}, 1 actor x 1 CPU",
                     rates[code],
                     fixed,
-                    rates[code] / rates["before"] if code == "now" else None,
+                    rates[code] / rates["before"] if code != "before" else None,
                 )
             )
 
     print(
         f"\nembed throughput per core: {sizes[0]} and {sizes[1]} MOT17 crops, {args.crops_per_part} per ingest part, "
-        f"{os.cpu_count()} cores, measured under load"
+        f"{'on loopback S3' if s3_root else 'local files'}, {os.cpu_count()} cores, measured under load"
     )
     print(f"{'backbone':<20} {'setting':<42} {'crops/s/core':>12} {'fixed s':>8} {'x before':>9}")
     for label, setting, rate, fixed, ratio in rows:

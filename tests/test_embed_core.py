@@ -246,3 +246,23 @@ def test_model_batch_follows_the_device_unless_set():
     assert EmbedConfig(num_gpus=1).batch_size == GPU_BATCH == 512
     assert EmbedConfig(num_gpus=0.5, batch_size=100).batch_size == 100
     assert EmbedConfig(batch_size=7).batch_size == 7
+
+
+def test_parts_read_ahead_give_the_same_batches_in_order(mot_crops, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cion_dist.embed.parts import read_group_batches
+    from cion_dist.storage.fs import write_bytes_atomic
+    from cion_dist.storage.stage_io import table_to_parquet_bytes
+
+    uris = []
+    for k in range(7):  # parts of 1..7 crops, cut into batches of 4 across part boundaries
+        uri = str(tmp_path / f"part-{k}.parquet")
+        write_bytes_atomic(uri, table_to_parquet_bytes(ingest_table(mot_crops[: k + 1], f"vid-{k}")))
+        uris.append(uri)
+    serial = [b.column("image_id").to_pylist() for b in read_group_batches(uris, Storage(), 4)]
+    with ThreadPoolExecutor(3) as pool:
+        ahead = [b.column("image_id").to_pylist() for b in read_group_batches(uris, Storage(), 4, pool, ahead=3)]
+        assert ahead == serial and [len(b) for b in serial] == [4] * 7 and sum(map(len, serial)) == 28
+        with pytest.raises(DataError, match="missing.parquet"):
+            list(read_group_batches(uris[:2] + [str(tmp_path / "missing.parquet")] + uris[2:], Storage(), 4, pool, 3))

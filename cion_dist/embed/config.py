@@ -56,6 +56,12 @@ class EmbedConfig(StrictModel):
     threads: Optional[int] = ExecutionField(
         None, ge=1, description="intra-op threads per actor; None = max(1, num_cpus)"
     )
+    read_ahead: int = ExecutionField(
+        8,
+        ge=0,
+        description="ingest parts an actor reads ahead of the model, on as many I/O threads (object-store "
+        "latency, not CPU); 0 reads them one after another",
+    )
     height: int = Field(256, ge=8, description="input height; unset = the torch export's recorded size, else this")
     width: int = Field(128, ge=8, description="input width; as height")
     on_bad_image: Literal["fail", "skip"] = Field(

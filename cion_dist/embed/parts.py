@@ -112,13 +112,24 @@ def _decode(blob, image_id) -> tuple:
     return rgb, None
 
 
-def read_group_batches(uris: list[str], storage: Storage, rows_per_batch: int) -> Iterable[pa.RecordBatch]:
+def read_group_batches(
+    uris: list[str], storage: Storage, rows_per_batch: int, read_pool=None, ahead: int = 0
+) -> Iterable[pa.RecordBatch]:
     """Record batches of exactly ``rows_per_batch`` rows (the last may be short) over several ingest parts in turn,
-    so a model call gets a full batch however small each part is."""
+    so a model call gets a full batch however small each part is.
+
+    With ``read_pool`` (an executor) and ``ahead`` > 0, up to ``ahead`` whole parts are read concurrently ahead of
+    the one being consumed, still yielded in order: on an object store a part of ~20 crops costs a few round
+    trips, and read one after another they, not the model, bound the actor. Memory: ``ahead`` parts.
+    """
+    if read_pool is None or ahead <= 0:
+        parts = (read_batches(u, storage, rows_per_batch) for u in uris)
+    else:
+        parts = _read_ahead(uris, storage, read_pool, ahead)
     pending: list[pa.RecordBatch] = []
     n = 0
-    for uri in uris:
-        for b in read_batches(uri, storage, rows_per_batch):
+    for batches in parts:
+        for b in batches:
             pending.append(b.replace_schema_metadata(None))
             n += b.num_rows
             while n >= rows_per_batch:
@@ -130,6 +141,27 @@ def read_group_batches(uris: list[str], storage: Storage, rows_per_batch: int) -
     if n:
         t = pa.Table.from_batches(pending).combine_chunks()
         yield from t.to_batches()
+
+
+def _read_ahead(uris: list[str], storage: Storage, pool, ahead: int) -> Iterable[list[pa.RecordBatch]]:
+    """Each part's record batches, in order, with up to ``ahead`` reads in flight."""
+    from collections import deque
+
+    def whole(uri: str) -> list[pa.RecordBatch]:
+        return list(read_batches(uri, storage, 1 << 16))
+
+    queue: deque = deque()
+    it = iter(uris)
+    try:
+        for uri in it:
+            queue.append(pool.submit(whole, uri))
+            if len(queue) > ahead:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+    finally:  # a failed part stops the unit: drop the reads still queued
+        for f in queue:
+            f.cancel()
 
 
 def read_batches(uri: str, storage: Storage, rows_per_batch: int) -> Iterable[pa.RecordBatch]:

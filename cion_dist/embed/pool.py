@@ -1,10 +1,11 @@
 """Ray glue: an actor pool (Ray Data ``map_batches``) where each actor holds one embedder and owns whole units.
 
 A unit is a group of ingest parts holding a few thousand crops (``cion_dist.embed.plan``). The actor reads them in
-turn, decodes JPEGs on a thread pool, embeds full batches of ``batch_size`` crops per model call, and writes one
-embed part per unit, atomically, so a crash loses only the units in flight. Work crosses the object store as part
-names, never as pixels or features, and each result row carries the written part's report (sha256, size,
-fingerprint, counts) so the driver never reads a part back.
+order, several ahead of the model on I/O threads (``embed.read_ahead``), decodes JPEGs on a thread pool, embeds
+full batches of ``batch_size`` crops per model call, and writes one embed part per unit, atomically, so a crash
+loses only the units in flight. Work crosses the object store as part names, never as pixels or features, and each
+result row carries the written part's report (sha256, size, fingerprint, counts) so the driver never reads a part
+back.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ class EmbedUnitsActor:
         self.out = StageOutput(out_uri, storage)
         self.ingest_uri = ingest_uri
         self.decode_pool = ThreadPoolExecutor(max(1, int(cfg.threads or cfg.num_cpus or 1)))
+        self.read_pool = ThreadPoolExecutor(cfg.read_ahead) if cfg.read_ahead > 0 else None
         self.embedder, self.error = None, ""
         try:
             self.embedder = build_embedder(cfg, storage, tracking_uri, registry_uri)
@@ -90,7 +92,7 @@ class EmbedUnitsActor:
         uris = [join(self.ingest_uri, p) for p in parts]
         source = f"ingest part(s) {uris[0]}" + (f" .. {parts[-1]} ({len(parts)} parts)" if len(parts) > 1 else "")
         part = embed_batches(
-            read_group_batches(uris, self.storage, self.cfg.batch_size),
+            read_group_batches(uris, self.storage, self.cfg.batch_size, self.read_pool, self.cfg.read_ahead),
             self.embedder,
             source,
             self.cfg.on_bad_image,
