@@ -79,6 +79,7 @@ def main() -> None:
     ap.add_argument("--old-rev", default="1b98bbf")
     ap.add_argument("--data", default=str(SHARED_DATA))
     ap.add_argument("--s3", action="store_true", help="the ingest output on a loopback S3 server")
+    ap.add_argument("--backbones", default="handcrafted,onnx", help="which of handcrafted,onnx to run")
     ap.add_argument("--child")
     args = ap.parse_args()
     if args.child:
@@ -125,8 +126,9 @@ def run(args, s3_root) -> None:
     old_tree = tempfile.mkdtemp(prefix="cion-old-")
     subprocess.run(f"git -C {ROOT} archive {args.old_rev} cion_dist | tar -x -C {old_tree}", shell=True, check=True)
 
-    backbones = {"handcrafted": {"backbone": "handcrafted"}}
-    if (data / OSNET).exists():
+    wanted = set(args.backbones.split(","))
+    backbones = {"handcrafted": {"backbone": "handcrafted"}} if "handcrafted" in wanted else {}
+    if "onnx" in wanted and (data / OSNET).exists():
         backbones["onnx (OSNet x0.25)"] = {"backbone": "onnx", "model": str(data / OSNET)}
     rows = []
     for label, spec in backbones.items():

@@ -6,6 +6,8 @@ cross-video links to find), then the correlate stage runs in a fresh process: it
 driver only; Ray workers are separate processes) and its wall time are reported. ``--baseline PATH`` runs the same
 job with another source tree first on ``PYTHONPATH`` (the former code) up to ``--baseline-max`` embeddings, side by
 side in the same run. Exponents are the log-log slopes of peak RSS and time between the smallest and largest size.
+Under each run, the driver's highest RSS (sampled every 20 ms) is listed by the last log line the stage wrote
+before it: where the peak is reached.
 
     python benchmarks/scale_correlate.py --sizes 100000 1000000 10000000 --baseline /path/to/former/tree
 
@@ -39,10 +41,30 @@ def rss():
             out[line.split(":")[0]] = int(line.split()[1]) / 1024
     return out
 
+import logging, threading
 import ray
 import cion_dist
 from cion_dist.config import job_from_dict
 from cion_dist.correlate.job import run
+
+# the driver's RSS sampled every 20 ms against the last log line the stage wrote: where its peak is reached
+phase, peaks, stop = ["start"], {}, threading.Event()
+
+class Phase(logging.Handler):
+    def emit(self, record):
+        phase[0] = record.getMessage()[:100]
+
+lg = logging.getLogger("cion_dist")
+lg.addHandler(Phase())
+lg.setLevel(logging.INFO)
+
+def sample():
+    while not stop.is_set():
+        m, p = rss()["VmRSS"], phase[0]
+        peaks[p] = max(peaks.get(p, 0.0), m)
+        stop.wait(0.02)
+
+threading.Thread(target=sample, daemon=True).start()
 base = rss()["VmHWM"]
 ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
 t = time.perf_counter()
@@ -50,9 +72,11 @@ res = run(job_from_dict({"stage": "correlate", "output": output, "mlflow": {"ena
                          "correlate": {"input": embed_uri, "radius": 0.3, "link_distance": 0.5, "num_shards": 2,
                                        "videos_per_task": 64}}))
 wall = time.perf_counter() - t
+stop.set()
+top = sorted(((round(v), k) for k, v in peaks.items()), reverse=True)[:6]
 print(json.dumps({"images": res.rows["images"], "identities": res.rows["identities"], "seconds": wall,
                   "base_mb": base, "peak_mb": rss()["VmHWM"], "timings": res.summary["timings"],
-                  "code": cion_dist.__file__}))
+                  "phases": top, "code": cion_dist.__file__}))
 """
 
 
@@ -82,7 +106,7 @@ def write_corpus(root: str, n: int, dim: int, videos_per_part: int) -> tuple[str
                 img += [f"v{v:07d}-p{pid}-{i}" for i in range(IMAGES)]
                 trk += [int(pid)] * IMAGES
                 vid += [f"v{v:07d}"] * IMAGES
-        out.write_unit(
+        out.write_reported_unit(  # reported, as the embed stage does: finalize reads no part back
             f"p{p0:07d}",
             pa.table(
                 {
@@ -164,6 +188,8 @@ def main() -> None:
                     f"{m['seconds']:8.1f} {m['identities']:>8}  {m['timings']}",
                     flush=True,
                 )
+                for mb, where in m.get("phases", []):  # the driver's highest RSS, by the stage's last log line
+                    print(f"{'':>28} {mb:9.0f} MiB after: {where}", flush=True)
             if not args.keep:
                 shutil.rmtree(root, ignore_errors=True)
     finally:

@@ -12,6 +12,9 @@ workers' by the User-Agent tag the storage layer sets (``cion/driver`` / ``cion/
   units gone and embedded again.
 
 Each run is a fresh Python process (peak RSS from ``VmHWM``, and above the RSS after imports for ``+MB``). The
+server also times its answers to the driver: moto scans and sorts every key of the bucket for each listing page
+(about a second a page at 1e5 keys, where S3 takes tens of milliseconds), so ``own`` (the wall less that time) is
+the driver's part, and ``at 50 ms a request`` adds back what S3 would cost at the upper end of its latency. The
 code before this change (``--old-rev``, extracted with ``git archive``) runs the same scenarios up to --old-max
 clips, beside; its requests are all untagged (driver and workers together; its scenarios start no more than 1%
 of clips as tasks). Growth exponents are fitted over the sizes (log-log least squares).

@@ -115,10 +115,6 @@ class PartCheck:
     unreported: np.ndarray  # sorted uint64 name keys of listed parts no report names
     missing: int  # reported part names that are not listed (deleted)
 
-    @property
-    def digest(self) -> str:
-        return digest_of_sum(len(self.done), self.words)
-
 
 def check_parts(
     listing: ListingArrays, run_uri: str, report_files: Iterable[str], storage: Storage, keep_names: int = 100_000
