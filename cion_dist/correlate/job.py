@@ -204,6 +204,12 @@ def run(job: Job) -> CorrelateResult:
             out, catalog, r, d, cfg.min_tracklet, cfg.videos_per_task, cfg.tasks_in_flight, cfg.switch_split.spec()
         )
         timings["levels12_s"] = round(time.time() - t, 3)
+        log.info(
+            "correlate levels 1-2: %d videos (%d resumed) in %.1f s",
+            len(catalog.videos),
+            videos_reused,
+            time.time() - t,
+        )
 
         t = time.time()
         node_of, node_video, node_bounds = _nodes(catalog, group, groups_per_video)
@@ -215,6 +221,7 @@ def run(job: Job) -> CorrelateResult:
             if cfg.whole_corpus
             else plan_windows(len(catalog.videos), cfg.window_videos, cfg.stride_videos)
         )
+        log.info("correlate level 3: %d identities in %d blocks, %d windows", n_nodes, len(blocks), len(windows))
         n_link_files, link_files_reused, windows_reused = run_level3_links(
             out, blocks, node_video, node_bounds, windows, cfg, d
         )
@@ -224,6 +231,7 @@ def run(job: Job) -> CorrelateResult:
             else np.zeros(0, dtype=np.int64)
         )
         n_links = merged_link_count(out)
+        log.info("correlate merge: %d links accepted; radius re-check next", n_links)
         ident = merged_identity(node_of, node_label)
         drop, recheck_reused = radius_recheck(out, catalog, ident, node_of, r, cfg.videos_per_task, cfg.tasks_in_flight)
         ident[drop] = -1
@@ -231,6 +239,7 @@ def run(job: Job) -> CorrelateResult:
         final = number_identities(ident, reason, cfg.min_images)
         del ident
         timings["level3_s"] = round(time.time() - t, 3)
+        log.info("correlate: %d identities; writing the labelled output", final.n_identities)
 
         write_outputs(out, catalog, final.identity, final.reason, cfg.videos_per_task)
         acc_src, acc_dist, acc_linkage = accepted_links(out)
