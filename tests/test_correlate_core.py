@@ -291,3 +291,24 @@ def test_baselines_on_separated_blobs():
     assert quality.score(true, labels)["pairwise_f"] == pytest.approx(1.0)
     trk = baselines.tracklet_identity(np.array(["a", "a", "b"]), np.array([1, 2, 1]))
     assert len(np.unique(trk)) == 3
+
+
+def test_number_identities_matches_a_sort_based_reference():
+    from cion_dist.correlate.denoise import IDENTITY_TOO_SMALL
+    from cion_dist.correlate.linking import number_identities
+
+    rng = np.random.default_rng(5)
+    ident = rng.integers(0, 150, 400) * 7  # sparse labels, about two images each: many below the minimum size
+    ident[rng.random(400) < 0.2] = -1
+    reason = np.zeros(400, np.int8)
+    got = number_identities(ident, reason, min_images=3)
+    labels, counts = np.unique(ident[ident >= 0], return_counts=True)  # the former sort-based numbering
+    small = np.isin(ident, labels[counts < 3])
+    kept = np.where(small, -1, ident)
+    want = np.full(400, -1)
+    ok = np.flatnonzero(kept >= 0)
+    uniq, first, inv = np.unique(kept[ok], return_index=True, return_inverse=True)
+    want[ok] = np.argsort(np.argsort(first))[inv]
+    assert np.array_equal(got.identity, want) and got.n_identities == len(uniq) > 10
+    assert 0 < small.sum() < (ident >= 0).sum()
+    assert np.array_equal(got.reason == IDENTITY_TOO_SMALL, small)

@@ -32,7 +32,7 @@ import ray
 from cion_dist.correlate.catalog import VideoCatalog
 from cion_dist.correlate.denoise import LEVEL_OF_REASON, REASONS, denoise_video, merge_links
 from cion_dist.correlate.geometry import group_sums
-from cion_dist.correlate.linking import dedupe_links, identity_rows, links_from_knn, radius_removals
+from cion_dist.correlate.linking import dedupe_links, links_from_knn, radius_removals
 from cion_dist.correlate.switches import SwitchSplit
 from cion_dist.correlate.tasks import bounded, list_files, missing_units
 from cion_dist.errors import DataError
@@ -562,23 +562,32 @@ def radius_recheck(
     node_label = np.full(int(node_of.max()) + 1 if len(node_of) else 0, -1, dtype=np.int64)
     kept = node_of >= 0
     node_label[node_of[kept]] = ident[kept]
-    labels, nodes = np.unique(node_label[node_label >= 0], return_counts=True)
-    multi = labels[nodes >= 2]
-    rows_of = np.flatnonzero(np.isin(ident, multi))
+    # labels are node ids: per-label lookups instead of sorting the image arrays (isin, unique), and each identity's
+    # rows as a slice of one sorted array instead of an array of its own
+    size = int(max(node_label.max(initial=-1), ident.max(initial=-1))) + 1
+    multi = np.bincount(node_label[node_label >= 0], minlength=size) >= 2
     del node_label, kept
-    rank = np.searchsorted(catalog.bounds, rows_of, side="right") - 1
+    rows_of = np.flatnonzero((ident >= 0) & multi[np.maximum(ident, 0)])
+    ids = ident[rows_of]
+    order = np.argsort(ids, kind="stable")  # by identity, rows ascending within one
+    ids, rows_of = ids[order], rows_of[order]
+    del order
+    cuts = np.flatnonzero(np.diff(ids)) + 1
+    del ids
+    starts = np.concatenate([[0], cuts]) if len(rows_of) else np.zeros(0, np.int64)
+    ends = np.concatenate([cuts, [len(rows_of)]]) if len(rows_of) else np.zeros(0, np.int64)
+    rank = (np.searchsorted(catalog.bounds, rows_of, side="right") - 1).astype(np.int32)
     tasks, cur, cur_videos = [], [], set()
-    for sel in identity_rows(ident[rows_of]):
-        rows = rows_of[sel]
-        vids = set(np.unique(rank[sel]).tolist())
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        vids = set(np.unique(rank[s:e]).tolist())
         if cur and len(cur_videos | vids) > 2 * videos_per_task:
             tasks.append((cur, cur_videos))
             cur, cur_videos = [], set()
-        cur.append(rows)
+        cur.append(rows_of[s:e])
         cur_videos |= vids
     if cur:
         tasks.append((cur, cur_videos))
-    del rank, rows_of
+    del rank, starts, ends
     units = [f"r{i:07d}-{int(m[0][0])}" for i, (m, _) in enumerate(tasks)]  # task index and its first image row
     todo = set(missing_units(out, units, subdir=RECHECK_DIR))
     done = [u for i, u in enumerate(units) if i not in todo]

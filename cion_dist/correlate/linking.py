@@ -103,19 +103,30 @@ def radius_removals(x: np.ndarray, members: list[np.ndarray], r: float) -> np.nd
 
 def number_identities(ident: np.ndarray, reason: np.ndarray, min_images: int) -> IdentityResult:
     """Drop identities below ``min_images`` and number the rest by their first image (video order when images
-    are)."""
+    are).
+
+    Labels are small non-negative integers (node labels), so counts and first images are per-label arrays indexed
+    by label, not sorts of the image arrays: besides its output the numbering holds two int64 arrays per image and
+    two per label (the corpus-scale driver's peak used to be this step's and the re-check's sorts).
+    """
     ident = np.array(ident, dtype=np.int64, copy=True)
     reason = np.array(reason, dtype=np.int8, copy=True)
-    labels, counts = np.unique(ident[ident >= 0], return_counts=True)
-    small = np.isin(ident, labels[counts < min_images])
+    ok = np.flatnonzero(ident >= 0)
+    n_labels = int(ident[ok].max()) + 1 if len(ok) else 0
+    counts = np.bincount(ident[ok], minlength=n_labels)
+    small = ok[counts[ident[ok]] < min_images]
     ident[small] = -1
     reason[small] = IDENTITY_TOO_SMALL
-    out = np.full(len(ident), -1, dtype=np.int64)
+    del small, counts
     ok = np.flatnonzero(ident >= 0)
-    uniq, first, inv = np.unique(ident[ok], return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first))
-    out[ok] = rank[inv]
-    return IdentityResult(identity=out, reason=reason, n_identities=len(uniq))
+    first = np.full(n_labels, len(ident), dtype=np.int64)
+    np.minimum.at(first, ident[ok], ok)  # each label's first image row
+    present = np.flatnonzero(first < len(ident))
+    new_id = np.full(n_labels, -1, dtype=np.int64)
+    new_id[present[np.argsort(first[present], kind="stable")]] = np.arange(len(present))
+    out = np.full(len(ident), -1, dtype=np.int64)
+    out[ok] = new_id[ident[ok]]
+    return IdentityResult(identity=out, reason=reason, n_identities=len(present))
 
 
 def finalize_identities(
