@@ -176,9 +176,9 @@ class StageOutput:
         listed = listing_arrays(e for e in self.listing() if e.name.endswith(".parquet"))
         return check_parts(listed, self.uri, reports, self.storage)
 
-    def part_names(self, keys: np.ndarray, most: int = 100_000) -> list[str]:
-        """Names of the top-level parts whose name key is in ``keys`` (sorted uint64), from one more listing: what
-        a check keeps of unreported parts is their keys only."""
+    def part_names(self, keys: np.ndarray, most: Optional[int] = None) -> list[str]:
+        """Names of the top-level parts whose name key is in ``keys`` (sorted uint64; at most ``most``), from one
+        more listing: what a check keeps of unreported parts is their keys only."""
         out: list[str] = []
         if not len(keys):
             return out
@@ -188,7 +188,7 @@ class StageOutput:
                 i = min(int(np.searchsorted(keys, k[0])), len(keys) - 1)
                 if keys[i] == k[0]:
                     out.append(e.name)
-                    if len(out) >= most:
+                    if most is not None and len(out) >= most:
                         break
         return sorted(out)
 
@@ -214,9 +214,10 @@ class StageOutput:
         total = chk.words.copy()
         extra = 0
         if len(chk.unreported):
-            names = self.part_names(chk.unreported)
             if not hash_unreported:
-                raise DataError(f"{self.uri}: {len(chk.unreported)} part(s) have no report, e.g. {names[:3]}")
+                names = self.part_names(chk.unreported, most=3)
+                raise DataError(f"{self.uri}: {len(chk.unreported)} part(s) have no report, e.g. {names}")
+            names = self.part_names(chk.unreported)  # every one: each is read back and hashed
             log.warning("%s: %d part(s) without a report are read back to hash them", self.uri, len(names))
             shas = [sha256_bytes(read_bytes(join(self.uri, n), self.storage)) for n in names]
             with np.errstate(over="ignore"):
