@@ -151,9 +151,8 @@ def _read_ahead(uris: list[str], storage: Storage, pool, ahead: int) -> Iterable
         return list(read_batches(uri, storage, 1 << 16))
 
     queue: deque = deque()
-    it = iter(uris)
     try:
-        for uri in it:
+        for uri in uris:
             queue.append(pool.submit(whole, uri))
             if len(queue) > ahead:
                 yield queue.popleft().result()

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cion_dist.storage.fs import read_bytes
-from cion_dist.storage.listing import name_hash
+from cion_dist.storage.listing import index_in, name_hash
 from cion_dist.storage.reports import REPORTS_DIR
 from cion_dist.storage.stage_io import StageOutput, join, write_table_atomic
 
@@ -73,12 +73,11 @@ def write_plan(
         names = t.column("name").to_pylist()
         crops = t.column("crops").to_pylist()
         keys = name_hash(names)
-        i = np.searchsorted(valid, keys).clip(0, max(0, len(valid) - 1))
+        i = index_in(valid, keys)
         keep = np.zeros(len(keys), bool)
-        if len(valid):
-            for j in range(len(keys) - 1, -1, -1):  # the last row of a name in a file is its newest
-                if valid[i[j]] == keys[j] and not taken[i[j]]:
-                    taken[i[j]] = keep[j] = True
+        for j in np.flatnonzero(i >= 0)[::-1]:  # the last row of a name in a file is its newest
+            if not taken[i[j]]:
+                taken[i[j]] = keep[j] = True
         stem = posixpath.splitext(rep)[0].replace("report-", "r")
         plan = group_rows(
             [n for n, k in zip(names, keep) if k], [c for c, k in zip(crops, keep) if k], stem, crops_per_unit

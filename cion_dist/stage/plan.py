@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from cion_dist.storage.listing import name_hash
+from cion_dist.storage.listing import index_in, name_hash
 from cion_dist.storage.reports import PartCheck
 from cion_dist.storage.stage_io import StageOutput, unit_filename
 
@@ -40,9 +40,5 @@ def not_done(
 
         done = ray.get(done)
     keys = name_hash(to_name(str(v)) for v in batch.column(key_column).to_pylist())
-    if len(done):
-        i = np.searchsorted(done, keys).clip(0, len(done) - 1)
-        keep = done[i] != keys
-    else:
-        keep = np.ones(len(keys), bool)
+    keep = index_in(done, keys) < 0
     return batch.filter(pa.array(~keep if invert else keep))

@@ -102,14 +102,15 @@ class ListingArrays:
 
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Index of each name key in the listing, or -1."""
-        if not len(self.name):
-            return np.full(len(keys), -1, np.int64)
-        i = np.searchsorted(self.name, keys).clip(0, len(self.name) - 1)
-        return np.where(self.name[i] == keys, i, -1).astype(np.int64)
+        return index_in(self.name, keys)
 
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        """Boolean mask: which ``keys`` (uint64 name keys) are listed."""
-        return self.lookup(keys) >= 0
+
+def index_in(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Index of each of ``keys`` in ``sorted_keys`` (sorted uint64 name keys), or -1 where it is absent."""
+    if not len(sorted_keys):
+        return np.full(len(keys), -1, np.int64)
+    i = np.searchsorted(sorted_keys, keys).clip(0, len(sorted_keys) - 1)
+    return np.where(sorted_keys[i] == keys, i, -1).astype(np.int64)
 
 
 def listing_arrays(entries, keep=lambda e: True, chunk: int = 65536) -> ListingArrays:

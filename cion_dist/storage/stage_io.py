@@ -35,7 +35,7 @@ from cion_dist.storage.fs import (
     write_file,
     write_json_atomic,
 )
-from cion_dist.storage.listing import Entry, iter_listing, listing_arrays, name_hash
+from cion_dist.storage.listing import Entry, index_in, iter_listing, listing_arrays, name_hash
 from cion_dist.storage.reports import (
     REPORTS_DIR,
     PartCheck,
@@ -183,13 +183,10 @@ class StageOutput:
         if not len(keys):
             return out
         for e in self.listing():
-            if e.name.endswith(".parquet"):
-                k = name_hash([e.name])
-                i = min(int(np.searchsorted(keys, k[0])), len(keys) - 1)
-                if keys[i] == k[0]:
-                    out.append(e.name)
-                    if most is not None and len(out) >= most:
-                        break
+            if e.name.endswith(".parquet") and index_in(keys, name_hash([e.name]))[0] >= 0:
+                out.append(e.name)
+                if most is not None and len(out) >= most:
+                    break
         return sorted(out)
 
     def combine(self, hash_unreported: bool = True, checked: Optional[PartCheck] = None) -> "PartsSummary":
